@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# System packages used by the test suite: real mail clients, real Postfix/Dovecot, chromium.
+# Services are never started by the package scripts; tests start their own instances on loopback.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+PKGS=(openssl curl swaks mutt fetchmail getmail6 postfix dovecot-core dovecot-imapd dovecot-pop3d
+      chromium fonts-dejavu-core)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# Keep package maintainer scripts from starting daemons (there is no init system here anyway).
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+fi
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"

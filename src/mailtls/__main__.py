@@ -1,0 +1,3 @@
+from mailtls.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Observations: the past-tense facts a connection produces, journalled as events.
+
+A protocol core or the I/O shell emits ``Record(observation)``; the shell wraps it in an envelope
+(timestamp, event id, protocol, ports, client address, TLS state, binding, connection id) and
+appends it to the journal. ``observation.as_fields()`` gives the JSON fields; ``TYPE`` names the
+event type. Client-supplied strings are stored as data (already truncated by the cores) and
+escaped wherever shown. No field ever holds a secret: SASL responses, passwords and tokens are
+reduced to their length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    TYPE: ClassVar[str] = "observation"
+
+    def as_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- connection lifecycle (recorded by the shell) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened(Observation):
+    TYPE: ClassVar[str] = "connection_opened"
+    security: str  # "starttls" | "tls" (implicit)
+    testcase: str  # the policy this connection got at accept time
+    active: bool  # whether the attack is active on this connection
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Observation):
+    TYPE: ClassVar[str] = "connection_closed"
+    by: str  # "client" | "server" | "timeout" | "kick" | "error"
+    bytes_in: int
+    bytes_out: int
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImplicitTlsBlocked(Observation):
+    TYPE: ClassVar[str] = "implicit_tls_blocked"
+    style: str  # "silence" | "close" | "reset" | "handshake_then_close"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRefused(Observation):
+    TYPE: ClassVar[str] = "connection_refused"
+    reason: str  # "per_ip_limit" | "global_limit"
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsStarted(Observation):
+    TYPE: ClassVar[str] = "tls_established"
+    version: str
+    cipher: str
+    implicit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TlsHandshakeFailed(Observation):
+    TYPE: ClassVar[str] = "tls_failed"
+    reason: str
+
+
+# --- capabilities and STARTTLS -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilitiesSent(Observation):
+    TYPE: ClassVar[str] = "capabilities_sent"
+    starttls_offered: bool
+    auth_mechanisms: tuple[str, ...]
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StarttlsRequested(Observation):
+    TYPE: ClassVar[str] = "starttls_requested"
+    advertised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StarttlsAccepted(Observation):
+    TYPE: ClassVar[str] = "starttls_accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class StarttlsRefused(Observation):
+    TYPE: ClassVar[str] = "starttls_refused"
+    reason: str  # "not_advertised" | "testcase" | "already_tls" | "syntax"
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class StarttlsDisrupted(Observation):
+    TYPE: ClassVar[str] = "starttls_disrupted"
+    stage: str  # "handshake" (t2) | "session" (t4)
+    client_hello_bytes: int
+    looks_like_tls: bool
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class PipelinedAfterStarttls(Observation):
+    TYPE: ClassVar[str] = "pipelined_after_starttls"
+    bytes_discarded: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataAfterDisruption(Observation):
+    TYPE: ClassVar[str] = "data_after_disruption"
+    nbytes: int
+    tls_alert: bool  # starts like a TLS record (alert or other)
+    verb: str  # first word of a plaintext line, "" when binary
+
+
+# --- commands and authentication ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived(Observation):
+    """A client command, as a redacted transcript line (``AUTH PLAIN <redacted, 24 bytes>``)."""
+
+    TYPE: ClassVar[str] = "command"
+    line: str
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentified(Observation):
+    """EHLO/HELO name or IMAP ID fields (client-supplied, truncated, stored as data)."""
+
+    TYPE: ClassVar[str] = "client_identified"
+    kind: str  # "ehlo" | "helo" | "imap_id"
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAttempted(Observation):
+    """One authentication exchange.
+
+    ``username`` is the run's account name when it belongs to a known run, else a keyed hash
+    (``h:...``). ``secret_sent`` says whether the secret-carrying message was sent;
+    ``secret_in_clear`` whether it was sent without TLS. ``outcome`` is ``success``, ``failure``,
+    ``cancelled``, ``refused`` (mechanism not offered / not allowed) or ``disrupted``.
+    """
+
+    TYPE: ClassVar[str] = "auth"
+    mechanism: str
+    username: str
+    code: str | None
+    tls: bool
+    secret_sent: bool
+    secret_in_clear: bool
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsernameSent(Observation):
+    """A username without its secret (POP3 ``USER``, SASL LOGIN's first step)."""
+
+    TYPE: ClassVar[str] = "username_sent"
+    username: str
+    code: str | None
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError(Observation):
+    TYPE: ClassVar[str] = "protocol_error"
+    reason: str
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived(Observation):
+    """An SMTP DATA body or IMAP APPEND: counted and discarded, never stored or relayed."""
+
+    TYPE: ClassVar[str] = "message_received"
+    nbytes: int
+    recipients: int
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKicked(Observation):
+    TYPE: ClassVar[str] = "session_kicked"
+    reason: str

@@ -1,0 +1,17 @@
+"""Sans-IO protocol cores for SMTP, IMAP and POP3.
+
+A core is a state machine for one connection. The I/O shell (``mailtls.net``) feeds it events
+(``Connected``, ``DataReceived``, ``TlsEstablished``, ``TlsFailed``, ``ClientHelloReceived``,
+``Timeout``, ``Closed``, ``Kicked``) through ``Core.handle(event)`` and applies the list of commands
+it returns, in order (``Record``, ``Send``, ``SendRaw``, ``StartTls``, ``ReadClientHello``,
+``SetTimer``, ``Close``). A ``Record`` placed before a ``Send`` is journalled before the reply
+leaves. Cores never raise on peer input: garbage becomes a protocol error reply and a
+``ProtocolError`` observation.
+
+Attack behaviour is not decided here: a core asks its ``TestCase`` policy
+(``mailtls.testcases``) the same named questions in every protocol. The rule that an
+unadvertised STARTTLS is refused belongs to the cores, so no policy can forget it.
+
+Must not import: ``asyncio``, ``socket``, ``ssl`` sockets, ``mailtls.net``, ``mailtls.store``,
+``mailtls.web``.
+"""

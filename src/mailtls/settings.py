@@ -1,0 +1,172 @@
+"""Settings of ``mailtls serve``: embedded defaults, a TOML file, environment variables, flags.
+
+Precedence (lowest first): defaults < TOML file (``--config``) < ``MAILTLS_*`` environment
+variables < command-line flags. Defaults need nothing: data under ``./var``, unprivileged ports
+on 127.0.0.1, a generated test CA. A production file sets real ports, host names and certificates.
+
+Environment variables map to keys by upper-casing and joining sections with ``__``:
+``MAILTLS_DOMAIN``, ``MAILTLS_PORTS__SMTP_SUBMISSION=587``, ``MAILTLS_LIMITS__IDLE_SECONDS=60``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailtls.protocols.base import Limits
+from mailtls.testcases import BlockStyle
+
+
+class SettingsError(ValueError):
+    """A bad settings file or value: shown to the user without a traceback."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Listener ports; 0 disables a listener."""
+
+    smtp_mx: int = 2525  # STARTTLS, MX style (25 in production)
+    smtp_submission: int = 2587  # STARTTLS, MAIL needs AUTH (587)
+    smtp_tls: int = 2465  # implicit TLS submission (465)
+    imap: int = 2143  # STARTTLS (143)
+    imap_tls: int = 2993  # implicit (993)
+    pop3: int = 2110  # STLS (110)
+    pop3_tls: int = 2995  # implicit (995)
+    http: int = 8080
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert_file: str = ""  # empty: generate a test CA + certificate under DATA_DIR/tls
+    key_file: str = ""
+    keep_ca_key: bool = False
+    handshake_seconds: float = 10.0
+    blocked_style: BlockStyle = BlockStyle.SILENCE
+    blocked_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Binding:
+    ttl_seconds: float = 1800.0  # how long a step start binds the visitor's address
+    ipv6_prefix: int = 64
+    grace_seconds: float = 60.0  # a finished step stays bound this long
+    loop_connections: int = 5  # >= N connections within M seconds after a disruption -> loop
+    loop_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Connections:
+    per_ip: int = 50
+    total: int = 20000
+    accept_rate: float = 0.0  # new connections per second per listener, 0 = unlimited
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("var")
+    listen: tuple[str, ...] = ("127.0.0.1",)
+    hostname: str = "localhost"  # greeting name and the name clients connect to
+    domain: str = "mailtls.test"  # test accounts are test-<CODE>@domain
+    public_hostnames: tuple[str, ...] = ()  # extra certificate names (mail., imap., autoconfig.)
+    base_url: str = ""  # public URL of the web app; empty: http://127.0.0.1:<http>
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is trusted
+    retention_days: int = 30
+    fsync: bool = True  # group-committed fdatasync of the journal
+    event_loop: str = "auto"  # "auto" (uvloop when installed), "asyncio", "uvloop"
+    ports: Ports = field(default_factory=Ports)
+    tls: Tls = field(default_factory=Tls)
+    binding: Binding = field(default_factory=Binding)
+    connections: Connections = field(default_factory=Connections)
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def http_url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return f"http://{self.listen[0]}:{self.ports.http}"
+
+
+def _coerce(value: Any, target: Any, key: str) -> Any:
+    """Convert a TOML/env value to the type of the default ``target``."""
+    try:
+        if isinstance(target, bool):
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(target, BlockStyle):
+            return BlockStyle(str(value))
+        if isinstance(target, int):
+            return int(value)
+        if isinstance(target, float):
+            return float(value)
+        if isinstance(target, Path):
+            return Path(str(value))
+        if isinstance(target, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"bad value for {key}: {value!r}") from None
+
+
+def _merge(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
+    changes: dict[str, Any] = {}
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise SettingsError(f"unknown setting {prefix}{key}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise SettingsError(f"{prefix}{key} must be a table")
+            changes[name] = _merge(current, value, f"{prefix}{key}.")
+        else:
+            changes[name] = _coerce(value, current, prefix + key)
+    return dataclasses.replace(obj, **changes)
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith("MAILTLS_") or key in ("MAILTLS_REQUIRE_SYSTEM",):
+            continue
+        path = key[len("MAILTLS_") :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def load(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    settings = Settings()
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{config_file}: {exc}") from None
+        settings = _merge(settings, data)
+    env = _env_values(os.environ if environ is None else environ)
+    if env:
+        settings = _merge(settings, env)
+    if overrides:
+        settings = _merge(settings, {k: v for k, v in overrides.items() if v is not None})
+    return settings
