@@ -1,0 +1,237 @@
+"""The JSON API: create runs, drive steps, read verdicts and events (OpenAPI at /api/openapi.json).
+
+Every operation of the guided web app exists here, so a lab can run any test without a browser.
+The run id in URLs is a ≥128-bit secret; it is never derivable from the session code that travels
+in the test username.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mailtls.web.clientaddr import Network, client_address
+from mailtls.web.ratelimit import RateLimiter
+from mailtls.web.transcript import visible_events
+
+Scenario = Literal["immediate", "two_phase"]
+TestCaseName = Literal["baseline", "t1", "t2", "t3", "t4"]
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scenario: Scenario
+    testcase: TestCaseName
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: list[StepSpec] | None = Field(default=None, min_length=1, max_length=20)
+    plan: Literal["guided"] | None = None
+    protocol: Literal["imap", "pop3"] | None = Field(
+        default=None, description="how the client fetches mail (sending is always SMTP)"
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RunCreate:
+        if (self.steps is None) == (self.plan is None):
+            raise ValueError('give exactly one of "steps" or "plan"')
+        return self
+
+
+class StepReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt_shown: bool = Field(
+        default=False, description="the client showed a security warning or asked to continue"
+    )
+    cannot_connect: bool = Field(default=False, description="the client could not connect at all")
+
+
+class Manager(Protocol):
+    """The part of ``mailtls.runs.manager.RunManager`` the API uses."""
+
+    def create_run(
+        self,
+        steps: list[tuple[str, str]] | None = None,
+        plan: str | None = None,
+        protocol: str | None = None,
+    ) -> Any: ...
+    def get(self, run_id: str) -> Any: ...
+    def view(self, run_id: str, base_url: str) -> dict[str, Any]: ...
+    def start_step(self, run_id: str, n: int, client_ips: list[str]) -> Any: ...
+    def extend(self, run_id: str, n: int) -> Any: ...
+    def report(self, run_id: str, n: int, prompt_shown: bool, cannot_connect: bool) -> Any: ...
+    def skip(self, run_id: str, n: int) -> Any: ...
+    def finish(self, run_id: str, n: int) -> Any: ...
+    def delete(self, run_id: str) -> Any: ...
+
+
+class EventSource(Protocol):
+    def query(self, **kwargs: Any) -> list[dict[str, Any]]: ...
+    def subscribe(self, fn: Any) -> Any: ...
+
+
+class ApiContext:
+    def __init__(
+        self,
+        manager: Manager,
+        store: EventSource,
+        base_url: str,
+        trusted: tuple[Network, ...],
+        create_limiter: RateLimiter,
+    ) -> None:
+        self.manager = manager
+        self.store = store
+        self.base_url = base_url
+        self.trusted = trusted
+        self.create_limiter = create_limiter
+
+    def client_ip(self, request: Request) -> str:
+        peer = request.client.host if request.client else "0.0.0.0"
+        return client_address(peer, request.headers.get("x-forwarded-for"), self.trusted)
+
+    def run_or_404(self, run_id: str) -> Any:
+        try:
+            run = self.manager.get(run_id)
+        except LookupError:
+            raise HTTPException(status_code=404, detail="no such run") from None
+        if run is None or getattr(run, "deleted", False):
+            raise HTTPException(status_code=404, detail="no such run")
+        return run
+
+    def events_for(self, run: Any, after_id: int = 0) -> list[dict[str, Any]]:
+        records = self.store.query(run=run.id, after_id=after_id)
+        records += self.store.query(code=run.code, after_id=after_id)
+        return visible_events(records, run.code)
+
+
+def _step_call(ctx: ApiContext, run_id: str, n: int, fn: Any, *args: Any) -> Any:
+    ctx.run_or_404(run_id)
+    try:
+        return fn(run_id, n, *args)
+    except LookupError:
+        raise HTTPException(status_code=404, detail=f"run has no step {n}") from None
+    except ValueError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+
+
+def build_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["runs"])
+
+    @router.post("/runs", status_code=201, summary="Create a run (its account and steps)")
+    def create_run(request: Request, body: RunCreate) -> dict[str, Any]:
+        if not ctx.create_limiter.allow(ctx.client_ip(request)):
+            raise HTTPException(status_code=429, detail="too many runs from this address; wait")
+        steps: list[tuple[str, str]] | None = None
+        if body.steps:
+            steps = [(str(s.scenario), str(s.testcase)) for s in body.steps]
+        run = ctx.manager.create_run(steps=steps, plan=body.plan, protocol=body.protocol)
+        return ctx.manager.view(run.id, ctx.base_url)
+
+    @router.get("/runs/{run_id}", summary="The run: account, steps, verdicts, findings")
+    def get_run(run_id: str) -> dict[str, Any]:
+        ctx.run_or_404(run_id)
+        return ctx.manager.view(run_id, ctx.base_url)
+
+    @router.post(
+        "/runs/{run_id}/steps/{n}/start",
+        summary="Start a step: bind the caller's address to it (TTL) and arm the test case",
+    )
+    def start_step(run_id: str, n: int, request: Request) -> dict[str, Any]:
+        _step_call(ctx, run_id, n, ctx.manager.start_step, [ctx.client_ip(request)])
+        return ctx.manager.view(run_id, ctx.base_url)
+
+    @router.post("/runs/{run_id}/steps/{n}/extend", summary="Extend the step's binding TTL")
+    def extend_step(run_id: str, n: int) -> dict[str, Any]:
+        _step_call(ctx, run_id, n, ctx.manager.extend)
+        return ctx.manager.view(run_id, ctx.base_url)
+
+    @router.post("/runs/{run_id}/steps/{n}/report", summary="The user's answers for a step")
+    def report_step(
+        run_id: str, n: int, body: Annotated[StepReport | None, Body()] = None
+    ) -> dict[str, Any]:
+        body = body or StepReport()
+        _step_call(ctx, run_id, n, ctx.manager.report, body.prompt_shown, body.cannot_connect)
+        return ctx.manager.view(run_id, ctx.base_url)
+
+    @router.post("/runs/{run_id}/steps/{n}/skip", summary="Skip a step")
+    def skip_step(run_id: str, n: int) -> dict[str, Any]:
+        _step_call(ctx, run_id, n, ctx.manager.skip)
+        return ctx.manager.view(run_id, ctx.base_url)
+
+    @router.post("/runs/{run_id}/steps/{n}/finish", summary="Finish a step; returns its verdict")
+    def finish_step(run_id: str, n: int) -> dict[str, Any]:
+        _step_call(ctx, run_id, n, ctx.manager.finish)
+        view = ctx.manager.view(run_id, ctx.base_url)
+        step: dict[str, Any] = next(s for s in view["steps"] if s["n"] == n)
+        return step
+
+    @router.delete("/runs/{run_id}", status_code=204, summary="Delete the run's data now")
+    def delete_run(run_id: str) -> Response:
+        ctx.run_or_404(run_id)
+        ctx.manager.delete(run_id)
+        return Response(status_code=204)
+
+    @router.get(
+        "/runs/{run_id}/events",
+        summary="The run's events (JSON), or a live stream with Accept: text/event-stream",
+        response_model=None,
+    )
+    async def run_events(
+        run_id: str, request: Request, after: int = 0
+    ) -> JSONResponse | StreamingResponse:
+        run = ctx.run_or_404(run_id)
+        if "text/event-stream" in request.headers.get("accept", ""):
+            last = request.headers.get("last-event-id", "")
+            start = int(last) if last.isdigit() else after
+            return StreamingResponse(
+                _stream(ctx, run, start, request),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+        return JSONResponse({"events": ctx.events_for(run, after)})
+
+    return router
+
+
+def _sse(record: dict[str, Any]) -> bytes:
+    data = json.dumps(record, separators=(",", ":"), default=str)
+    return f"id: {record['id']}\nevent: {record.get('type', 'event')}\ndata: {data}\n\n".encode()
+
+
+async def _stream(ctx: ApiContext, run: Any, after: int, request: Request) -> AsyncIterator[bytes]:
+    """Past events after ``after``, then live ones pushed by the store (no polling of the log)."""
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
+
+    def on_record(record: dict[str, Any]) -> None:
+        if record.get("run") == run.id or record.get("code") == run.code:
+            # when full, a wake-up is already pending and the loop re-queries the store
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(record)
+
+    unsubscribe = ctx.store.subscribe(on_record)
+    try:
+        last = after
+        for record in ctx.events_for(run, after):
+            last = max(last, int(record["id"]))
+            yield _sse(record)
+        while not await request.is_disconnected():
+            try:
+                await asyncio.wait_for(queue.get(), timeout=15.0)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            for record in ctx.events_for(run, last):
+                last = max(last, int(record["id"]))
+                yield _sse(record)
+            while not queue.empty():
+                queue.get_nowait()
+    finally:
+        unsubscribe()

@@ -1,0 +1,89 @@
+"""What of a run's events its owner may see (DESIGN §9 privacy).
+
+The verdict uses every event of the connections bound to a step. What is *shown* is narrower:
+client-supplied strings (transcript lines, EHLO/ID values, usernames, addresses) of a connection
+appear only if that connection presented the run's session code or was bound exactly (a
+dedicated listener). Other bound connections appear reduced to neutral facts (type, protocol,
+port, time, TLS state), so two users behind one NAT never see each other's strings. The shareable
+view (``share=True``) additionally hides addresses, EHLO and ID strings on every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+NEUTRAL_KEYS = frozenset(
+    {
+        "id",
+        "ts",
+        "type",
+        "conn",
+        "protocol",
+        "listener",
+        "port",
+        "tls",
+        "run",
+        "step",
+        "security",
+        "testcase",
+        "active",
+        "by",
+        "duration",
+        "starttls_offered",
+        "auth_mechanisms",
+        "advertised",
+        "reason",
+        "stage",
+        "looks_like_tls",
+        "version",
+        "cipher",
+        "implicit",
+        "style",
+        "tls_alert",
+        "nbytes",
+        "bytes_discarded",
+        "mechanism",
+        "secret_sent",
+        "secret_in_clear",
+        "outcome",
+        "recipients",
+        "client_hello_bytes",
+        "bytes_in",
+        "bytes_out",
+    }
+)
+SHARE_HIDDEN = frozenset({"client", "cport", "value", "line", "username"})
+RUN_RECORD_HIDDEN = frozenset({"addresses", "address", "client", "clients"})
+
+
+def _binding_source(record: dict[str, Any]) -> str | None:
+    binding = record.get("binding")
+    if isinstance(binding, dict):
+        source = binding.get("source")
+        return str(source) if source is not None else None
+    return None
+
+
+def visible_events(
+    records: Iterable[dict[str, Any]], code: str, *, share: bool = False
+) -> list[dict[str, Any]]:
+    """Filter and reduce a run's records for display, ordered by id."""
+    records = sorted({int(r["id"]): r for r in records}.values(), key=lambda r: int(r["id"]))
+    owned_conns = {
+        r.get("conn") for r in records if r.get("code") == code or _binding_source(r) == "dedicated"
+    }
+    out: list[dict[str, Any]] = []
+    for r in records:
+        if r.get("conn") is None:  # run records (run_created, step_started, ...)
+            shown = {k: v for k, v in r.items() if k not in RUN_RECORD_HIDDEN}
+        elif r.get("conn") in owned_conns:
+            shown = dict(r)
+        else:
+            shown = {k: v for k, v in r.items() if k in NEUTRAL_KEYS}
+            shown["reduced"] = True
+        if share:
+            shown = {k: v for k, v in shown.items() if k not in SHARE_HIDDEN}
+            shown.pop("binding", None)
+        out.append(shown)
+    return out
