@@ -1,0 +1,138 @@
+"""``mailtls serve``: one asyncio process running every mail listener and the web/API server.
+
+Wiring only: the store (journal + index), the run manager (binding, authentication, verdicts),
+the I/O shell with the protocol cores, and the web app share one event loop. Signals: SIGINT and
+SIGTERM shut down cleanly (open mail sessions are told the server is going away, the journal is
+synced); SIGHUP reloads the TLS certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from mailtls.settings import Settings
+
+log = logging.getLogger("mailtls.serve")
+
+
+def _choose_loop(settings: Settings) -> str:
+    if settings.event_loop == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if settings.event_loop == "uvloop":
+            from mailtls.cli import UserError
+
+            raise UserError("uvloop is not installed (pip install 'mailtls[fast]')") from None
+        return "asyncio"
+    return "uvloop"
+
+
+def main(settings: Settings) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    loop_kind = _choose_loop(settings)
+    if loop_kind == "uvloop":
+        import uvloop
+
+        runner: Any = uvloop.run
+    else:
+        runner = asyncio.run
+    try:
+        return int(runner(serve(settings, loop_kind)))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
+    import uvicorn
+
+    from mailtls.net.listeners import MailServer, raise_nofile_limit
+    from mailtls.net.pki import ensure_certificates
+    from mailtls.protocols.imap import ImapCore
+    from mailtls.protocols.pop3 import Pop3Core
+    from mailtls.protocols.smtp import SmtpCore
+    from mailtls.runs.keys import load_or_create_key
+    from mailtls.runs.manager import RunManager
+    from mailtls.store import Store
+    from mailtls.web.app import create_app
+
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    nofile = raise_nofile_limit()
+    log.info("open-file limit: %d", nofile)
+    store = Store(data_dir, fsync=settings.fsync)
+    manager = RunManager(store, settings, load_or_create_key(data_dir))
+    manager.load()
+    store.subscribe(manager.on_record)
+    certs = ensure_certificates(settings)
+    server = MailServer(
+        settings,
+        certs=certs,
+        binder=manager.binder,
+        authenticator=manager.authenticate,
+        sink=store.append,
+        core_factories={"smtp": SmtpCore, "imap": ImapCore, "pop3": Pop3Core},
+    )
+    manager.set_kicker(server.kick_run)
+    await server.start()
+
+    app = create_app(settings, manager, store, mail_server=server)
+    config = uvicorn.Config(
+        app,
+        host=settings.listen[0],
+        port=settings.ports.http,
+        log_level="warning",
+        lifespan="off",
+        loop="none",
+        access_log=False,
+        server_header=False,
+    )
+    web = uvicorn.Server(config)
+    web.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def reload_tls() -> None:
+        try:
+            server.reload_tls()
+            log.info("TLS certificate reloaded")
+        except Exception:  # the old certificate stays in use
+            log.exception("TLS reload failed; keeping the previous certificate")
+
+    loop.add_signal_handler(signal.SIGHUP, reload_tls)
+    web_task = asyncio.create_task(web.serve())
+    await asyncio.sleep(0)
+    _print_banner(settings, server, certs, loop_kind)
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({web_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    await server.close()
+    web.should_exit = True
+    if not web_task.done():
+        await web_task
+    store.close()
+    if web_task in done and web_task.exception() is not None:
+        log.error("web server failed: %s", web_task.exception())
+        return 1
+    return 0
+
+
+def _print_banner(settings: Settings, server: Any, certs: Any, loop_kind: str) -> None:
+    lines = [f"mailtls serving (event loop: {loop_kind}, data: {settings.data_dir})"]
+    for line in server.addresses():
+        lines.append(f"  {line}")
+    lines.append(f"  web + API    {settings.http_url}/  (OpenAPI: {settings.http_url}/api/docs)")
+    ca = getattr(certs, "ca", None)
+    if ca:
+        lines.append(f"  trust this CA to test with verification: {ca}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
