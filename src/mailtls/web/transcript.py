@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from mailtls.web.describe import describe
+
 NEUTRAL_KEYS = frozenset(
     {
         "id",
@@ -85,5 +87,8 @@ def visible_events(
         if share:
             shown = {k: v for k, v in shown.items() if k not in SHARE_HIDDEN}
             shown.pop("binding", None)
+        summary = describe(shown)
+        if summary:
+            shown["summary"] = summary
         out.append(shown)
     return out

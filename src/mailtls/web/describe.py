@@ -1,0 +1,78 @@
+"""One friendly sentence per event, for people who have never heard of STARTTLS.
+
+Used by the live progress (pushed over Server-Sent Events) and by the transcripts on the result
+page. Values that came from a client are never interpolated here except numbers and our own
+names (protocol, port), so the sentences are safe text; templates escape them anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROTO = {"smtp": "the sending server (SMTP)", "imap": "IMAP", "pop3": "POP3"}
+
+
+def _where(ev: dict[str, Any]) -> str:
+    proto = PROTO.get(str(ev.get("protocol")), str(ev.get("protocol") or "the server"))
+    port = ev.get("port")
+    return f"{proto} on port {port}" if port else proto
+
+
+def describe(ev: dict[str, Any]) -> str | None:
+    t = ev.get("type")
+    where = _where(ev)
+    if t == "connection_opened":
+        return f"Your client connected to {where}."
+    if t == "implicit_tls_blocked":
+        return f"Your client tried the encrypted-only port of {where}; the attacker blocked it."
+    if t == "capabilities_sent":
+        if ev.get("tls"):
+            return None
+        if ev.get("starttls_offered"):
+            return f"{where.capitalize()} offered encryption (STARTTLS)."
+        return f"{where.capitalize()} did NOT offer encryption (the attacker removed it)."
+    if t == "starttls_requested":
+        if ev.get("advertised"):
+            return "Your client asked to switch on encryption."
+        return "Your client asked for encryption even though it was not offered."
+    if t == "starttls_refused":
+        if ev.get("reason") == "testcase":
+            return "The attacker refused the switch to encryption."
+        return "The server refused an encryption request that it had not offered."
+    if t == "starttls_disrupted":
+        if ev.get("stage") == "handshake":
+            return "The attacker broke the encryption handshake."
+        return "The attacker broke the encrypted connection right after it started."
+    if t == "tls_established":
+        return f"The connection to {where} is now encrypted ({ev.get('version', 'TLS')})."
+    if t == "tls_failed":
+        return "The encryption handshake failed."
+    if t == "pipelined_after_starttls":
+        return "Your client sent commands before encryption was ready (they were discarded)."
+    if t == "auth":
+        if ev.get("secret_in_clear"):
+            return "Your client sent its password WITHOUT encryption."
+        if ev.get("secret_sent") and ev.get("tls"):
+            return "Your client logged in over an encrypted connection."
+        if ev.get("outcome") == "cancelled":
+            return "Your client started to log in, then cancelled."
+        return "Your client tried to log in."
+    if t == "username_sent":
+        if not ev.get("tls"):
+            return "Your client sent its user name without encryption (no password)."
+        return None
+    if t == "data_after_disruption":
+        return "Your client sent more data after the attack."
+    if t == "message_received":
+        return "Your client sent a test message (it was discarded)."
+    if t == "connection_closed":
+        return f"The connection to {where} ended."
+    if t == "session_kicked":
+        return "The server closed an open connection so that your client reconnects."
+    if t == "step_started":
+        return "Step started: the attack for this step is now armed for your address."
+    if t == "step_activated":
+        return "Your client logged in securely: the attack is now active."
+    if t == "step_finished":
+        return "Step finished."
+    return None
