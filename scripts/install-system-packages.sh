@@ -3,7 +3,8 @@
 # Services are never started by the package scripts; tests start their own instances on loopback.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-PKGS=(openssl curl swaks mutt fetchmail getmail6 postfix dovecot-core dovecot-imapd dovecot-pop3d
+PKGS=(openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+      mutt fetchmail getmail6 postfix dovecot-core dovecot-imapd dovecot-pop3d tmux
       chromium fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do
