@@ -1,0 +1,117 @@
+"""Unit tests of the web helpers that need no server: client address, rate limit, autoconfig
+formats, the privacy filter of transcripts."""
+
+from __future__ import annotations
+
+import plistlib
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from mailtls.web.autoconfig import (
+    AutodiscoverError,
+    ServerSet,
+    autodiscover_response,
+    mobileconfig,
+    mozilla_autoconfig,
+    parse_autodiscover_request,
+)
+from mailtls.web.clientaddr import client_address, parse_networks
+from mailtls.web.ratelimit import RateLimiter
+from mailtls.web.transcript import visible_events
+
+SERVERS = ServerSet("mail.example.org", "example.org", 143, 993, 110, 995, 587, 465)
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "trusted", "expected"),
+    [
+        ("203.0.113.5", "1.2.3.4", [], "203.0.113.5"),  # no trusted proxy: header ignored
+        ("127.0.0.1", "198.51.100.7", ["127.0.0.1"], "198.51.100.7"),
+        ("127.0.0.1", "6.6.6.6, 198.51.100.7", ["127.0.0.1"], "198.51.100.7"),  # spoofed left
+        ("127.0.0.1", "198.51.100.7, 10.0.0.2", ["127.0.0.1", "10.0.0.0/8"], "198.51.100.7"),
+        ("203.0.113.9", "198.51.100.7", ["127.0.0.1"], "203.0.113.9"),  # untrusted peer
+        ("127.0.0.1", "not-an-ip", ["127.0.0.1"], "127.0.0.1"),
+        ("127.0.0.1", "2001:db8::1", ["127.0.0.1"], "2001:db8::1"),
+    ],
+)
+def test_client_address(peer: str, xff: str, trusted: list[str], expected: str) -> None:
+    assert client_address(peer, xff, parse_networks(trusted)) == expected
+
+
+def test_rate_limiter_refills() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate_per_minute=60, burst=2, clock=lambda: now[0])
+    assert limiter.allow("a") and limiter.allow("a")
+    assert not limiter.allow("a")
+    assert limiter.allow("b")
+    now[0] += 1.0
+    assert limiter.allow("a")
+
+
+def test_mozilla_autoconfig_points_at_starttls_ports() -> None:
+    root = ET.fromstring(mozilla_autoconfig(SERVERS, "test-abc@example.org"))
+    incoming = {
+        (s.get("type"), s.findtext("port"), s.findtext("socketType"))
+        for s in root.iter("incomingServer")
+    }
+    assert ("imap", "143", "STARTTLS") in incoming
+    assert ("pop3", "110", "STARTTLS") in incoming
+    assert ("imap", "993", "SSL") in incoming
+    out = [(s.findtext("port"), s.findtext("socketType")) for s in root.iter("outgoingServer")]
+    assert out[0] == ("587", "STARTTLS")
+
+
+def test_autodiscover_round_trip() -> None:
+    req = (
+        b'<?xml version="1.0"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/'
+        b'autodiscover/outlook/requestschema/2006"><Request><EMailAddress>test-abc@example.org'
+        b"</EMailAddress></Request></Autodiscover>"
+    )
+    email = parse_autodiscover_request(req)
+    assert email == "test-abc@example.org"
+    root = ET.fromstring(autodiscover_response(SERVERS, email))
+    protos = {
+        el.findtext("{*}Type"): (el.findtext("{*}Port"), el.findtext("{*}Encryption"))
+        for el in root.iter()
+        if el.tag.endswith("Protocol")
+    }
+    assert protos["IMAP"] == ("143", "TLS")
+    assert protos["SMTP"] == ("587", "TLS")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'<!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>',
+        b"<x>" + b"a" * 20000 + b"</x>",
+        b"<not-closed>",
+        b"<Autodiscover><Request/></Autodiscover>",
+    ],
+)
+def test_autodiscover_rejects_bad_requests(body: bytes) -> None:
+    with pytest.raises(AutodiscoverError):
+        parse_autodiscover_request(body)
+
+
+def test_mobileconfig_is_a_plist_with_the_account() -> None:
+    data = plistlib.loads(mobileconfig(SERVERS, "test-abc@example.org", "imap", "abc"))
+    account = data["PayloadContent"][0]
+    assert account["EmailAccountType"] == "EmailTypeIMAP"
+    assert account["IncomingMailServerPortNumber"] == 143
+    assert account["OutgoingMailServerPortNumber"] == 587
+
+
+def test_visible_events_hides_strings_of_connections_without_the_code() -> None:
+    records = [
+        {"id": 1, "conn": "a", "run": "R", "step": 1, "type": "command", "line": "EHLO <x>"},
+        {"id": 2, "conn": "a", "run": "R", "type": "auth", "code": "c0de", "username": "test-c0de"},
+        {"id": 3, "conn": "b", "run": "R", "type": "client_identified", "value": "neighbour"},
+        {"id": 4, "run": "R", "type": "step_started", "addresses": ["192.0.2.1"]},
+    ]
+    shown = {e["id"]: e for e in visible_events(records, "c0de")}
+    assert shown[1]["line"] == "EHLO <x>"  # connection a presented the code later
+    assert "value" not in shown[3] and shown[3]["reduced"]
+    assert "addresses" not in shown[4]
+    shared = {e["id"]: e for e in visible_events(records, "c0de", share=True)}
+    assert "line" not in shared[1] and "username" not in shared[2]
