@@ -1,0 +1,47 @@
+"""The event store: the JSONL journal (the record) and its SQLite index (DESIGN §7).
+
+``Store(data_dir)`` owns ``DATA_DIR/events.jsonl`` and ``DATA_DIR/index.sqlite3``:
+- ``append(record)`` gives the record the next id (continuing after a restart) and a ``ts`` when
+  it has none, hands one JSON line to the kernel (``os.write`` on an ``O_APPEND`` descriptor)
+  before returning, calls the subscribers, and queues the record for the index. ``fdatasync`` is
+  group-committed by a thread at most every ``sync_interval`` (``fsync=False`` disables it).
+- The index holds ``id``, ``ts``, ``type``, ``run``, ``step``, ``conn``, ``code`` as columns and
+  the whole record as JSON; a thread ingests queued records every ~200 ms and every
+  ``query()``/``flush()`` ingests them first, so a query sees every earlier append. The index has
+  a high-water mark (last id, journal offset, journal inode) and is rebuilt from the journal when
+  it is missing, corrupt, ahead or of another file (also ``rebuild(data_dir)``).
+- Opening cuts a torn last line (``kill -9``) off the journal and logs it; a corrupt line in the
+  middle is skipped with a warning and counted, never truncated.
+- ``delete_run`` and ``prune`` rewrite the journal (atomic rename) and the index; when they remove
+  or change records they add one ``store_compacted`` record saying how many (so ids keep
+  increasing across restarts even when the newest records were removed).
+- One process per data directory (``DATA_DIR/store.lock``, an exclusive ``flock``).
+
+Records are flat JSON objects of plain data; client strings are stored as data and never
+interpreted (SQL values are bound parameters). Must not import ``mailtls.net``, ``mailtls.web``,
+``mailtls.protocols``, ``mailtls.runs`` or anything beyond the standard library.
+"""
+
+from mailtls.store.journal import MAX_LINE_BYTES
+from mailtls.store.store import (
+    COMPACTED_TYPE,
+    INDEX_NAME,
+    JOURNAL_NAME,
+    Store,
+    StoreClosedError,
+    StoreError,
+    StoreStats,
+    rebuild,
+)
+
+__all__ = [
+    "COMPACTED_TYPE",
+    "INDEX_NAME",
+    "JOURNAL_NAME",
+    "MAX_LINE_BYTES",
+    "Store",
+    "StoreClosedError",
+    "StoreError",
+    "StoreStats",
+    "rebuild",
+]

@@ -1,0 +1,548 @@
+"""``Store``: the journal, its group-committed fsync, the SQLite index, subscribers, compaction.
+
+Threads and locks (taken in this order, never the reverse):
+- ``_compact_lock``: one compaction (``delete_run``/``prune``) at a time;
+- ``_append_lock``: id assignment + journal write + queueing, so ids follow file order;
+- ``_db_lock``: every use of the SQLite connection (the indexer thread and callers).
+The hot path (``append``) takes only ``_append_lock`` and, for subscribers, ``_notify_lock``.
+Two daemon threads: ``journal-fsync`` (``GroupCommitter``) and ``store-indexer`` (moves queued
+rows into SQLite every ``index_interval`` seconds). Subscribers are called synchronously by the
+appending thread, in id order, outside the other locks; an append made by a subscriber is
+delivered after the current record has reached every subscriber.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mailtls.store.index import Index, Mark, Row, index_files, row_of
+from mailtls.store.journal import (
+    MAX_LINE_BYTES,
+    GroupCommitter,
+    Journal,
+    JournalError,
+    ReadStats,
+    read_records,
+)
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "events.jsonl"
+INDEX_NAME = "index.sqlite3"
+LOCK_NAME = "store.lock"
+COMPACTED_TYPE = "store_compacted"
+RECENT_RECORDS = 4096  # kept in memory for records_since()
+_BATCH = 5000
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+Subscriber = Callable[[dict[str, Any]], None]
+Transform = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (directory in use, disk error, closed)."""
+
+
+class StoreClosedError(StoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    last_id: int  # the last id handed out
+    pending: int  # appended, not yet in the index
+    indexed_id: int  # high-water mark of the index
+    syncs: int  # fdatasync calls made by the group committer
+    sync_errors: int
+    corrupt_lines: int  # corrupt journal lines skipped by the last full or partial read
+    truncated_bytes: int  # torn tail cut off when the journal was opened
+    index_rebuilt: str  # why the index was rebuilt on open ("" when it was caught up)
+
+
+class _DirLock:
+    """An exclusive ``flock`` on ``DATA_DIR/store.lock``: one writer per data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / LOCK_NAME
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise StoreError(f"{data_dir} is in use by another mailtls store") from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+
+class Store:
+    """The event store of one data directory (see the package docstring for the semantics)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fsync: bool = True,
+        sync_interval: float = 0.05,
+        index_interval: float = 0.2,
+        reindex: bool = False,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._dir_lock = _DirLock(self.data_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot use data directory {data_dir}: {exc.strerror}") from None
+        try:
+            self._journal = Journal(self.data_dir / JOURNAL_NAME)
+        except (JournalError, OSError) as exc:
+            self._dir_lock.release()
+            raise StoreError(f"cannot open the journal: {exc}") from None
+        try:
+            self._open(fsync, sync_interval, index_interval, reindex)
+        except BaseException:
+            self._journal.close()
+            self._dir_lock.release()
+            raise
+
+    def _open(
+        self, fsync: bool, sync_interval: float, index_interval: float, reindex: bool
+    ) -> None:
+        self._next_id = self._journal.last_id + 1
+        self._closed = False
+        self._append_lock = threading.Lock()
+        self._db_lock = threading.Lock()
+        self._compact_lock = threading.Lock()
+        self._notify_lock = threading.Lock()
+        self._notifying: int | None = None  # thread id delivering the outbox
+        self._outbox: deque[dict[str, Any]] = deque()
+        self._subscribers: dict[int, Subscriber] = {}
+        self._subscriber_keys = itertools.count()
+        self._subscriber_list: tuple[Subscriber, ...] = ()
+        self._pending: deque[tuple[Row, int]] = deque()  # (row, journal offset after it)
+        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_RECORDS)
+        self._ident = self._journal.identity()
+        self._corrupt = 0
+        if reindex:
+            for f in index_files(self.data_dir / INDEX_NAME):
+                f.unlink(missing_ok=True)
+        try:
+            self._index = Index(self.data_dir / INDEX_NAME)
+            self._rebuilt = self._catch_up() or self._index.rebuilt_reason
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open index {self.data_dir / INDEX_NAME}: {exc}") from None
+        self._committer = GroupCommitter(self._journal.sync, sync_interval) if fsync else None
+        self._stop = threading.Event()
+        self._index_interval = index_interval
+        self._indexer = threading.Thread(target=self._index_loop, name="store-indexer", daemon=True)
+        self._indexer.start()
+
+    # --- opening: bring the index up to the journal -------------------------------------------
+
+    def _catch_up(self) -> str:
+        """Ingest what the index lacks; returns why it started from empty ("" when it did not)."""
+        mark = self._index.mark()
+        reason = ""
+        if (mark.dev, mark.ino) != self._ident and mark.last_id:
+            reason = "journal file replaced"
+        elif self._journal.id_ending_at(mark.offset) != mark.last_id:
+            reason = "index ahead of or inconsistent with the journal"
+        elif mark.last_id == 0 and self._index.count():
+            reason = "index has rows but no high-water mark"
+        if reason:
+            log.warning("index %s: %s; rebuilding it from the journal", self._index.path, reason)
+        if reason or (mark.dev, mark.ino) != self._ident:
+            mark = Mark(0, 0, *self._ident)
+            self._index.reset(mark)
+        stats = ReadStats()
+        batch: list[Row] = []
+        end = mark.offset
+        for record, line, end in read_records(
+            self._journal.path, mark.offset, stats, after_id=mark.last_id
+        ):
+            batch.append(row_of(record, line.decode("utf-8")))
+            if len(batch) >= _BATCH:
+                self._index.insert(batch, Mark(batch[-1][0], end, *self._ident))
+                batch = []
+        if batch:
+            self._index.insert(batch, Mark(batch[-1][0], end, *self._ident))
+        self._corrupt = stats.corrupt
+        if stats.records or stats.corrupt:
+            log.info(
+                "index %s: ingested %d records from the journal (%d corrupt lines skipped)",
+                self._index.path,
+                stats.records,
+                stats.corrupt,
+            )
+        return reason
+
+    # --- the hot path ---------------------------------------------------------------------------
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Journal ``record`` (setting ``id`` and, when absent, ``ts``), then notify subscribers.
+
+        The line is handed to the kernel before this returns; durability follows within about
+        ``sync_interval``. Raises ``StoreError`` when the journal cannot be written (nothing is
+        left behind in the file then), ``TypeError``/``ValueError`` for a record that is not
+        JSON-serialisable or longer than ``MAX_LINE_BYTES``.
+        """
+        with self._append_lock:
+            if self._closed:
+                raise StoreClosedError("the store is closed")
+            rid = self._next_id
+            ts = record.get("ts")
+            if ts is None:
+                ts = time.time()
+            own = {"id": rid, "ts": ts, **record}
+            own["id"] = rid
+            own["ts"] = ts
+            text = _encode(own)
+            if len(text) >= MAX_LINE_BYTES:
+                raise ValueError(f"record of {len(text)} bytes is longer than the journal allows")
+            try:
+                self._journal.write((text + "\n").encode())
+            except JournalError as exc:
+                raise StoreError(str(exc)) from None
+            self._next_id = rid + 1
+            record["id"] = rid
+            record["ts"] = ts
+            self._pending.append((row_of(own, text), self._journal.size))
+            self._recent.append(own)
+            if self._subscriber_list:
+                self._outbox.append(record)
+        if self._committer is not None:
+            self._committer.mark_dirty()
+        if self._outbox:
+            self._deliver()
+        return record
+
+    def _deliver(self) -> None:
+        if self._notifying == threading.get_ident():
+            return  # an append from a subscriber: the running loop below delivers it next
+        with self._notify_lock:
+            self._notifying = threading.get_ident()
+            try:
+                while self._outbox:
+                    record = self._outbox.popleft()
+                    for fn in self._subscriber_list:
+                        try:
+                            fn(record)
+                        except Exception:  # a subscriber's bug must not stop the journal
+                            log.exception(
+                                "store subscriber %r failed on event %s", fn, record["id"]
+                            )
+            finally:
+                self._notifying = None
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call ``fn(record)`` for every later record, in id order. Returns the unsubscribe.
+
+        ``fn`` runs in the appending thread, before ``append`` returns: it must be quick and
+        must not modify the record.
+        """
+        key = next(self._subscriber_keys)
+        self._subscribers[key] = fn
+        self._subscriber_list = tuple(self._subscribers.values())
+
+        def unsubscribe() -> None:
+            if self._subscribers.pop(key, None) is not None:
+                self._subscriber_list = tuple(self._subscribers.values())
+
+        return unsubscribe
+
+    # --- the index ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Move every queued record into the index now (a no-op once closed)."""
+        with self._db_lock:
+            if not self._closed:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        n = len(self._pending)
+        if not n:
+            return
+        batch = [self._pending.popleft() for _ in range(n)]
+        rows = [row for row, _ in batch]
+        try:
+            self._index.insert(rows, Mark(rows[-1][0], batch[-1][1], *self._ident))
+        except sqlite3.Error as exc:
+            self._pending.extendleft(reversed(batch))
+            raise StoreError(f"cannot write index: {exc}") from None
+
+    def _index_loop(self) -> None:
+        while not self._stop.wait(self._index_interval):
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.error("%s (will retry)", exc)
+
+    def query(
+        self,
+        *,
+        run: str | None = None,
+        step: int | None = None,
+        conns: Iterable[str] | None = None,
+        code: str | None = None,
+        types: Iterable[str] | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Records matching every given filter, ordered by id; sees every append made before."""
+        conn_list = _string_list(conns, "conns")
+        type_list = _string_list(types, "types")
+        with self._db_lock:
+            self._check_open()
+            self._flush_locked()
+            try:
+                texts = self._index.select(
+                    run=run,
+                    step=step,
+                    conns=conn_list,
+                    code=code,
+                    types=type_list,
+                    after_id=after_id,
+                    limit=limit,
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"index query failed: {exc}") from None
+        return [json.loads(t) for t in texts]
+
+    def records_since(self, after_id: int, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every record with an id above ``after_id`` (copies), from memory when still there."""
+        with self._append_lock:
+            recent = list(self._recent)
+        if recent and after_id >= recent[0]["id"] - 1:
+            out = [dict(r) for r in recent if r["id"] > after_id]
+            return out if limit is None else out[: max(0, limit)]
+        return self.query(after_id=after_id, limit=limit)
+
+    def export_jsonl(self, out: BinaryIO, *, run: str | None = None) -> int:
+        """Write the (matching) records to ``out`` as JSON lines; returns how many."""
+        written = 0
+        after = 0
+        while True:
+            with self._db_lock:
+                self._check_open()
+                self._flush_locked()
+                try:
+                    texts = self._index.select(run=run, after_id=after, limit=1000)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"index query failed: {exc}") from None
+            if not texts:
+                return written
+            out.write("".join(t + "\n" for t in texts).encode())
+            written += len(texts)
+            after = int(json.loads(texts[-1])["id"])
+
+    # --- compaction -----------------------------------------------------------------------------
+
+    def delete_run(self, run_id: str, *, code: str | None = None) -> int:
+        """Remove the run's records (and, with ``code``, those presenting that session code)
+        from the journal and the index; returns how many were removed."""
+
+        def keep(record: dict[str, Any]) -> dict[str, Any] | None:
+            if record.get("run") == run_id or (code is not None and record.get("code") == code):
+                return None
+            return record
+
+        removed, _ = self._compact(keep, "delete_run")
+        return removed
+
+    def prune(self, older_than: float, transform: Transform) -> int:
+        """Rewrite records with ``ts < older_than`` through ``transform`` (None drops one);
+        returns how many records were changed or dropped. Ids are kept."""
+
+        def apply(record: dict[str, Any]) -> dict[str, Any] | None:
+            ts = record.get("ts")
+            if not isinstance(ts, int | float) or ts >= older_than:
+                return record
+            result = transform(json.loads(_encode(record)))  # the transform gets its own copy
+            if result is None:
+                return None
+            if result == record:
+                return record
+            result["id"] = record["id"]
+            return result
+
+        removed, changed = self._compact(apply, "prune")
+        return removed + changed
+
+    def _compact(self, decide: Transform, reason: str) -> tuple[int, int]:
+        """Rewrite the journal through ``decide`` (same object: keep, None: drop, other: replace).
+
+        The bulk is copied while appends go on; the rest is copied with appends paused, then the
+        new file is synced and renamed over the journal, and the index follows in one
+        transaction. A crash at any point leaves either journal whole; the index notices the
+        new file (inode) and rebuilds.
+        """
+        marker: dict[str, Any] | None = None
+        with self._compact_lock:
+            self._check_open()
+            tmp = self.data_dir / (JOURNAL_NAME + ".compact")
+            result = _Rewrite(decide)
+            try:
+                with tmp.open("wb") as out:
+                    end = result.copy(self._journal.path, 0, out)
+                    with self._append_lock, self._db_lock:
+                        self._check_open()
+                        result.copy(self._journal.path, end, out)
+                        marker = self._marker(result, reason, out)
+                        out.flush()
+                        os.fsync(out.fileno())
+                        self._flush_locked()
+                        self._journal.swap(tmp)
+                        self._ident = self._journal.identity()
+                        self._recent.clear()
+                        self._after_swap(result, marker)
+            except (OSError, JournalError, sqlite3.Error) as exc:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"cannot compact the journal: {exc}") from None
+        if marker is not None:
+            self._deliver()
+        if result.corrupt:
+            log.warning("compaction dropped %d corrupt journal lines", result.corrupt)
+        return len(result.removed), len(result.changed)
+
+    def _marker(self, result: _Rewrite, reason: str, out: BinaryIO) -> dict[str, Any] | None:
+        """A record saying what the compaction did; it also keeps ids increasing after a restart
+        when the newest records were removed."""
+        if not result.removed and not result.changed:
+            return None
+        rid = self._next_id
+        marker: dict[str, Any] = {
+            "id": rid,
+            "ts": time.time(),
+            "type": COMPACTED_TYPE,
+            "reason": reason,
+            "removed": len(result.removed),
+            "changed": len(result.changed),
+        }
+        text = _encode(marker)
+        out.write((text + "\n").encode())
+        result.last_id = rid
+        result.marker_row = row_of(marker, text)
+        return marker
+
+    def _after_swap(self, result: _Rewrite, marker: dict[str, Any] | None) -> None:
+        size = self._journal.size
+        if marker is not None:
+            self._next_id = marker["id"] + 1
+            self._recent.append(marker)
+            if self._subscriber_list:
+                self._outbox.append(dict(marker))
+        changed = list(result.changed)
+        if result.marker_row is not None:
+            changed.append(result.marker_row)
+        last_id = self._journal.id_ending_at(size)
+        self._index.rewrite(result.removed, changed, Mark(last_id or 0, size, *self._ident))
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        with self._db_lock:
+            indexed = self._index.mark().last_id if not self._closed else 0
+        return StoreStats(
+            last_id=self._next_id - 1,
+            pending=len(self._pending),
+            indexed_id=indexed,
+            syncs=self._committer.syncs if self._committer else 0,
+            sync_errors=self._committer.errors if self._committer else 0,
+            corrupt_lines=self._corrupt,
+            truncated_bytes=self._journal.recovery.truncated_bytes,
+            index_rebuilt=self._rebuilt,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+
+    def close(self) -> None:
+        """Index everything, sync the journal one last time, stop the threads. Idempotent."""
+        with self._append_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._indexer.join()
+        with self._db_lock:
+            try:
+                self._flush_locked()
+            except StoreError as exc:
+                log.error("%s; the index will catch up from the journal on next open", exc)
+            self._index.close()
+        if self._committer is not None:
+            self._committer.close()
+        self._journal.close()
+        self._dir_lock.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Rewrite:
+    """State of one compaction pass: what was removed, what changed, corrupt lines dropped."""
+
+    def __init__(self, decide: Transform) -> None:
+        self.decide = decide
+        self.removed: list[int] = []
+        self.changed: list[Row] = []
+        self.corrupt = 0
+        self.last_id = 0
+        self.marker_row: Row | None = None
+
+    def copy(self, path: Path, start: int, out: BinaryIO) -> int:
+        """Copy complete lines from ``start`` through ``decide``; returns the offset reached."""
+        stats = ReadStats()
+        for record, line in _records(path, start, stats, self.last_id):
+            self.last_id = record["id"]
+            new = self.decide(record)
+            if new is None:
+                self.removed.append(record["id"])
+            elif new is record:
+                out.write(line + b"\n")
+            else:
+                text = _encode(new)
+                out.write((text + "\n").encode())
+                self.changed.append(row_of(new, text))
+        self.corrupt += stats.corrupt
+        return stats.end_offset
+
+
+def _records(
+    path: Path, start: int, stats: ReadStats, after_id: int
+) -> Iterator[tuple[dict[str, Any], bytes]]:
+    for record, line, _ in read_records(path, start, stats, after_id=after_id):
+        yield record, line
+
+
+def _string_list(values: Iterable[str] | None, name: str) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str | bytes):
+        raise TypeError(f"{name} must be an iterable of strings, not a single string")
+    return list(values)
+
+
+def rebuild(data_dir: Path) -> StoreStats:
+    """Drop the index of ``data_dir`` and rebuild it from the journal (the store must be closed
+    elsewhere: this takes the directory lock)."""
+    with Store(Path(data_dir), fsync=False, reindex=True) as store:
+        return store.stats()
