@@ -1,0 +1,13 @@
+"""The I/O shell of the mail servers: the only place that does mail I/O (sockets and TLS).
+
+Flow: ``listeners.MailServer`` accepts a connection, binds it to a run step (``binder``), picks
+the test case's policy and creates a ``connection.MailConnection`` that drives one sans-IO
+protocol core: socket bytes become core events, and ``MailConnection.apply`` turns the core's
+commands into writes (inside TLS or raw), TLS handshakes (``tlsengine``: ``ssl.SSLObject`` on
+memory BIOs), T2 ClientHello reads (``protocols.tlsrecord``), timers, closes and resets, and
+journal records (the ``sink``, called synchronously before the reply that follows).
+``pki`` creates the test CA and server certificate; ``limits`` admits connections.
+
+Must not import: ``mailtls.web``, ``mailtls.store``, ``mailtls.runs`` (except its shared types)
+or the protocol cores (``smtp``/``imap``/``pop3``): they come in as callables.
+"""

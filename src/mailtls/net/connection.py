@@ -1,0 +1,702 @@
+"""One mail connection: an ``asyncio.BufferedProtocol`` that drives one sans-IO protocol core.
+
+Bytes from the socket become core events; ``apply`` is the only place that turns the core's
+commands into I/O (writes inside or outside TLS, the TLS handshake, the ClientHello read, timers,
+close and reset, journal records). Records go to the sink synchronously, so a record always
+precedes the reply that follows it in the command list.
+
+Bounds: each read is at most ``READ_BYTES`` (one shared scratch buffer: the loop is single
+threaded); TLS gets at most 32 KiB before its handshake completes and has a deadline; reading
+pauses while the socket's write buffer is above ``WRITE_HIGH`` and the connection is aborted
+beyond ``WRITE_HARD_LIMIT`` (a peer that never reads). Anything a peer sends ends as a core
+event; only a bug (or a failing sink) reaches the broad handler, which logs and aborts.
+
+This module knows nothing of listeners or the server: it asks its ``Host`` (implemented by
+``listeners.MailServer``) for what it needs. It never imports the protocol cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+import ssl
+import struct
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from mailtls import observations as obs
+from mailtls.net.tlsengine import TlsEngine
+from mailtls.net.types import Binder, CoreFactory, ListenerSpec, Sink
+from mailtls.observations import Observation
+from mailtls.protocols.base import (
+    Authenticator,
+    ClientHelloReceived,
+    Close,
+    Closed,
+    Command,
+    Connected,
+    Core,
+    DataReceived,
+    Event,
+    Kicked,
+    ReadClientHello,
+    Record,
+    Send,
+    SendRaw,
+    SessionContext,
+    SetTimer,
+    StartTls,
+    Timeout,
+    TlsEstablished,
+    TlsFailed,
+    TlsInfo,
+)
+from mailtls.protocols.tlsrecord import ClientHelloReader
+from mailtls.runs.types import Binding
+from mailtls.settings import Settings
+from mailtls.testcases import BASELINE, TESTCASES, BlockStyle, ImplicitTls, TestCase
+
+log = logging.getLogger("mailtls.net")
+
+READ_BYTES = 32 * 1024
+WRITE_HIGH = 64 * 1024
+WRITE_HARD_LIMIT = 1024 * 1024
+_READ_BUFFER = bytearray(READ_BYTES)
+_READ_VIEW = memoryview(_READ_BUFFER)
+
+# reasons to pause reading (bit flags)
+_PAUSE_HOLD = 1  # a delayed Send holds the following commands
+_PAUSE_WRITE = 2  # the transport's write buffer is above its high-water mark
+_PEER_GONE = ("client", "error")
+_FLAT_TYPES = ("str", "int", "bool", "float", "str | None", "int | None", "tuple[str, ...]")
+
+
+class Host(Protocol):
+    """What a connection needs from its server."""
+
+    settings: Settings
+    binder: Binder
+    authenticator: Authenticator
+    sink: Sink
+
+    def ssl_context(self) -> ssl.SSLContext: ...
+
+    def next_conn_id(self) -> str: ...
+
+    def admit(self, conn: MailConnection) -> str | None: ...
+
+    def allow_refusal_record(self) -> bool: ...
+
+    def register(self, conn: MailConnection) -> None: ...
+
+    def unregister(self, conn: MailConnection) -> None: ...
+
+
+class Listener:
+    """Shared by the connections of one listening socket: spec, core factory, host."""
+
+    __slots__ = ("_contexts", "core_factory", "host", "spec")
+
+    def __init__(self, spec: ListenerSpec, core_factory: CoreFactory, host: Host) -> None:
+        self.spec = spec
+        self.core_factory = core_factory
+        self.host = host
+        self._contexts: dict[str, SessionContext] = {}
+
+    def context(self, policy: TestCase) -> SessionContext:
+        """Session contexts are immutable: one per policy is shared by all connections."""
+        ctx = self._contexts.get(policy.name)
+        if ctx is None:
+            s = self.host.settings
+            ctx = SessionContext(
+                policy=policy,
+                role=self.spec.role,
+                hostname=s.hostname,
+                domain=s.domain,
+                authenticator=self.host.authenticator,
+                implicit_tls=self.spec.implicit_tls,
+                limits=s.limits,
+            )
+            self._contexts[policy.name] = ctx
+        return ctx
+
+    def __call__(self) -> MailConnection:
+        return MailConnection(self)
+
+
+def policy_for(binding: Binding | None) -> TestCase:
+    if binding is not None and binding.active:
+        return TESTCASES.get(binding.testcase, BASELINE)
+    return BASELINE
+
+
+_FIELD_NAMES: dict[type[Observation], tuple[str, ...]] = {}
+
+
+def observation_fields(o: Observation) -> dict[str, Any]:
+    """``o.as_fields()``; flat dataclass observations take a fast path with the same result."""
+    cls = type(o)
+    if cls.as_fields is not Observation.as_fields:
+        return o.as_fields()
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        fields = dataclasses.fields(o)
+        flat = all(f.type in _FLAT_TYPES for f in fields)
+        if not flat:
+            return o.as_fields()
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields)
+    return {name: getattr(o, name) for name in names}
+
+
+class MailConnection(asyncio.BufferedProtocol):
+    __slots__ = (
+        "_binding_fields",
+        "_cause",
+        "_closed_by",
+        "_closing",
+        "_connected",
+        "_core",
+        "_deadline",
+        "_engine",
+        "_held",
+        "_hello",
+        "_loop",
+        "_paused",
+        "_pending",
+        "_started",
+        "_timer",
+        "_timer_at",
+        "_timer_when",
+        "_tls_fields",
+        "_transport",
+        "binding",
+        "bytes_in",
+        "bytes_out",
+        "client",
+        "conn_id",
+        "cport",
+        "listener",
+        "local",
+        "mode",
+        "policy",
+        "tls",
+    )
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.conn_id = ""
+        self.client = ""
+        self.cport = 0
+        self.local: tuple[str, int] = ("", 0)
+        self.binding: Binding | None = None
+        self.policy: TestCase = BASELINE
+        self.tls: TlsInfo | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.mode = "plain"  # plain | tls | hello | blocked
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._core: Core | None = None
+        self._engine: TlsEngine | None = None
+        self._hello: ClientHelloReader | None = None
+        self._connected = False  # Connected was given to the core
+        self._closing = False
+        self._closed_by = ""
+        self._cause = "server"  # who a Close applied now is attributed to
+        self._paused = 0
+        self._held: deque[Command] | None = None
+        self._pending: deque[tuple[Event, str]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._timer_when = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tls_fields: dict[str, str] | None = None
+        self._binding_fields: dict[str, object] | None = None
+        self._started = 0.0
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        try:
+            self._open(transport)
+        except Exception:
+            log.exception("connection setup failed")
+            self._abort("error")
+
+    def _open(self, transport: asyncio.Transport) -> None:
+        host = self.listener.host
+        spec = self.listener.spec
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        self.client, self.cport = str(peer[0]), int(peer[1])
+        self.local = (str(sock[0]), int(sock[1]))
+        self.conn_id = host.next_conn_id()
+        self.binding = host.binder(self.client, self.local)
+        if self.binding is not None:
+            self._binding_fields = self.binding.as_fields()
+        refusal = host.admit(self)
+        if refusal is not None:
+            self._closing = True
+            self._closed_by = "refused"
+            if host.allow_refusal_record():
+                self._record(obs.ConnectionRefused(refusal))
+            transport.abort()
+            return
+        host.register(self)
+        self.policy = policy_for(self.binding)
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self._record(
+            obs.ConnectionOpened(
+                security="tls" if spec.implicit_tls else "starttls",
+                testcase=self.policy.name,
+                active=self.binding is not None and self.binding.active,
+            )
+        )
+        if spec.implicit_tls and self.policy.implicit_tls() is ImplicitTls.BLOCK:
+            self._block(host.settings.tls.blocked_style)
+            return
+        self._core = self.listener.core_factory(self.listener.context(self.policy))
+        if spec.implicit_tls:
+            self._start_tls()
+        else:
+            self._connected = True
+            self._dispatch(Connected(), "server")
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_in += nbytes
+        if self._closing:
+            return
+        try:
+            self._received(_READ_VIEW[:nbytes])
+        except Exception:
+            log.exception("connection %s failed", self.conn_id)
+            self._abort("error")
+
+    def eof_received(self) -> bool:
+        try:
+            self._peer_eof()
+        except Exception:
+            log.exception("connection %s failed at EOF", self.conn_id)
+            self._abort("error")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost(exc)
+        except Exception:
+            log.exception("connection %s failed when closed", self.conn_id)
+
+    def pause_writing(self) -> None:
+        self._pause(_PAUSE_WRITE)
+
+    def resume_writing(self) -> None:
+        self._resume(_PAUSE_WRITE)
+
+    # --- from the server ------------------------------------------------------------------
+
+    def kick(self, reason: str) -> None:
+        """The server closes this connection (run activation, step start, shutdown)."""
+        if self._closing:
+            return
+        try:
+            if self._core is None or not self._connected:
+                self._close(False, "kick")
+            else:
+                self._dispatch(Kicked(reason), "kick")
+        except Exception:
+            log.exception("connection %s failed when kicked", self.conn_id)
+            self._abort("error")
+
+    def abort(self) -> None:
+        self._abort("kick")
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # --- input ------------------------------------------------------------------------------
+
+    def _received(self, data: memoryview) -> None:
+        mode = self.mode
+        if mode == "plain":
+            self._dispatch(DataReceived(bytes(data)), "server")
+        elif mode == "tls":
+            self._tls_received(data)
+        elif mode == "hello":
+            self._hello_received(bytes(data))
+        elif mode == "blocked" and self._engine is not None:
+            self._tls_received(data)
+        # blocked without TLS: the silent attacker discards everything
+
+    def _tls_received(self, data: memoryview) -> None:
+        engine = self._engine
+        assert engine is not None
+        out = engine.receive(data)
+        if out.outgoing:
+            self._write(out.outgoing)
+        if out.established is not None:
+            self._tls_up(out.established)
+        if out.failure is not None:
+            self._tls_failed(out.failure, "server")
+            return
+        if out.plaintext and self._engine is not None and not self._closing:
+            self._dispatch(DataReceived(out.plaintext), "server")
+        if out.eof and not self._closing:  # close_notify: the core sees Closed when it is gone
+            self._close(False, "client")
+
+    def _tls_up(self, info: TlsInfo) -> None:
+        self._cancel_deadline()
+        self.tls = info
+        self._tls_fields = {"version": info.version, "cipher": info.cipher}
+        if self.mode == "blocked":  # handshake_then_close
+            self._record(obs.TlsStarted(info.version, info.cipher, implicit=True))
+            self._close(False, "server")
+        elif not self._connected:  # implicit TLS: the core starts after the handshake
+            self._connected = True
+            self._dispatch(Connected(tls=info), "server")
+        else:
+            self._dispatch(TlsEstablished(info), "server")
+
+    def _tls_failed(self, reason: str, cause: str) -> None:
+        engine = self._engine
+        self._engine = None
+        self._cancel_deadline()
+        if engine is not None and engine.established:  # broken session: treat as gone
+            self.tls = None
+            self._tls_fields = None
+            self._dispatch(Closed(), "error")
+            self._close(False, "error")
+        elif self._connected:  # STARTTLS: the core decides (records, closes)
+            self.mode = "plain"
+            self._dispatch(TlsFailed(reason), cause)
+        else:  # implicit TLS or handshake_then_close: no core session to tell
+            self._record(obs.TlsHandshakeFailed(reason))
+            self._close(False, cause)
+
+    def _hello_received(self, data: bytes) -> None:
+        reader = self._hello
+        assert reader is not None
+        result = reader.feed(data)
+        if result is not None:
+            self._hello_done(result.nbytes, result.looks_like_tls, result.rest)
+
+    def _hello_done(self, nbytes: int, looks_like_tls: bool, rest: bytes) -> None:
+        self._hello = None
+        self._cancel_deadline()
+        self.mode = "plain"
+        self._dispatch(ClientHelloReceived(nbytes, looks_like_tls), "server")
+        if rest and not self._closing:
+            self._dispatch(DataReceived(rest), "server")
+
+    def _peer_eof(self) -> None:
+        """The peer finished sending: finish what waits for input, then the core sees Closed."""
+        if self._closing:
+            return
+        if self._hello is not None:
+            r = self._hello.finish()
+            self._hello_done(r.nbytes, r.looks_like_tls, r.rest)
+        elif self._engine is not None and not self._engine.established and self._connected:
+            self._tls_failed("connection_closed", "client")
+        self._closed_by = "client"
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._cancel_deadline()
+        self._closing = True
+        if not self._closed_by:
+            # a reset or broken pipe is the peer leaving; anything else is our failure
+            self._closed_by = "client" if exc is None or isinstance(exc, OSError) else "error"
+        if self._closed_by == "refused":
+            return
+        self._held = None
+        self._pending.clear()
+        if self._core is not None and self._connected and self._closed_by in _PEER_GONE:
+            # the peer went away (not a server close): only the core's records are applied
+            for cmd in self._core.handle(Closed()):
+                if type(cmd) is Record:
+                    self._record(cmd.observation)
+        self.listener.host.unregister(self)
+        self._record(
+            obs.ConnectionClosed(
+                by=self._closed_by,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                duration=round(time.monotonic() - self._started, 3),
+            )
+        )
+        self._core = None
+        self._engine = None
+        self._transport = None
+
+    # --- events to the core -------------------------------------------------------------
+
+    def _dispatch(self, event: Event, cause: str) -> None:
+        """Give the core one event and apply its commands (queued while commands are held)."""
+        if self._held is not None:
+            self._pending.append((event, cause))
+            return
+        core = self._core
+        if core is None or self._closing:
+            return
+        self._cause = cause
+        self.apply(core.handle(event))
+
+    def apply(self, commands: Iterable[Command]) -> None:
+        """Turn commands into I/O, in order. The only place that writes, closes or records."""
+        it = iter(commands)
+        for cmd in it:
+            if self._closing and not isinstance(cmd, Record):
+                continue
+            match cmd:
+                case Record(observation):
+                    self._record(observation)
+                case Send(data, delay) if delay > 0:
+                    self._hold(delay, [Send(data), *it])
+                    return
+                case Send(data):
+                    self._send(data)
+                case SetTimer(seconds):
+                    self._set_timer(seconds)
+                case SendRaw(data):
+                    self._send_raw(data)
+                case StartTls():
+                    self._start_tls()
+                case ReadClientHello():
+                    self._read_client_hello()
+                case Close(reset):
+                    self._close(reset, self._cause)
+                case _:
+                    raise TypeError(f"unknown command {cmd!r}")
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def _record(self, o: Observation) -> None:
+        binding = self.binding
+        spec = self.listener.spec
+        record: dict[str, Any] = {
+            "ts": time.time(),
+            "conn": self.conn_id,
+            "protocol": spec.protocol,
+            "listener": spec.name,
+            "port": self.local[1],
+            "client": self.client,
+            "cport": self.cport,
+            "tls": self._tls_fields,
+            "run": binding.run_id if binding is not None else None,
+            "step": binding.step if binding is not None else None,
+            "binding": self._binding_fields,
+            "type": o.TYPE,
+        }
+        record.update(observation_fields(o))
+        self.listener.host.sink(record)
+
+    def _send(self, data: bytes) -> None:
+        engine = self._engine
+        if engine is None:
+            self._write(data)
+        elif engine.established:
+            self._write(engine.encrypt(data))
+        else:
+            log.debug("connection %s: Send during a TLS handshake dropped", self.conn_id)
+
+    def _send_raw(self, data: bytes) -> None:
+        """Write outside TLS. An established TLS session is abandoned: what the peer sends
+        afterwards reaches the core as raw TCP bytes (alerts, plaintext commands)."""
+        if self._engine is not None:
+            self._engine = None
+            self.tls = None
+            self._tls_fields = None
+            self.mode = "plain"
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or not data:
+            return
+        self.bytes_out += len(data)
+        transport.write(data)
+        if self._paused & _PAUSE_WRITE and transport.get_write_buffer_size() > WRITE_HARD_LIMIT:
+            log.info("connection %s: peer does not read, aborting", self.conn_id)
+            self._abort("error")
+
+    def _start_tls(self) -> None:
+        self._engine = TlsEngine(self.listener.host.ssl_context())
+        if self.mode != "blocked":
+            self.mode = "tls"
+        self._arm_deadline()
+
+    def _read_client_hello(self) -> None:
+        self._hello = ClientHelloReader()
+        self.mode = "hello"
+        self._arm_deadline()
+
+    def _close(self, reset: bool, by: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._closed_by = self._closed_by or by
+        self._cancel_timer()
+        self._cancel_deadline()
+        transport = self._transport
+        if transport is None:
+            return
+        if reset:
+            _set_linger_zero(transport)
+            transport.abort()
+            return
+        engine = self._engine
+        if engine is not None and engine.established:
+            self._write(engine.close_notify())
+        transport.close()
+
+    def _abort(self, by: str) -> None:
+        if not self._closed_by:
+            self._closed_by = by
+        self._closing = True
+        self._cancel_timer()
+        self._cancel_deadline()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _block(self, style: BlockStyle) -> None:
+        self.mode = "blocked"
+        self._record(obs.ImplicitTlsBlocked(str(style)))
+        if style is BlockStyle.CLOSE:
+            self._close(False, "server")
+        elif style is BlockStyle.RESET:
+            self._close(True, "server")
+        elif style is BlockStyle.HANDSHAKE_THEN_CLOSE:
+            self._start_tls()
+        else:  # silence: send nothing, discard input, close after the bound
+            self._cause = "timeout"
+            self._set_timer(self.listener.host.settings.tls.blocked_seconds)
+
+    # --- delayed sends (ordering preserved) ----------------------------------------------------
+
+    def _hold(self, delay: float, rest: Sequence[Command]) -> None:
+        assert self._loop is not None
+        self._held = deque(rest)
+        self._pause(_PAUSE_HOLD)
+        cause = self._cause
+        self._loop.call_later(delay, self._release, cause)
+
+    def _release(self, cause: str) -> None:
+        held = self._held
+        self._held = None
+        if held is None or self._closing:
+            return
+        try:
+            self._cause = cause
+            self.apply(held)
+            while self._held is None and self._pending and not self._closing:
+                event, event_cause = self._pending.popleft()
+                self._dispatch(event, event_cause)
+            if self._held is None:
+                self._resume(_PAUSE_HOLD)
+        except Exception:
+            log.exception("connection %s failed", self.conn_id)
+            self._abort("error")
+
+    def _pause(self, bit: int) -> None:
+        if not self._paused and self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+        self._paused |= bit
+
+    def _resume(self, bit: int) -> None:
+        if not self._paused & bit:
+            return
+        self._paused &= ~bit
+        if not self._paused and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    # --- timers ----------------------------------------------------------------------------------
+
+    def _set_timer(self, seconds: float | None) -> None:
+        """Re-arm the single timer lazily: a later deadline only moves ``_timer_at``; the
+        handle re-schedules itself when it fires early (cheap for per-reply idle timers)."""
+        if seconds is None:
+            self._timer_at = None
+            return
+        assert self._loop is not None
+        at = self._loop.time() + seconds
+        self._timer_at = at
+        if self._timer is None or self._timer_when > at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(at, self._on_timer)
+            self._timer_when = at
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        at = self._timer_at
+        if at is None or self._closing or self._loop is None:
+            return
+        if self._loop.time() < at - 0.001:
+            self._timer = self._loop.call_at(at, self._on_timer)
+            self._timer_when = at
+            return
+        self._timer_at = None
+        try:
+            if self._core is None:  # blocked silence
+                self._close(False, "timeout")
+            else:
+                self._dispatch(Timeout(), "timeout")
+        except Exception:
+            log.exception("connection %s failed on timeout", self.conn_id)
+            self._abort("error")
+
+    def _cancel_timer(self) -> None:
+        self._timer_at = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm_deadline(self) -> None:
+        assert self._loop is not None
+        self._cancel_deadline()
+        seconds = self.listener.host.settings.tls.handshake_seconds
+        self._deadline = self._loop.call_later(seconds, self._on_deadline)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _on_deadline(self) -> None:
+        """The TLS handshake or the ClientHello did not complete in time."""
+        self._deadline = None
+        if self._closing:
+            return
+        try:
+            if self._hello is not None:
+                r = self._hello.finish()
+                self._hello_done(r.nbytes, r.looks_like_tls, r.rest)
+            elif self._engine is not None and not self._engine.established:
+                self._tls_failed("handshake_timeout", "timeout")
+        except Exception:
+            log.exception("connection %s failed on deadline", self.conn_id)
+            self._abort("error")
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def _set_linger_zero(transport: asyncio.BaseTransport) -> None:
+    """SO_LINGER with timeout 0: closing the socket sends a TCP reset."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
