@@ -1,0 +1,330 @@
+"""Machinery shared by the SMTP, IMAP and POP3 cores (sans-IO, protocol-neutral).
+
+What is here, and why it is shared:
+- ``Outbox``: collects the commands of one ``handle`` call; replies of a pipelined batch are
+  joined into one ``Send``, and every ``Record`` stays ahead of the reply it precedes.
+- ``input_timer``: the contract's timer rule (idle after a reply, an absolute per-line deadline
+  from the first byte of a partial line) without reading a clock: the deadline is armed only
+  when a partial line starts and left alone while it grows.
+- ``SaslFlow``: one AUTH/AUTHENTICATE exchange on top of ``sasl.SaslExchange`` that turns its
+  steps into a protocol-neutral result and builds the exchange's single ``AuthAttempted`` (plus
+  ``UsernameSent`` when a username went out without its secret). It never keeps a secret, only
+  whether one was sent.
+- ``Disrupted``: the t2/t4 *disrupted* state (no replies; every chunk recorded as
+  ``DataAfterDisruption``; secret-carrying plaintext lines found by a protocol's
+  ``SecretScanner`` recorded as ``AuthAttempted(outcome="disrupted")``; bounded).
+- small helpers: ``looks_like_tls_record``, ``first_verb``, ``redacted_line``,
+  ``mechanisms``, ``mechanism_allowed``.
+
+Imports only ``mailtls.observations`` and sibling modules of ``mailtls.protocols`` (``base``,
+``sasl``). Must not import a protocol core (``smtp``, ``imap``, ``pop3``), ``asyncio``, sockets,
+``mailtls.net``, ``mailtls.store`` or ``mailtls.web``.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+from mailtls.observations import (
+    AuthAttempted,
+    DataAfterDisruption,
+    Observation,
+    SessionKicked,
+    UsernameSent,
+)
+from mailtls.protocols.base import (
+    AuthDecision,
+    Authenticator,
+    Close,
+    Closed,
+    Command,
+    DataReceived,
+    Event,
+    Kicked,
+    Limits,
+    LineBuffer,
+    Record,
+    Send,
+    SetTimer,
+    Timeout,
+    truncate,
+)
+from mailtls.protocols.sasl import (
+    PRE_TLS_MECHANISMS,
+    TLS_MECHANISMS,
+    Aborted,
+    Challenge,
+    Finished,
+    SaslExchange,
+    Step,
+)
+
+OAUTH_MECHANISMS: Final = frozenset({"XOAUTH2", "OAUTHBEARER"})
+
+# --- outgoing commands -------------------------------------------------------------------------
+
+
+class Outbox:
+    """The commands of one ``handle`` call, in order; consecutive replies become one ``Send``."""
+
+    __slots__ = ("_commands", "_pending")
+
+    def __init__(self) -> None:
+        self._commands: list[Command] = []
+        self._pending: list[bytes] = []
+
+    def record(self, observation: Observation) -> None:
+        self._commands.append(Record(observation))
+
+    def reply(self, data: bytes) -> None:
+        """Queue reply bytes; they are sent, joined, before the next non-reply command."""
+        self._pending.append(data)
+
+    def add(self, command: Command) -> None:
+        """Append a command after all replies queued so far (``Send`` with delay, ``Close``...)."""
+        self.flush()
+        self._commands.append(command)
+
+    def flush(self) -> None:
+        if self._pending:
+            pending = self._pending
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            self._commands.append(Send(data))
+            self._pending = []
+
+    def finish(self) -> list[Command]:
+        self.flush()
+        return self._commands
+
+
+def input_timer(
+    limits: Limits, completed: bool, partial_before: bool, partial_after: bool
+) -> SetTimer | None:
+    """The timer to arm after a ``DataReceived`` was parsed in a line-reading state.
+
+    ``completed``: at least one line was handled (so a reply went out or is queued).
+    ``partial_before``/``partial_after``: a partial line was buffered before/after the data.
+    A partial line that just started gets the absolute ``line_seconds`` deadline; one that only
+    grew keeps the deadline already armed (``None``: no command); otherwise ``idle_seconds``.
+    """
+    if partial_after and (completed or not partial_before):
+        return SetTimer(limits.line_seconds)
+    if completed:
+        return SetTimer(limits.idle_seconds)
+    return None
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def looks_like_tls_record(data: bytes) -> bool:
+    """Whether bytes start like a TLS record (change_cipher_spec, alert, handshake, app data)."""
+    return bool(data) and 0x14 <= data[0] <= 0x17
+
+
+def first_verb(data: bytes, known: frozenset[str]) -> str:
+    """The first word of a plaintext chunk, for ``DataAfterDisruption.verb``.
+
+    ``""`` for binary data; the upper-cased word when it is one of the protocol's ``known``
+    verbs; ``"?"`` for any other text, so that a stray secret (a base64 password line) is never
+    copied into an observation.
+    """
+    if not data or not 0x21 <= data[0] <= 0x7E:
+        return ""
+    word = data[:32].split(None, 1)[0]
+    if not all(0x21 <= b <= 0x7E for b in word):
+        return ""
+    verb = word.decode("ascii").upper()
+    return verb if verb in known else "?"
+
+
+def redacted_line(nbytes: int) -> str:
+    """Transcript form of a line that is entirely secret (a SASL continuation)."""
+    return f"<redacted, {nbytes} bytes>"
+
+
+def mechanisms(tls: bool) -> tuple[str, ...]:
+    """SASL mechanisms offered: ``PLAIN LOGIN`` before TLS (the attacker's offer), plus CRAM-MD5."""
+    return TLS_MECHANISMS if tls else PRE_TLS_MECHANISMS
+
+
+def mechanism_allowed(mechanism: str, tls: bool) -> bool:
+    """Offered now, or XOAUTH2/OAUTHBEARER (recognised, run to the end and refused)."""
+    return mechanism in mechanisms(tls) or mechanism in OAUTH_MECHANISMS
+
+
+# --- SASL --------------------------------------------------------------------------------------
+
+SUCCESS: Final = "success"
+FAILURE: Final = "failure"
+CANCELLED: Final = "cancelled"
+MALFORMED: Final = "malformed"
+
+
+class SaslFlow:
+    """One SASL exchange with its bookkeeping; the core phrases the result in its protocol.
+
+    ``start(initial)`` and ``respond(line)`` return ``bytes`` (a challenge, raw: the core
+    base64-encodes it) or one of ``SUCCESS``, ``FAILURE``, ``CANCELLED``, ``MALFORMED``. After
+    the end, ``records(outcome)`` gives the observations of the exchange (``outcome`` is the
+    ``AuthAttempted.outcome``: the result above, or ``refused``/``disrupted``/...).
+    ``secret_sent`` is conservative: a malformed or over-long response in the position of the
+    secret (any PLAIN response, the LOGIN password line, the CRAM-MD5 response, an OAuth token)
+    counts as sent, since its bytes went over the wire.
+    """
+
+    __slots__ = (
+        "_authenticator",
+        "_challenged",
+        "_decision",
+        "_sasl",
+        "mechanism",
+        "secret_sent",
+        "tls",
+        "username",
+    )
+
+    def __init__(
+        self, mechanism: str, tls: bool, authenticator: Authenticator, hostname: str
+    ) -> None:
+        self._sasl = SaslExchange(mechanism, hostname)
+        self.mechanism = self._sasl.mechanism
+        self.tls = tls
+        self._authenticator = authenticator
+        self._challenged = False
+        self._decision: AuthDecision | None = None
+        self.username: str | None = None  # only in memory; observations get the display form
+        self.secret_sent = False
+
+    def start(self, initial: str | None) -> bytes | str:
+        return self._after(self._sasl.start(initial), initial)
+
+    def respond(self, line: str) -> bytes | str:
+        return self._after(self._sasl.respond(line), line)
+
+    def fail_line(self, nonempty: bool = True) -> str:
+        """A response that could not be read at all (over-long line): ``MALFORMED``."""
+        if nonempty and self._secret_stage():
+            self.secret_sent = True
+        return MALFORMED
+
+    @property
+    def decision(self) -> AuthDecision | None:
+        if self._decision is None and self.username is not None:
+            self._decision = self._authenticator(self.username)
+        return self._decision
+
+    def records(self, outcome: str) -> list[Observation]:
+        """The exchange's ``AuthAttempted`` (+ ``UsernameSent`` if only a username went out)."""
+        decision = self.decision
+        display, code = (decision.display, decision.code) if decision else ("", None)
+        sent = self.secret_sent
+        out: list[Observation] = [
+            AuthAttempted(
+                self.mechanism, display, code, self.tls, sent, sent and not self.tls, outcome
+            )
+        ]
+        if decision is not None and not sent:
+            out.append(UsernameSent(display, code, self.tls))
+        return out
+
+    def _secret_stage(self) -> bool:
+        if self.mechanism == "LOGIN":
+            return self.username is not None
+        if self.mechanism == "CRAM-MD5":
+            return self._challenged
+        return True
+
+    def _after(self, step: Step, line: str | None) -> bytes | str:
+        if isinstance(step, Challenge):
+            self._challenged = True
+            if step.username_so_far is not None:
+                self.username = step.username_so_far
+                if self.mechanism in OAUTH_MECHANISMS:
+                    self.secret_sent = True  # the token travelled with the first response
+            return step.data
+        if isinstance(step, Finished):
+            self.username = step.username
+            self.secret_sent = step.secret_sent
+            decision = self.decision
+            ok = decision is not None and decision.ok and not step.always_fail
+            return SUCCESS if ok else FAILURE
+        if isinstance(step, Aborted) and step.reason == "cancelled":
+            if step.username is not None:
+                self.username = step.username
+            return CANCELLED
+        empty = line is None or line.strip() in ("", "=")
+        return self.fail_line(nonempty=not empty)
+
+
+# --- the disrupted state (t2 after the cleartext line, t4 after SendRaw) -----------------------
+
+
+class SecretScanner(Protocol):
+    """A protocol's reader of lines the server never answers (disrupted, pipelined after
+    STARTTLS): it returns the observations of secrets and usernames those lines carry."""
+
+    def line(self, line: bytes) -> list[Observation]: ...
+
+    def finish(self) -> list[Observation]: ...
+
+
+MAX_DISRUPTED_CHUNKS: Final = 64
+MAX_DISRUPTED_BYTES: Final = 64 * 1024
+
+
+class Disrupted:
+    """No replies; record what arrives; ``Close`` on ``Timeout``/``Closed``/``Kicked`` or when
+    the chunk or byte bound is reached. The core arms ``SetTimer(limits.disrupted_seconds)``."""
+
+    __slots__ = ("_bytes", "_chunks", "_closed", "_known", "_lines", "_scanner", "_tls")
+
+    def __init__(
+        self, tls: bool, line_limit: int, scanner: SecretScanner, known: frozenset[str]
+    ) -> None:
+        self._tls = tls
+        self._lines = LineBuffer(line_limit)
+        self._scanner = scanner
+        self._known = known
+        self._chunks = 0
+        self._bytes = 0
+        self._closed = False
+
+    def handle(self, event: Event) -> list[Command]:
+        if self._closed:
+            return []
+        if isinstance(event, DataReceived):
+            return self.data(event.data)
+        if isinstance(event, Timeout | Closed):
+            return [*self._finish(), Close()]
+        if isinstance(event, Kicked):
+            return [*self._finish(), Record(SessionKicked(truncate(event.reason))), Close()]
+        return []
+
+    def data(self, data: bytes) -> list[Command]:
+        if self._closed:
+            return []
+        self._chunks += 1
+        self._bytes += len(data)
+        alert = looks_like_tls_record(data)
+        verb = "" if alert else first_verb(data, self._known)
+        out: list[Command] = [Record(DataAfterDisruption(len(data), alert, verb))]
+        if not alert:
+            out += [Record(o) for o in self.scan(data)]
+        if self._chunks >= MAX_DISRUPTED_CHUNKS or self._bytes >= MAX_DISRUPTED_BYTES:
+            out += [*self._finish(), Close()]
+        return out
+
+    def scan(self, data: bytes) -> list[Observation]:
+        """Look for secrets in plaintext bytes without recording them as a chunk (bytes that
+        were already buffered when the disruption began)."""
+        self._lines.feed(data)
+        found: list[Observation] = []
+        while (line := self._lines.next_line()) is not None:
+            if isinstance(line, bytes):
+                found += self._scanner.line(line)
+        return found
+
+    def _finish(self) -> list[Record]:
+        self._closed = True
+        return [Record(o) for o in self._scanner.finish()]
