@@ -1,0 +1,121 @@
+"""Charts of census results with matplotlib's Agg backend (no display needed): PNG or SVG.
+
+``plot_run``: one group of bars per base (port, or product and port) with the share of services
+advertising plaintext authentication before TLS, of those without STARTTLS, and of those that
+advertise plaintext auth *and* no STARTTLS; the base size is written under each label. The title
+names the profile and the date, a footnote carries the main caveat. ``plot_history``: the share
+of one indicator over the saved runs, one line per base.
+
+Must not import: the client, rich.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from mailtls.census.history import Comparison
+from mailtls.census.model import CensusRun, evaluate
+from mailtls.census.render import fmt_count
+
+FORMATS = (".png", ".svg")
+BARS = (
+    ("plaintext_auth", "advertises plaintext auth before TLS"),
+    ("no_starttls", "no STARTTLS / STLS"),
+    ("plaintext_auth_without_starttls", "plaintext auth and no STARTTLS"),
+)
+FOOTNOTE = (
+    "Shodan host/count; counts of services, not organisations; banner keywords are a "
+    "heuristic (a server may still refuse AUTH before TLS). See docs/census.md."
+)
+
+
+def check_plot_path(path: Path) -> None:
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"the plot file must end in {' or '.join(FORMATS)}")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    check_plot_path(path)
+    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_run(run: CensusRun, path: Path) -> int:
+    """Write the bar chart; returns the number of bases plotted (0: an empty, labelled chart)."""
+    results = [r for r in evaluate(run) if r.indicators]
+    labels = [f"{r.spec.label}\nn={fmt_count(r.total)}" for r in results]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(results) + 2.0), 5.0))
+    width = 0.8 / len(BARS)
+    for n, (key, legend) in enumerate(BARS):
+        xs, ys = [], []
+        for i, r in enumerate(results):
+            ind = r.indicator(key)
+            if ind is not None and ind.share is not None:
+                xs.append(i + (n - (len(BARS) - 1) / 2) * width)
+                ys.append(100.0 * ind.share)
+        bars = ax.bar(xs, ys, width=width, label=legend)
+        if n == 0:
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(results)), labels, rotation=45 if len(results) > 8 else 0,
+                  ha="right" if len(results) > 8 else "center", fontsize=8)  # fmt: skip
+    ax.set_ylabel("share of the base (%)")
+    ax.set_ylim(0, 105)
+    when = run.started.strftime("%Y-%m-%d")
+    partial = "" if run.complete else " (partial)"
+    ax.set_title(
+        f"Mail services advertising plaintext auth before TLS\n"
+        f"Shodan, {when}, profile {run.profile} v{run.profile_version}{partial}"
+    )
+    if not results:
+        ax.text(0.5, 0.5, "no base with indicators", ha="center", transform=ax.transAxes)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.text(0.01, -0.02, FOOTNOTE, fontsize=7, ha="left", va="top", wrap=True)
+    _save(fig, path)
+    return len(results)
+
+
+def _days(when: datetime) -> float:
+    """matplotlib's date number: days since its default epoch, 1970-01-01 UTC."""
+    return when.timestamp() / 86400.0
+
+
+def plot_history(cmp: Comparison, path: Path, indicator: str = "plaintext_auth") -> int:
+    """Write the share of ``indicator`` per base over the runs; returns the number of lines."""
+    fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    lines = 0
+    for s in cmp.series:
+        if s.indicator != indicator:
+            continue
+        pts = [
+            (d, 100.0 * p.share)
+            for d, p in zip(cmp.dates, s.points, strict=True)
+            if p is not None and p.share is not None
+        ]
+        if not pts:
+            continue
+        ax.plot([_days(d) for d, _ in pts], [v for _, v in pts], marker="o", label=s.label)
+        lines += 1
+    ax.set_ylabel(f"share of the base (%): {indicator}")
+    ax.set_title(
+        f"Census history, profile {cmp.profile}: {indicator}\n"
+        f"{cmp.dates[0]:%Y-%m-%d} to {cmp.dates[-1]:%Y-%m-%d}, {len(cmp.runs)} run(s)"
+    )
+    if lines:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no shares to plot", ha="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+    ax.xaxis_date()
+    fig.autofmt_xdate()
+    fig.text(0.01, -0.02, FOOTNOTE, fontsize=7, ha="left", va="top", wrap=True)
+    _save(fig, path)
+    return lines
