@@ -1,0 +1,454 @@
+"""Verdicts: what the events of one step and the user's answers mean (DESIGN §8). Pure.
+
+``step_verdict(info, events, reports, loop_connections=N, loop_seconds=M)`` takes the step
+(scenario, test case, state, whether a two_phase step was activated), the events of the
+connections bound to it plus those of connections bound elsewhere (or not at all) that presented
+the run's code, and the user's reports; it returns a ``StepResult``: the verdict, a reason, the
+findings (tags with event ids as evidence) and one verdict per protocol.
+
+Rules, per protocol, from the connections whose accept-time binding is this step:
+- FAIL: a secret-carrying message (``auth`` with ``secret_in_clear``) without TLS. FAIL always
+  wins, whatever else happened (a skipped step, a prompt, a later TLS login).
+- INCONCLUSIVE ``binding_mismatch``: a login with the run's code on a connection bound elsewhere
+  or not at all (a cleartext credential there is reported as a finding of the mode it got).
+- Only connections where the attack was active count for PASS (two_phase: accepted after
+  activation). None: INCONCLUSIVE ``not_exercised``.
+- PASS: a secret was sent inside TLS there. Otherwise INCONCLUSIVE ``loop`` (>= N connections
+  within M s after a disruption, no secret sent), ``aborted_after_downgrade`` (the attack showed,
+  the client went no further: the secure outcome), or ``not_exercised``.
+Step level: the user's reports add WARN (prompt shown) and NOT_APPLICABLE (could not connect); no
+connection and no report is INCONCLUSIVE ``never_connected``; the verdict is the worst in the order
+FAIL > WARN > INCONCLUSIVE > NOT_APPLICABLE > PASS > SKIPPED. A skipped step is SKIPPED unless FAIL.
+
+No I/O, no clock: time comes from the events' ``ts``. Imports only ``mailtls.testcases``; never
+the store, net or web.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailtls.testcases import TESTCASES, ImplicitTls
+
+Event = Mapping[str, Any]
+
+
+class Verdict(enum.StrEnum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    WARN = "WARN"
+    NOT_APPLICABLE = "NOT_APPLICABLE"
+    SKIPPED = "SKIPPED"
+
+
+SEVERITY: dict[Verdict, int] = {
+    Verdict.FAIL: 5,
+    Verdict.WARN: 4,
+    Verdict.INCONCLUSIVE: 3,
+    Verdict.NOT_APPLICABLE: 2,
+    Verdict.PASS: 1,
+    Verdict.SKIPPED: 0,
+}
+
+# the order findings are listed in
+TAGS = (
+    "plaintext_auth",
+    "starttls_not_attempted",
+    "username_plaintext",
+    "binding_mismatch",
+    "loop",
+    "starttls_disrupted",
+    "pipelined_after_starttls",
+    "tls_auth",
+    "user_prompt",
+    "user_cannot_connect",
+    "report_contradicts_events",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    run_id: str
+    n: int
+    scenario: str  # "immediate" | "two_phase"
+    testcase: str
+    state: str  # "pending" | "active" | "finished" | "skipped"
+    code: str  # the run's session code
+    activated: bool = False  # two_phase: the activating TLS login happened
+
+
+@dataclass(frozen=True, slots=True)
+class UserReports:
+    """The user's answers for a step; ``record_id`` is the journal record that holds them."""
+
+    prompt_shown: bool = False
+    cannot_connect: bool = False
+    record_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinding:
+    tag: str
+    evidence: tuple[int, ...]
+    detail: str
+    protocol: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "evidence": list(self.evidence),
+            "detail": self.detail,
+            "protocol": self.protocol,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolResult:
+    verdict: Verdict
+    reason: str
+    connections: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": str(self.verdict),
+            "reason": self.reason,
+            "connections": self.connections,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    verdict: Verdict
+    reason: str
+    findings: tuple[StepFinding, ...] = ()
+    protocols: Mapping[str, ProtocolResult] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": str(self.verdict),
+            "reason": self.reason,
+            "findings": [f.as_dict() for f in self.findings],
+            "protocols": {p: r.as_dict() for p, r in self.protocols.items()},
+        }
+
+    def tags(self) -> set[str]:
+        return {f.tag for f in self.findings}
+
+
+def worst(verdicts: Iterable[Verdict]) -> Verdict | None:
+    return max(verdicts, key=SEVERITY.__getitem__, default=None)
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Conn:
+    """The events of one connection, with what it got at accept time."""
+
+    conn: str
+    protocol: str
+    bound: bool  # accept-time binding is this step
+    testcase: str
+    active: bool
+    opened: float
+    opened_id: int
+    events: list[Event]
+
+    @property
+    def mode(self) -> str:
+        if not self.bound:
+            return f"{self.testcase}, not bound to this step"
+        return self.testcase if self.active else f"{self.testcase} before the attack was active"
+
+    def of_type(self, *types: str) -> list[Event]:
+        return [e for e in self.events if e.get("type") in types]
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return 0.0
+
+
+def _binding_of(event: Event) -> tuple[Any, Any]:
+    binding = event.get("binding")
+    if isinstance(binding, Mapping):
+        return binding.get("run"), binding.get("step")
+    return event.get("run"), event.get("step")
+
+
+def _group(info: StepInfo, events: Sequence[Event]) -> list[_Conn]:
+    by_conn: dict[str, list[Event]] = {}
+    for event in events:
+        conn = event.get("conn")
+        if isinstance(conn, str | int) and not isinstance(conn, bool):
+            by_conn.setdefault(str(conn), []).append(event)
+    conns = []
+    for conn, evs in by_conn.items():
+        evs.sort(key=lambda e: _int(e.get("id")))
+        first = evs[0]
+        run, step = _binding_of(first)
+        opened = next((e for e in evs if e.get("type") == "connection_opened"), first)
+        raw = first.get("binding")
+        binding: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        testcase = opened.get("testcase", binding.get("testcase", "baseline"))
+        active = opened.get("active", binding.get("active", False))
+        conns.append(
+            _Conn(
+                conn=conn,
+                protocol=str(first.get("protocol") or "unknown"),
+                bound=run == info.run_id and step == info.n,
+                testcase=str(testcase),
+                active=bool(active),
+                opened=_float(opened.get("ts")),
+                opened_id=_int(opened.get("id")),
+                events=evs,
+            )
+        )
+    conns.sort(key=lambda c: (c.opened, c.opened_id))
+    return conns
+
+
+# --- per protocol --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Evidence:
+    """Findings of one protocol: (tag, detail) -> event ids."""
+
+    protocol: str
+    items: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def add(self, tag: str, detail: str, events: Iterable[Event]) -> None:
+        self.add_ids(tag, detail, [_int(e.get("id")) for e in events])
+
+    def add_ids(self, tag: str, detail: str, ids: list[int]) -> None:
+        if ids:
+            self.items.setdefault((tag, detail), []).extend(ids)
+
+    def findings(self) -> list[StepFinding]:
+        return [
+            StepFinding(tag, tuple(sorted(set(ids))), detail, self.protocol)
+            for (tag, detail), ids in self.items.items()
+        ]
+
+
+def _is_attack_event(event: Event) -> bool:
+    kind = event.get("type")
+    if kind in ("starttls_disrupted", "implicit_tls_blocked"):
+        return True
+    if kind == "starttls_refused":
+        return event.get("reason") in ("testcase", "not_advertised")
+    if kind == "capabilities_sent":
+        return not event.get("starttls_offered") and not event.get("tls")
+    return False
+
+
+def _implicit_tls_open(conn: _Conn) -> bool:
+    if not conn.active:
+        return True  # baseline behaviour: implicit-TLS ports accept
+    policy = TESTCASES.get(conn.testcase)
+    return policy is not None and policy.implicit_tls() is ImplicitTls.ACCEPT
+
+
+def _tls_was_available(conn: _Conn, before_id: int) -> bool:
+    """STARTTLS was advertised before ``before_id``, or implicit TLS was open in this mode."""
+    offered = any(
+        e.get("starttls_offered") and _int(e.get("id")) < before_id
+        for e in conn.of_type("capabilities_sent")
+    )
+    return offered or _implicit_tls_open(conn)
+
+
+def _starttls_tried(conn: _Conn, before_id: int) -> bool:
+    return any(_int(e.get("id")) < before_id for e in conn.of_type("starttls_requested"))
+
+
+class _ProtocolJudge:
+    """Judges one protocol's connections of a step and collects its findings."""
+
+    def __init__(self, info: StepInfo, protocol: str, conns: list[_Conn]) -> None:
+        self.info = info
+        self.bound = [c for c in conns if c.bound]
+        self.others = [c for c in conns if not c.bound]
+        self.found = _Evidence(protocol)
+        self.mismatched: list[Event] = []
+
+    def _ours(self, event: Event) -> bool:
+        code = event.get("code")
+        return code is None or code == self.info.code
+
+    def _logins(self, conn: _Conn, *types: str) -> list[Event]:
+        if conn.bound:
+            return [e for e in conn.of_type(*types) if self._ours(e)]
+        return [e for e in conn.of_type(*types) if e.get("code") == self.info.code]
+
+    def _plaintext(self, conns: list[_Conn]) -> list[Event]:
+        found = []
+        for conn in conns:
+            clear = [e for e in self._logins(conn, "auth") if e.get("secret_in_clear")]
+            self.found.add("plaintext_auth", f"credentials sent without TLS ({conn.mode})", clear)
+            missed = [
+                e
+                for e in clear
+                if _tls_was_available(conn, _int(e.get("id")))
+                and not _starttls_tried(conn, _int(e.get("id")))
+            ]
+            self.found.add(
+                "starttls_not_attempted",
+                f"TLS was available and the client logged in without trying it ({conn.mode})",
+                missed,
+            )
+            users = [e for e in self._logins(conn, "username_sent") if not e.get("tls")]
+            self.found.add("username_plaintext", f"username sent without TLS ({conn.mode})", users)
+            found.extend(clear)
+        return found
+
+    def judge(self, loop_connections: int, loop_seconds: float) -> ProtocolResult:
+        failed = self._plaintext(self.bound)
+        self._plaintext(self.others)  # reported as findings of the mode those connections got
+        self._collect_bound_findings()
+        self.mismatched = [e for c in self.others for e in self._logins(c, "auth", "username_sent")]
+        self.found.add(
+            "binding_mismatch",
+            "the run's account was used on a connection not bound to this step",
+            self.mismatched,
+        )
+        count = len(self.bound)
+        if failed:
+            return ProtocolResult(Verdict.FAIL, "plaintext_auth", count)
+        if self.mismatched:
+            return ProtocolResult(Verdict.INCONCLUSIVE, "binding_mismatch", count)
+        return self._judge_active(loop_connections, loop_seconds)
+
+    def _collect_bound_findings(self) -> None:
+        for conn in self.bound:
+            tls = [e for e in self._logins(conn, "auth") if e.get("tls") and e.get("secret_sent")]
+            self.found.add("tls_auth", f"credentials sent inside TLS ({conn.mode})", tls)
+            self.found.add(
+                "starttls_disrupted",
+                f"the TLS negotiation was disrupted ({conn.mode})",
+                conn.of_type("starttls_disrupted"),
+            )
+            self.found.add(
+                "pipelined_after_starttls",
+                "the client sent commands after STARTTLS without waiting for the reply",
+                conn.of_type("pipelined_after_starttls"),
+            )
+
+    def _judge_active(self, loop_connections: int, loop_seconds: float) -> ProtocolResult:
+        count = len(self.bound)
+        two_phase_idle = self.info.scenario == "two_phase" and not self.info.activated
+        active = [] if two_phase_idle else [c for c in self.bound if c.active]
+        if not active:
+            return ProtocolResult(Verdict.INCONCLUSIVE, "not_exercised", count)
+        secrets_sent = [e for c in active for e in self._logins(c, "auth") if e.get("secret_sent")]
+        if any(e.get("tls") for e in secrets_sent):
+            return ProtocolResult(Verdict.PASS, "tls_auth", count)
+        attacks = [e for c in active for e in c.events if _is_attack_event(e)]
+        looping = self._loop(active, attacks, loop_connections, loop_seconds)
+        if looping and not secrets_sent:
+            self.found.add_ids(
+                "loop",
+                f"{len(looping)} connections within {loop_seconds:g} s after a disruption",
+                looping,
+            )
+            return ProtocolResult(Verdict.INCONCLUSIVE, "loop", count)
+        if attacks:
+            return ProtocolResult(Verdict.INCONCLUSIVE, "aborted_after_downgrade", count)
+        return ProtocolResult(Verdict.INCONCLUSIVE, "not_exercised", count)
+
+    @staticmethod
+    def _loop(
+        active: list[_Conn], attacks: list[Event], threshold: int, seconds: float
+    ) -> list[int]:
+        """Opening ids of >= ``threshold`` connections within ``seconds`` after a disruption."""
+        for start in sorted({_float(e.get("ts")) for e in attacks}):
+            window = [c for c in active if start <= c.opened <= start + seconds]
+            if threshold > 0 and len(window) >= threshold:
+                return [c.opened_id for c in window]
+        return []
+
+
+# --- step ----------------------------------------------------------------------------------------
+
+
+def _report_findings(
+    reports: UserReports, conns: list[_Conn], info: StepInfo
+) -> tuple[list[StepFinding], list[tuple[Verdict, str]]]:
+    findings: list[StepFinding] = []
+    verdicts: list[tuple[Verdict, str]] = []
+    evidence = () if reports.record_id is None else (reports.record_id,)
+    if reports.prompt_shown:
+        findings.append(
+            StepFinding("user_prompt", evidence, "the user saw a security warning or prompt")
+        )
+        verdicts.append((Verdict.WARN, "user_prompt"))
+    if reports.cannot_connect:
+        findings.append(
+            StepFinding(
+                "user_cannot_connect", evidence, "the user reports the client could not connect"
+            )
+        )
+        verdicts.append((Verdict.NOT_APPLICABLE, "user_cannot_connect"))
+        logins = [
+            _int(e.get("id"))
+            for c in conns
+            for e in c.of_type("auth")
+            if e.get("code") == info.code or (c.bound and e.get("code") is None)
+        ]
+        if logins:
+            findings.append(
+                StepFinding(
+                    "report_contradicts_events",
+                    evidence + tuple(sorted(logins)),
+                    "reported as unable to connect, but the client reached the login",
+                )
+            )
+    return findings, verdicts
+
+
+def step_verdict(
+    info: StepInfo,
+    events: Sequence[Event],
+    reports: UserReports | None,
+    *,
+    loop_connections: int,
+    loop_seconds: float,
+) -> StepResult:
+    """The verdict of one step (see the module docstring for the rules)."""
+    reports = reports or UserReports()
+    conns = _group(info, events)
+    protocols: dict[str, ProtocolResult] = {}
+    findings: list[StepFinding] = []
+    for protocol in sorted({c.protocol for c in conns}):
+        judge = _ProtocolJudge(info, protocol, [c for c in conns if c.protocol == protocol])
+        result = judge.judge(loop_connections, loop_seconds)
+        if judge.bound or judge.mismatched:
+            protocols[protocol] = result
+        findings.extend(judge.found.findings())
+    extra, report_verdicts = _report_findings(reports, conns, info)
+    findings.extend(extra)
+    findings.sort(
+        key=lambda f: (TAGS.index(f.tag) if f.tag in TAGS else len(TAGS), f.protocol or "")
+    )
+
+    candidates = [(r.verdict, r.reason) for r in protocols.values()]
+    if info.state == "skipped":
+        failed = [c for c in candidates if c[0] is Verdict.FAIL]
+        verdict, reason = failed[0] if failed else (Verdict.SKIPPED, "skipped")
+        return StepResult(verdict, reason, tuple(findings), protocols)
+    candidates += report_verdicts
+    if not candidates:
+        candidates = [(Verdict.INCONCLUSIVE, "never_connected")]
+    verdict, reason = max(candidates, key=lambda c: SEVERITY[c[0]])
+    return StepResult(verdict, reason, tuple(findings), protocols)
