@@ -62,7 +62,19 @@ class Mark:
 
 
 def _text(value: Any) -> str | None:
-    return value if type(value) is str else None
+    return storable(value) if type(value) is str else None
+
+
+def storable(text: str) -> str:
+    """``text`` as SQLite can hold it: lone surrogates (undecodable client bytes) become
+    ``\\udcXX`` escapes. Query values go through the same function, so they still match."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def row_of(record: dict[str, Any], text: str) -> Row:
@@ -191,13 +203,14 @@ class Index:
         for column, value in (("run", run), ("step", step), ("code", code)):
             if value is not None:
                 where.append(f"{column} = ?")
-                params.append(value)
+                params.append(storable(value) if isinstance(value, str) else value)
         for column, values in (("conn", conns), ("type", types)):
             if values is not None:
                 if not values:
                     return []
                 where.append(f"{column} IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(values))
+                items = [storable(v) if isinstance(v, str) else v for v in values]
+                params.append(json.dumps(items, ensure_ascii=False))
         sql = f"SELECT record FROM events WHERE {' AND '.join(where)} ORDER BY id"
         if limit is not None:
             sql += " LIMIT ?"

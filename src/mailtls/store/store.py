@@ -280,7 +280,7 @@ class Store:
         rows = [row for row, _ in batch]
         try:
             self._index.insert(rows, Mark(rows[-1][0], batch[-1][1], *self._ident))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:
             self._pending.extendleft(reversed(batch))
             raise StoreError(f"cannot write index: {exc}") from None
 
