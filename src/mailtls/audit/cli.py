@@ -1,0 +1,102 @@
+"""``mailtls audit``: argument parsing and exit codes; the work happens in collect/report.
+
+Exit codes (``mailtls.findings``): 0 nothing at or above ``--fail-on``, 1 such findings,
+2 usage error, 3 the audit could not run. Errors are one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from mailtls.audit.collect import Request, collect
+from mailtls.audit.model import AuditError
+from mailtls.audit.report import FORMATS, audit, render
+from mailtls.findings import EXIT_CANNOT_RUN, EXIT_USAGE, Severity, exit_code
+
+EPILOG = """\
+With no source option the local system is audited (/etc/postfix, /etc/dovecot/dovecot.conf).
+When any source option is given, only what was named is audited.
+Exit status: 0 nothing at or above --fail-on, 1 findings at or above it, 2 usage error,
+3 the audit could not run.
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "audit",
+        help="audit Postfix and Dovecot configuration for plaintext auth and optional TLS",
+        description="Find every Postfix and Dovecot setting that lets credentials or mail travel"
+        " without TLS, with the effective value, where it comes from and how to fix it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("sources")
+    src.add_argument(
+        "--postfix-dir", metavar="DIR", help="Postfix config directory (main.cf, master.cf)"
+    )
+    src.add_argument("--dovecot-config", metavar="FILE", help="dovecot.conf (includes followed)")
+    src.add_argument("--postconf-n", metavar="FILE", help="captured `postconf -n` output")
+    src.add_argument(
+        "--postconf-M", metavar="FILE", dest="postconf_m", help="captured `postconf -M` output"
+    )
+    src.add_argument(
+        "--postconf-P",
+        metavar="FILE",
+        dest="postconf_p",
+        help="captured `postconf -P` output (needs --postconf-M)",
+    )
+    src.add_argument("--doveconf-n", metavar="FILE", help="captured `doveconf -n` output")
+    src.add_argument(
+        "--runtime",
+        action="store_true",
+        help="ask postconf/doveconf for the configuration instead of parsing the files"
+        " (local system, or with --postfix-dir)",
+    )
+    p.add_argument(
+        "--dovecot-version",
+        choices=("2.3", "2.4"),
+        help="Dovecot version to assume (default: detected from the config)",
+    )
+    p.add_argument("--format", choices=FORMATS, default="text", help="output format")
+    p.add_argument(
+        "--fail-on",
+        default="medium",
+        metavar="SEVERITY",
+        help="exit 1 when a finding is at or above this severity"
+        " (info, low, medium, high, critical; default medium)",
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        fail_on = Severity.parse(args.fail_on)
+    except ValueError as exc:
+        print(f"mailtls audit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    req = Request(
+        postfix_dir=args.postfix_dir,
+        dovecot_config=args.dovecot_config,
+        postconf_n=args.postconf_n,
+        postconf_m=args.postconf_m,
+        postconf_p=args.postconf_p,
+        doveconf_n=args.doveconf_n,
+        runtime=args.runtime,
+        dovecot_version=args.dovecot_version,
+    )
+    try:
+        collected = collect(req)
+        result = audit(collected, args.dovecot_version)
+    except AuditError as exc:
+        print(f"mailtls audit: cannot audit: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if result.audited == 0:
+        for note in result.notes:
+            print(f"mailtls audit: {note}", file=sys.stderr)
+        print("mailtls audit: cannot audit: nothing could be read", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    render(result, args.format, sys.stdout, sys.stderr)
+    return exit_code(result.findings, fail_on)
