@@ -278,7 +278,7 @@ class GroupCommitter:
         self._sync = sync
         self._interval = interval
         self._dirty = threading.Event()
-        self._stop = False
+        self._stopping = threading.Event()
         self._lock = threading.Lock()  # one sync at a time (thread vs. close/flush)
         self.syncs = 0
         self.errors = 0
@@ -306,22 +306,17 @@ class GroupCommitter:
         last = 0.0
         while True:
             self._dirty.wait()
-            if self._stop:
-                return
             delay = last + self._interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if self._stopping.wait(delay) if delay > 0 else self._stopping.is_set():
+                return  # close() makes the final sync
             with self._lock:
-                if self._stop:
-                    return
                 self._dirty.clear()
                 self._do_sync()
             last = time.monotonic()
 
     def close(self) -> None:
         """Stop the thread, then sync once more (everything written so far becomes durable)."""
-        with self._lock:
-            self._stop = True
+        self._stopping.set()
         self._dirty.set()
         self._thread.join()
         self.sync_now()
