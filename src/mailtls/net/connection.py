@@ -27,7 +27,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mailtls import observations as obs
 from mailtls.net.tlsengine import TlsEngine
@@ -222,7 +222,7 @@ class MailConnection(asyncio.BufferedProtocol):
     # --- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._started = time.monotonic()
