@@ -401,12 +401,13 @@ class SmtpCore:
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         handler = _COMMANDS.get(verb)
-        if handler is None or (verb != "AUTH" and (b"\x00" in line or b"\r" in line)):
+        bad_character = verb != "AUTH" and (b"\x00" in line or b"\r" in line)
+        if handler is None or bad_character:
             self._out.record(CommandReceived(self._transcript(verb, text, arg), self._tls))
-            if handler is None:
-                self._error(R.S500_UNKNOWN, "unknown_command")
-            else:
+            if bad_character:
                 self._error(R.S500_BAD_CHAR, "bad_character")
+            else:
+                self._error(R.S500_UNKNOWN, "unknown_command")
             return
         if verb != "AUTH":  # AUTH records its own, redacted, line
             self._out.record(CommandReceived(truncate(text), self._tls))
