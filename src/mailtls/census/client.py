@@ -225,7 +225,9 @@ class RateLimiter:
         self._last = self.clock()
 
 
-_RETRYABLE = (Failure.TIMEOUT, Failure.SERVER_ERROR, Failure.LIMIT)
+def _retryable(err: CensusApiError) -> bool:
+    """Timeouts, 5xx and 429 (Shodan's per-second rate limit) may pass; 402/403 will not."""
+    return err.failure in (Failure.TIMEOUT, Failure.SERVER_ERROR) or err.status == 429
 
 
 def check_api_url(url: str) -> str:
@@ -313,7 +315,7 @@ class ShodanCounter:
             outcome = self._attempt(query, facet_list)
             if isinstance(outcome, Count):
                 return outcome
-            if outcome.failure not in _RETRYABLE or attempt >= self._retry.attempts:
+            if not _retryable(outcome) or attempt >= self._retry.attempts:
                 raise outcome
             delay = self._retry.delay(attempt, self._observed.retry_after)
             log.info(

@@ -84,7 +84,9 @@ def parse_count(raw: object, facet_names: Sequence[str] = ()) -> Count:
         raise MalformedResponse("the response has no total")
     total = _nonneg_int(raw["total"], "total")
     facets: dict[str, tuple[FacetBucket, ...]] = {}
-    raw_facets = raw.get("facets") or {}
+    raw_facets = raw.get("facets")
+    if raw_facets is None:
+        raw_facets = {}
     if not isinstance(raw_facets, Mapping):
         raise MalformedResponse("facets is not an object")
     for name in facet_names:
