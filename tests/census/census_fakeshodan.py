@@ -203,7 +203,7 @@ IMAP_143 = [
 ]  # fmt: skip
 IMAP_993 = [Banner(993, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Dovecot ready.", "Dovecot imapd")]
 POP3_110 = [
-    Banner(110, "+OK Dovecot ready.\r\n+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nSTLS\r\nUSER\r\nSASL PLAIN\r\n.",
+    Banner(110, "+OK Dovecot ready.\r\n+OK\r\nCAPA\r\nTOP\r\nSTLS\r\nUSER\r\nSASL PLAIN\r\n.",
            "Dovecot pop3d", "DE"),
     Banner(110, "+OK Dovecot ready.\r\n+OK\r\nCAPA\r\nTOP\r\nSTLS\r\nSASL\r\n.",
            "Dovecot pop3d", "DE"),

@@ -101,9 +101,9 @@ def test_a_5xx_without_json_and_a_json_5xx_without_error_are_failures(fake: Fake
     # the library would return {"total": 3} from a 503 as if it were a count
     fake.script.extend([Reply(503, b'{"total": 3}'), Reply(500, b"<html>oops</html>")])
     fake.always = Reply(503, b'{"total": 3}')
-    with counter(fake.url, retry=RetryPolicy(attempts=1, base_delay=0)) as c:
-        with pytest.raises(CensusApiError) as err:
-            c.count("port:25")
+    retry = RetryPolicy(attempts=1, base_delay=0)
+    with counter(fake.url, retry=retry) as c, pytest.raises(CensusApiError) as err:
+        c.count("port:25")
     assert err.value.failure is Failure.SERVER_ERROR
 
 
@@ -117,7 +117,9 @@ def test_transient_errors_are_retried_with_backoff(fake: FakeShodan) -> None:
 
 
 def test_retry_after_is_honoured_but_capped(fake: FakeShodan) -> None:
-    fake.script.extend([Reply(429, b"{}", (("Retry-After", "7"),)), Reply(503, b"{}", (("Retry-After", "9999"),))])  # fmt: skip
+    fake.script.extend(
+        [Reply(429, b"{}", (("Retry-After", "7"),)), Reply(503, b"{}", (("Retry-After", "9999"),))]
+    )
     sleeps = Sleeps()
     with counter(fake.url, sleeps) as c:
         c.count("port:993")

@@ -149,13 +149,23 @@ def test_a_failed_query_fails_only_the_indicators_that_need_it() -> None:
 
 
 def test_a_moving_index_never_gives_negative_counts() -> None:
-    run = _run({BASE: _count(10), NO_AUTH: _count(12), TLS: _count(7), NO_TLS: _count(3), NEITHER: _count(1)})  # fmt: skip
+    run = _run(
+        {
+            BASE: _count(10),
+            NO_AUTH: _count(12),
+            TLS: _count(7),
+            NO_TLS: _count(3),
+            NEITHER: _count(1),
+        }
+    )
     auth = evaluate(run)[0].indicator("plaintext_auth")
     assert auth is not None and auth.count == 0
 
 
 def test_failed_base_gives_no_shares() -> None:
-    run = _run({BASE: None, NO_AUTH: _count(1), TLS: _count(7), NO_TLS: _count(3), NEITHER: _count(1)})  # fmt: skip
+    run = _run(
+        {BASE: None, NO_AUTH: _count(1), TLS: _count(7), NO_TLS: _count(3), NEITHER: _count(1)}
+    )
     (result,) = evaluate(run)
     assert result.total is None and result.failure is Failure.TIMEOUT
     tls = result.indicator("starttls")
@@ -164,9 +174,14 @@ def test_failed_base_gives_no_shares() -> None:
 
 def test_run_json_round_trip() -> None:
     run = _run(
-        {BASE: _count(10, country=[("DE", 10)]), NO_AUTH: None, TLS: _count(7),
-         NO_TLS: _count(3), NEITHER: _count(1)}
-    )  # fmt: skip
+        {
+            BASE: _count(10, country=[("DE", 10)]),
+            NO_AUTH: None,
+            TLS: _count(7),
+            NO_TLS: _count(3),
+            NEITHER: _count(1),
+        }
+    )
     doc = run_to_json(run)
     assert doc["complete"] is False
     back = run_from_json(doc)
@@ -188,7 +203,9 @@ def test_run_json_round_trip() -> None:
     ],
 )
 def test_run_from_json_rejects_damaged_files(mutate: Any) -> None:
-    run = _run({BASE: _count(10), NO_AUTH: None, TLS: _count(7), NO_TLS: _count(3), NEITHER: _count(1)})  # fmt: skip
+    run = _run(
+        {BASE: _count(10), NO_AUTH: None, TLS: _count(7), NO_TLS: _count(3), NEITHER: _count(1)}
+    )
     doc = run_to_json(run)
     mutate(doc)
     with pytest.raises(MalformedResponse):

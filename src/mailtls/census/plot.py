@@ -64,8 +64,13 @@ def plot_run(run: CensusRun, path: Path) -> int:
         bars = ax.bar(xs, ys, width=width, label=legend)
         if n == 0:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(range(len(results)), labels, rotation=45 if len(results) > 8 else 0,
-                  ha="right" if len(results) > 8 else "center", fontsize=8)  # fmt: skip
+    ax.set_xticks(
+        range(len(results)),
+        labels,
+        rotation=45 if len(results) > 8 else 0,
+        ha="right" if len(results) > 8 else "center",
+        fontsize=8,
+    )
     ax.set_ylabel("share of the base (%)")
     ax.set_ylim(0, 105)
     when = run.started.strftime("%Y-%m-%d")

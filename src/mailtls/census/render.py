@@ -257,8 +257,13 @@ def _csv_rows(run: CensusRun) -> Iterable[dict[str, object]]:
         }
         for name, buckets in r.facets.items():
             for b in buckets:
-                yield {**common, "kind": "base_facet", "facet": name, "value": b.value,
-                       "count": b.count}  # fmt: skip
+                yield {
+                    **common,
+                    "kind": "base_facet",
+                    "facet": name,
+                    "value": b.value,
+                    "count": b.count,
+                }
         for ind in r.indicators:
             yield {
                 **common,
@@ -407,7 +412,14 @@ def history_csv(cmp: Comparison) -> str:
             if p is None:
                 continue
             writer.writerow(
-                [run.started.isoformat(), run.profile_version, _cell(s.base_id), s.indicator,
-                 _cell(p.count), _cell(p.base), _cell(p.share)]
-            )  # fmt: skip
+                [
+                    run.started.isoformat(),
+                    run.profile_version,
+                    _cell(s.base_id),
+                    s.indicator,
+                    _cell(p.count),
+                    _cell(p.base),
+                    _cell(p.share),
+                ]
+            )
     return out.getvalue()
