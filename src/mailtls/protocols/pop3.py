@@ -5,19 +5,24 @@
 authenticates, not to deliver mail.
 
 Shape of this file:
-- replies are named constants (``ERR_TLS_TEMP``, ``OK_LOGGED_IN``, ...), without CRLF, as they
-  are stored in observations;
-- ``_VERBS`` is the command table: verb -> (handler, states where it is legal, transcript form);
+- replies are named constants (``ERR_TLS_TEMP``, ``OK_LOGGED_IN``, ...) without CRLF, the form
+  stored in observations; ``line(text)`` gives the wire form;
+- ``_VERBS`` is the command table: verb -> handler, the states where it is legal, and how the
+  line appears in the transcript;
 - states: ``NEW`` (before the greeting), ``AUTHORIZATION``, ``SASL`` (inside an AUTH exchange),
   ``TRANSACTION``, ``HANDSHAKE`` (after ``StartTls``), ``CLIENT_HELLO`` (t2, after
-  ``ReadClientHello``), ``DISRUPTED`` (t2/t4: no replies, only records), ``CLOSED``.
+  ``ReadClientHello``), ``DISRUPTED`` (t2/t4: ``common.Disrupted`` records, nothing is
+  answered), ``CLOSED``;
+- ``CredentialScanner`` finds USER/PASS/AUTH credentials in lines that get no reply (pipelined
+  after STLS, the t4 first command, the disrupted state).
 
 Secrets (PASS arguments, SASL responses, APOP digests) are never kept nor recorded: the
-transcript shows ``<redacted, N bytes>``. A line that is not a known command may be a password
+transcript shows ``<redacted, N bytes>``. A line that is not a POP3 command may be a password
 typed in the wrong place, so only a known verb of some protocol is ever shown from it.
 
-Must not import: ``asyncio``, ``socket``, ``ssl``, ``mailtls.net``, ``mailtls.store``,
-``mailtls.web``, nor the other cores.
+Imports only ``mailtls.observations``, ``mailtls.testcases`` and sibling modules (``base``,
+``common``, ``sasl``). Must not import ``asyncio``, ``socket``, ``ssl``, ``mailtls.net``,
+``mailtls.store``, ``mailtls.web``, nor the other cores.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import base64
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from mailtls.observations import (
     AuthAttempted,
     CapabilitiesSent,
     CommandReceived,
-    DataAfterDisruption,
+    Observation,
     PipelinedAfterStarttls,
     ProtocolError,
     SessionKicked,
@@ -69,61 +75,75 @@ from mailtls.protocols.base import (
     decode,
     truncate,
 )
-from mailtls.protocols.sasl import (
-    PRE_TLS_MECHANISMS,
-    RECOGNISED,
-    TLS_MECHANISMS,
-    Challenge,
-    Finished,
-    SaslExchange,
-    Step,
+from mailtls.protocols.common import (
+    CANCELLED,
+    FAILURE,
+    MALFORMED,
+    SUCCESS,
+    Disrupted,
+    SaslFlow,
+    input_timer,
+    mechanism_allowed,
+    mechanisms,
+    redacted_line,
 )
+from mailtls.protocols.sasl import RECOGNISED
 from mailtls.testcases import AfterTls, StarttlsAction
 
 # --- replies (no CRLF: the form stored in observations) ---------------------------------------
 
-OK_CAPA = "+OK Capability list follows"
-OK_BEGIN_TLS = "+OK Begin TLS negotiation"
-OK_USER = "+OK"
-OK_LOGGED_IN = "+OK Logged in"
-OK_MECHANISMS = "+OK"
-OK_STAT = "+OK 0 0"
-OK_LIST = "+OK 0 messages (0 octets)"
-OK_UIDL = "+OK"
-OK_NOOP = "+OK"
-OK_RSET = "+OK"
-OK_QUIT = "+OK Logging out"
+OK_CAPA: Final = "+OK Capability list follows"
+OK_BEGIN_TLS: Final = "+OK Begin TLS negotiation"
+OK_USER: Final = "+OK"
+OK_LOGGED_IN: Final = "+OK Logged in"
+OK_MECHANISMS: Final = "+OK"
+OK_STAT: Final = "+OK 0 0"
+OK_LIST: Final = "+OK 0 messages (0 octets)"
+OK_UIDL: Final = "+OK"
+OK_NOOP: Final = "+OK"
+OK_RSET: Final = "+OK"
+OK_QUIT: Final = "+OK Logging out"
 
-ERR_TLS_TEMP = "-ERR TLS not available due to temporary reason"
-ERR_STLS_NOT_ADVERTISED = "-ERR STLS not advertised"
-ERR_TLS_ACTIVE = "-ERR TLS already active"
-ERR_STLS_SYNTAX = "-ERR STLS takes no argument"
-ERR_AUTH_FAILED = "-ERR [AUTH] Authentication failed"
-ERR_AUTH_CANCELLED = "-ERR Authentication cancelled"
-ERR_AUTH_MALFORMED = "-ERR Invalid SASL response"
-ERR_AUTH_MECHANISM = "-ERR Unsupported authentication mechanism"
-ERR_AUTH_SYNTAX = "-ERR Syntax: AUTH [mechanism [initial-response]]"
-ERR_APOP = "-ERR APOP not available"
-ERR_USER_SYNTAX = "-ERR Syntax: USER name"
-ERR_PASS_SYNTAX = "-ERR Syntax: PASS password"
-ERR_NO_USER = "-ERR No username given"
-ERR_NO_SUCH_MESSAGE = "-ERR no such message"
-ERR_MESSAGE_NUMBER = "-ERR Invalid message number"
-ERR_TOP_SYNTAX = "-ERR Syntax: TOP message lines"
-ERR_UNKNOWN = "-ERR Unknown command"
-ERR_WRONG_STATE = "-ERR Command not valid in this state"
-ERR_BAD_CHARACTER = "-ERR NUL character in command"
-ERR_LINE_TOO_LONG = "-ERR Line too long"
-ERR_TOO_MANY_ERRORS = "-ERR Too many errors, closing connection"
-ERR_INACTIVITY = "-ERR Disconnected for inactivity"
-KICKED_PREFIX = "-ERR [SYS/TEMP] "
+ERR_TLS_TEMP: Final = "-ERR TLS not available due to temporary reason"
+ERR_STLS_NOT_ADVERTISED: Final = "-ERR STLS not advertised"
+ERR_TLS_ACTIVE: Final = "-ERR TLS already active"
+ERR_STLS_SYNTAX: Final = "-ERR STLS takes no argument"
+ERR_AUTH_FAILED: Final = "-ERR [AUTH] Authentication failed"
+ERR_AUTH_CANCELLED: Final = "-ERR Authentication cancelled"
+ERR_AUTH_MALFORMED: Final = "-ERR Invalid SASL response"
+ERR_AUTH_MECHANISM: Final = "-ERR Unsupported authentication mechanism"
+ERR_AUTH_SYNTAX: Final = "-ERR Syntax: AUTH [mechanism [initial-response]]"
+ERR_APOP: Final = "-ERR APOP not available"
+ERR_USER_SYNTAX: Final = "-ERR Syntax: USER name"
+ERR_PASS_SYNTAX: Final = "-ERR Syntax: PASS password"
+ERR_NO_USER: Final = "-ERR No username given"
+ERR_NO_SUCH_MESSAGE: Final = "-ERR no such message"
+ERR_MESSAGE_NUMBER: Final = "-ERR Invalid message number"
+ERR_TOP_SYNTAX: Final = "-ERR Syntax: TOP message lines"
+ERR_UNKNOWN: Final = "-ERR Unknown command"
+ERR_WRONG_STATE: Final = "-ERR Command not valid in this state"
+ERR_BAD_CHARACTER: Final = "-ERR NUL character in command"
+ERR_LINE_TOO_LONG: Final = "-ERR Line too long"
+ERR_TOO_MANY_ERRORS: Final = "-ERR Too many errors, closing connection"
+ERR_INACTIVITY: Final = "-ERR Disconnected for inactivity"
+KICKED_PREFIX: Final = "-ERR [SYS/TEMP] "
 
-USER_MECHANISM = "USER"  # the mechanism name of USER/PASS in AuthAttempted (RFC 2449 CAPA name)
 
-# SASL responses (initial response counted) after which the secret-carrying message was sent
-_SECRET_AT = {"PLAIN": 1, "LOGIN": 2, "CRAM-MD5": 1, "XOAUTH2": 1, "OAUTHBEARER": 1}
-_OAUTH = frozenset({"XOAUTH2", "OAUTHBEARER"})
-_KNOWN_MECHANISMS = RECOGNISED | {
+def greeting(hostname: str) -> str:
+    """No APOP timestamp: APOP is a separate test case."""
+    return f"+OK {hostname} mailtls POP3 ready"
+
+
+def kicked(reason: str) -> str:
+    return KICKED_PREFIX + reason
+
+
+USER_MECHANISM: Final = "USER"  # USER/PASS in AuthAttempted (its RFC 2449 CAPA name)
+CAPABILITIES: Final = ("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING")
+IMPLEMENTATION: Final = "IMPLEMENTATION mailtls"
+
+# SASL mechanism names a client may send that are shown by name; anything else is "UNKNOWN"
+_KNOWN_MECHANISMS: Final = RECOGNISED | {
     "ANONYMOUS",
     "DIGEST-MD5",
     "EXTERNAL",
@@ -134,13 +154,12 @@ _KNOWN_MECHANISMS = RECOGNISED | {
     "SCRAM-SHA-256",
     "SCRAM-SHA-256-PLUS",
 }
-# verbs of other protocols that may be shown when they reach this port (args stay redacted)
-_FOREIGN_VERBS = frozenset(
-    {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "STARTTLS", "LAST", "XTND", "HELP", "GET", "POST"}
-    | {"HEAD", "PUT", "OPTIONS", "CONNECT", "CAPABILITY", "LOGIN", "LOGOUT", "AUTHENTICATE"}
-)
-_TLS_RECORD_TYPES = frozenset(range(0x14, 0x18))  # change_cipher_spec .. application_data
-_NOBODY = AuthDecision(ok=False, display="", code=None)
+# verbs of other protocols shown by name when they reach this port (their arguments redacted)
+FOREIGN_VERBS: Final = frozenset(
+    {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "STARTTLS", "LAST", "XTND", "HELP", "CAPABILITY",
+     "LOGIN", "LOGOUT", "AUTHENTICATE", "GET", "POST", "HEAD", "PUT", "OPTIONS", "CONNECT"}
+)  # fmt: skip
+_NOBODY: Final = AuthDecision(ok=False, display="", code=None)
 
 
 class State(enum.Enum):
@@ -154,10 +173,10 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-_READING = frozenset({State.AUTHORIZATION, State.SASL, State.TRANSACTION})
-_AUTH = frozenset({State.AUTHORIZATION})
-_TRANS = frozenset({State.TRANSACTION})
-_BOTH = _AUTH | _TRANS
+_READING: Final = frozenset({State.AUTHORIZATION, State.SASL, State.TRANSACTION})
+_AUTH: Final = frozenset({State.AUTHORIZATION})
+_TRANS: Final = frozenset({State.TRANSACTION})
+_BOTH: Final = _AUTH | _TRANS
 
 
 def line(text: str) -> bytes:
@@ -165,13 +184,14 @@ def line(text: str) -> bytes:
     return text.encode("utf-8") + b"\r\n"
 
 
-def _multiline(first: str, items: list[str]) -> bytes:
+def multiline(first: str, items: list[str]) -> bytes:
+    """A multi-line response (RFC 1939 §3): dot-stuffed items, then the ``.`` line."""
     body = b"".join(line("." + i if i.startswith(".") else i) for i in items)
     return line(first) + body + b".\r\n"
 
 
 def _redacted(head: str, nbytes: int) -> str:
-    return f"{head} <redacted, {nbytes} bytes>" if head else f"<redacted, {nbytes} bytes>"
+    return f"{head} {redacted_line(nbytes)}"
 
 
 def _mechanism_label(mechanism: str) -> str:
@@ -179,14 +199,10 @@ def _mechanism_label(mechanism: str) -> str:
     return mechanism if mechanism in _KNOWN_MECHANISMS else "UNKNOWN"
 
 
-def _looks_like_tls(data: bytes) -> bool:
-    return bool(data) and data[0] in _TLS_RECORD_TYPES
-
-
 @dataclass(frozen=True, slots=True)
 class _Line:
-    """One parsed command line: ``verb`` upper-cased, ``sent_verb`` as sent, ``arg`` after the
-    first space (decoded), ``raw_arg`` its bytes."""
+    """One command line: ``verb`` upper-cased, ``sent_verb`` as sent, ``arg`` everything after
+    the first space (decoded), ``raw_arg`` its bytes (PASS arguments may contain spaces)."""
 
     verb: str
     sent_verb: str
@@ -205,31 +221,102 @@ class _Line:
         return self.arg.split()
 
 
-def _safe_verb(raw: bytes) -> str:
-    """The verb of a plaintext line if it is a known command of some protocol, else ``""``."""
-    verb = _Line.parse(raw.split(b"\n", 1)[0].rstrip(b"\r")).verb
-    return verb if verb in _VERBS or verb in _FOREIGN_VERBS else ""
+class CredentialScanner:
+    """Finds credentials in POP3 lines that get no reply (pipelined after STLS, the t4 first
+    command, the disrupted state): ``USER``, ``PASS``, ``AUTH <mech> <initial>`` and the SASL
+    lines after it. Implements ``common.SecretScanner``; ``user`` carries a USER across."""
+
+    __slots__ = ("_ctx", "_flow", "_outcome", "_tls", "user")
+
+    def __init__(
+        self, ctx: SessionContext, tls: bool, outcome: str, user: AuthDecision | None = None
+    ) -> None:
+        self._ctx = ctx
+        self._tls = tls
+        self._outcome = outcome
+        self._flow: SaslFlow | None = None
+        self.user = user
+
+    def line(self, line: bytes) -> list[Observation]:
+        if self._flow is not None:
+            if isinstance(self._flow.respond(decode(line)), bytes):
+                return []
+            return self.finish()
+        cmd = _Line.parse(line)
+        if cmd.verb == "USER" and cmd.arg.strip():
+            self.user = decision = self._ctx.authenticator(cmd.arg.strip())
+            return [UsernameSent(decision.display, decision.code, self._tls)]
+        if cmd.verb == "PASS" and cmd.raw_arg:
+            d = self.user or _NOBODY
+            tls = self._tls
+            return [
+                AuthAttempted(USER_MECHANISM, d.display, d.code, tls, True, not tls, self._outcome)
+            ]
+        args = cmd.args
+        if cmd.verb == "AUTH" and 1 <= len(args) <= 2 and args[0].upper() in RECOGNISED:
+            ctx = self._ctx
+            self._flow = SaslFlow(args[0].upper(), self._tls, ctx.authenticator, ctx.hostname)
+            initial = args[1] if len(args) == 2 else None
+            if isinstance(self._flow.start(initial), bytes):
+                return []
+            return self.finish()
+        return []
+
+    def finish(self) -> list[Observation]:
+        flow, self._flow = self._flow, None
+        if flow is None:
+            return []
+        if flow.secret_sent:
+            return flow.records(self._outcome)[:1]
+        decision = flow.decision
+        if decision is not None:
+            return [UsernameSent(decision.display, decision.code, self._tls)]
+        return []
+
+    def scan(self, data: bytes) -> list[Observation]:
+        """Every line of a byte string (a partial last line included), then ``finish``."""
+        found: list[Observation] = []
+        for raw in data.split(b"\n"):
+            if raw.rstrip(b"\r"):
+                found += self.line(raw.rstrip(b"\r"))
+        return found + self.finish()
 
 
 class Pop3Core:
-    """One POP3 connection. See the module docstring and ``docs/protocol-cores.md``."""
+    """One POP3 connection, server side. See the module docstring."""
+
+    __slots__ = (
+        "_auth_failures",
+        "_ctx",
+        "_decided",
+        "_disrupt_pending",
+        "_disrupted",
+        "_errors",
+        "_flow",
+        "_in_line",
+        "_limits",
+        "_lines",
+        "_silence",
+        "_state",
+        "_tls",
+        "_user",
+    )
 
     def __init__(self, ctx: SessionContext) -> None:
         self._ctx = ctx
         self._limits = ctx.limits
         self._state = State.NEW
         self._tls = False
-        self._buf = LineBuffer(ctx.limits.line_bytes)
-        self._in_line = False  # bytes of an incomplete line arrived (its deadline is armed)
+        self._lines = LineBuffer(ctx.limits.line_bytes)
+        self._in_line = False  # an incomplete line is buffered (its deadline is armed)
         self._silence = False  # t3: STLS was refused and the client has sent nothing since
-        self._disrupt_pending = False  # t4: the next command inside TLS gets the cleartext line
+        self._disrupt_pending = False  # t4: the next command inside TLS is disrupted
+        self._disrupted: Disrupted | None = None
         self._errors = 0
         self._auth_failures = 0
         self._user: AuthDecision | None = None  # after USER, until PASS
-        self._sasl: SaslExchange | None = None
-        self._sasl_responses = 0
-        self._sasl_user: AuthDecision | None = None
-        self._last_decision: tuple[str, AuthDecision] | None = None
+        self._flow: SaslFlow | None = None  # the AUTH exchange in progress
+        self._decided: tuple[str, AuthDecision] | None = None
 
     @property
     def state(self) -> State:
@@ -238,13 +325,20 @@ class Pop3Core:
     # --- events --------------------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Command]:
+        if self._state is State.DISRUPTED and self._disrupted is not None:
+            if isinstance(event, DataReceived | Timeout | Closed | Kicked):
+                commands = self._disrupted.handle(event)
+                if Close() in commands:
+                    self._state = State.CLOSED
+                return commands
+            return []
         match event:
             case Connected(tls=info):
                 return self._on_connected(info)
             case DataReceived(data=data):
                 return self._on_data(data)
             case TlsEstablished(info=info):
-                return self._on_tls_established(info.version, info.cipher)
+                return self._on_tls_established(info)
             case TlsFailed(reason=reason):
                 return self._on_tls_failed(reason)
             case ClientHelloReceived(nbytes=nbytes, looks_like_tls=looks):
@@ -266,43 +360,30 @@ class Pop3Core:
             out.append(Record(TlsStarted(info.version, info.cipher, implicit=True)))
             self._disrupt_pending = self._disrupts_after_tls()
         self._state = State.AUTHORIZATION
-        greeting = f"+OK {self._ctx.hostname} mailtls POP3 ready"
-        return [*out, Send(line(greeting)), SetTimer(self._limits.idle_seconds)]
+        greet = Send(line(greeting(self._ctx.hostname)))
+        return [*out, greet, SetTimer(self._limits.idle_seconds)]
 
     def _on_data(self, data: bytes) -> list[Command]:
-        if not data:
-            return []
-        if self._state is State.DISRUPTED:
-            return self._after_disruption(data)
-        if self._state not in _READING:
-            return []  # shell bug or a race with close: nothing to answer
+        if not data or self._state not in _READING:
+            return []  # mid-handshake (the shell routes bytes to TLS), closed, or not greeted
         self._silence = False
-        self._buf.feed(data)
+        self._lines.feed(data)
         out: list[Command] = []
         completed = False
-        while self._state in _READING:
-            item = self._buf.next_line()
-            if item is None:
-                break
+        while self._state in _READING and (item := self._lines.next_line()) is not None:
             completed = True
             out += self._on_item(item)
-        if self._state in _READING:
-            out += self._timer(completed, partial=not data.endswith(b"\n"))
-        return out
-
-    def _timer(self, completed: bool, partial: bool) -> list[Command]:
-        """Idle timer after replies; an absolute deadline from the first byte of a partial line;
-        the t3 silence bound when the last thing that happened was the refusal."""
-        started = partial and (completed or not self._in_line)
-        self._in_line = partial
-        if started:
+        if self._state not in _READING:
+            return out
+        partial = not data.endswith(b"\n")
+        if self._silence and not partial:
+            out.append(SetTimer(self._limits.silence_after_refusal))
+        else:
             self._silence = False
-            return [SetTimer(self._limits.line_seconds)]
-        if self._silence:
-            return [SetTimer(self._limits.silence_after_refusal)]
-        if completed:
-            return [SetTimer(self._limits.idle_seconds)]
-        return []
+            timer = input_timer(self._limits, completed, self._in_line, partial)
+            out += [timer] if timer is not None else []
+        self._in_line = partial
+        return out
 
     def _on_item(self, item: bytes | LineTooLong) -> list[Command]:
         self._silence = False
@@ -314,17 +395,17 @@ class Pop3Core:
             return self._sasl_line(item)
         return self._command(_Line.parse(item))
 
-    def _on_tls_established(self, version: str, cipher: str) -> list[Command]:
+    def _on_tls_established(self, info: TlsInfo) -> list[Command]:
         if self._state is not State.HANDSHAKE:
             return []
         self._tls = True
         self._state = State.AUTHORIZATION
         self._user = None  # forget all pre-TLS state
-        self._buf = LineBuffer(self._limits.line_bytes)
+        self._lines = LineBuffer(self._limits.line_bytes)
         self._in_line = False
         self._disrupt_pending = self._disrupts_after_tls()
         return [
-            Record(TlsStarted(version, cipher, implicit=False)),
+            Record(TlsStarted(info.version, info.cipher, implicit=False)),
             SetTimer(self._limits.idle_seconds),
         ]
 
@@ -335,12 +416,12 @@ class Pop3Core:
         return [Record(TlsHandshakeFailed(truncate(reason))), Close()]
 
     def _on_client_hello(self, nbytes: int, looks_like_tls: bool) -> list[Command]:
+        """t2: the ClientHello was read and never answered; a cleartext error replaces it."""
         if self._state is not State.CLIENT_HELLO:
             return []
-        self._state = State.DISRUPTED
-        disrupted = StarttlsDisrupted("handshake", nbytes, looks_like_tls, ERR_TLS_TEMP)
+        self._enter_disrupted(CredentialScanner(self._ctx, False, "disrupted", self._user))
         return [
-            Record(disrupted),
+            Record(StarttlsDisrupted("handshake", nbytes, looks_like_tls, ERR_TLS_TEMP)),
             Send(line(ERR_TLS_TEMP)),
             SetTimer(self._limits.disrupted_seconds),
         ]
@@ -351,13 +432,13 @@ class Pop3Core:
             return []
         if state not in _READING or self._silence:
             self._state = State.CLOSED
-            return [Close()]  # disrupted, mid-handshake, or t3 silence: no reply
-        out = self._abandon_sasl()
+            return [Close()]  # mid-handshake, or t3 silence: no reply
+        out = self._end_flow(CANCELLED)
         self._state = State.CLOSED
         return [*out, Send(line(ERR_INACTIVITY)), Close()]
 
     def _on_closed(self) -> list[Command]:
-        out = self._abandon_sasl()
+        out = self._end_flow(CANCELLED)
         self._state = State.CLOSED
         return out
 
@@ -366,10 +447,10 @@ class Pop3Core:
         if state is State.CLOSED:
             return []
         reason = truncate("".join(c if c.isprintable() else " " for c in reason))
-        out: list[Command] = [*self._abandon_sasl(), Record(SessionKicked(reason))]
+        out = [*self._end_flow(CANCELLED), Record(SessionKicked(reason))]
         self._state = State.CLOSED
         if state in _READING:
-            out.append(Send(line(KICKED_PREFIX + reason)))
+            out.append(Send(line(kicked(reason))))
         return [*out, Close()]
 
     # --- commands ------------------------------------------------------------------------
@@ -380,63 +461,66 @@ class Pop3Core:
             record = Record(CommandReceived(self._opaque(cmd), self._tls))
             return [record, *self._error("unknown_command", ERR_UNKNOWN)]
         record = Record(CommandReceived(truncate(spec.transcript(self, cmd)), self._tls))
-        if b"\x00" in cmd.raw and not spec.secret:
-            return [record, *self._error("nul_byte", ERR_BAD_CHARACTER)]
+        if b"\x00" in cmd.raw and not spec.opaque_arg:
+            return [record, *self._error("bad_character", ERR_BAD_CHARACTER)]
         if self._state not in spec.states:
             return [record, *self._error("wrong_state", ERR_WRONG_STATE)]
         return [record, *spec.run(self, cmd)]
 
     def _capa(self, cmd: _Line) -> list[Command]:
         offered = self._starttls_advertised()
-        mechanisms: tuple[str, ...] = ()
+        mechs: tuple[str, ...] = ()
         items: list[str] = []
         if self._state is State.AUTHORIZATION:
-            mechanisms = self._mechanisms()
-            items += ["USER", "SASL " + " ".join(mechanisms)]
-            if offered:
-                items.append("STLS")
-        items += ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
-        items.append("IMPLEMENTATION mailtls")
-        sent = CapabilitiesSent(starttls_offered=offered, auth_mechanisms=mechanisms, tls=self._tls)
-        return [Record(sent), Send(_multiline(OK_CAPA, items))]
+            mechs = mechanisms(self._tls)
+            items += ["USER", "SASL " + " ".join(mechs), *(["STLS"] if offered else [])]
+        items += [*CAPABILITIES, IMPLEMENTATION]
+        sent = CapabilitiesSent(starttls_offered=offered, auth_mechanisms=mechs, tls=self._tls)
+        return [Record(sent), Send(multiline(OK_CAPA, items))]
 
     def _stls(self, cmd: _Line) -> list[Command]:
         advertised = self._starttls_advertised()
         out: list[Command] = [Record(StarttlsRequested(advertised=advertised))]
         if not advertised:
-            reason, reply = (
-                ("already_tls", ERR_TLS_ACTIVE)
-                if self._tls
-                else ("not_advertised", ERR_STLS_NOT_ADVERTISED)
-            )
-            return [*out, Record(StarttlsRefused(reason, reply)), *self._error_reply(reply)]
+            if self._tls:
+                return [*out, *self._refuse_starttls("already_tls", ERR_TLS_ACTIVE)]
+            return [*out, *self._refuse_starttls("not_advertised", ERR_STLS_NOT_ADVERTISED)]
         if cmd.arg.strip():
-            refused = StarttlsRefused("syntax", ERR_STLS_SYNTAX)
-            return [*out, Record(refused), *self._error_reply(ERR_STLS_SYNTAX)]
+            return [*out, *self._refuse_starttls("syntax", ERR_STLS_SYNTAX)]
         action = self._ctx.policy.on_starttls()
         if action is StarttlsAction.REFUSE:
             self._silence = True
             refused = StarttlsRefused("testcase", ERR_TLS_TEMP)
             return [*out, Record(refused), Send(line(ERR_TLS_TEMP))]
+        out += self._discard_pipelined()
         out += [Record(StarttlsAccepted()), Send(line(OK_BEGIN_TLS))]
-        pipelined = self._buf.take_rest()
-        self._in_line = False
-        if pipelined:
-            out.append(Record(PipelinedAfterStarttls(len(pipelined))))
         if action is StarttlsAction.BREAK_HANDSHAKE:
             self._state = State.CLIENT_HELLO
             out.append(ReadClientHello())
         else:
             self._state = State.HANDSHAKE
             out.append(StartTls())
-        return [*out, SetTimer(self._limits.line_seconds)]  # backstop; the shell has a deadline
+        return [*out, SetTimer(self._limits.line_seconds)]  # backstop: the shell has a deadline
+
+    def _refuse_starttls(self, reason: str, reply: str) -> list[Command]:
+        return [Record(StarttlsRefused(reason, reply)), *self._error_reply(reply)]
+
+    def _discard_pipelined(self) -> list[Command]:
+        """Bytes sent after STLS, before the handshake, are dropped (command injection); any
+        credentials in them went out in the clear and are recorded as refused."""
+        rest = self._lines.take_rest()
+        self._in_line = False
+        if not rest:
+            return []
+        scanner = CredentialScanner(self._ctx, self._tls, "refused", self._user)
+        found = [Record(o) for o in scanner.scan(rest)]
+        return [Record(PipelinedAfterStarttls(len(rest))), *found]
 
     def _user_cmd(self, cmd: _Line) -> list[Command]:
         name = cmd.arg.strip()
         if not name:
             return self._error("syntax", ERR_USER_SYNTAX)
-        decision = self._decide(name)
-        self._user = decision
+        self._user = decision = self._decide(name)
         sent = UsernameSent(decision.display, decision.code, self._tls)
         return [Record(sent), Send(line(OK_USER))]
 
@@ -446,8 +530,10 @@ class Pop3Core:
         decision, self._user = self._user, None
         if decision is None:
             attempt = self._attempt(USER_MECHANISM, _NOBODY, True, "refused")
-            return [Record(attempt), *self._error("no_user", ERR_NO_USER)]
-        return self._finish_auth(USER_MECHANISM, decision, secret_sent=True)
+            return [Record(attempt), *self._error("bad_sequence", ERR_NO_USER)]
+        ok = decision.ok
+        attempt = self._attempt(USER_MECHANISM, decision, True, SUCCESS if ok else FAILURE)
+        return [Record(attempt), *(self._logged_in() if ok else self._auth_failed())]
 
     def _apop(self, cmd: _Line) -> list[Command]:
         args = cmd.args
@@ -458,34 +544,34 @@ class Pop3Core:
     def _auth(self, cmd: _Line) -> list[Command]:
         args = cmd.args
         if not args:
-            return [Send(_multiline(OK_MECHANISMS, list(self._mechanisms())))]
+            return [Send(multiline(OK_MECHANISMS, list(mechanisms(self._tls))))]
         if len(args) > 2:
             return self._error("syntax", ERR_AUTH_SYNTAX)
-        mechanism = args[0].upper()
+        mech = args[0].upper()
         initial = args[1] if len(args) > 1 else None
-        if mechanism not in self._mechanisms() and mechanism not in _OAUTH:
-            attempt = self._attempt(_mechanism_label(mechanism), _NOBODY, False, "refused")
-            return [Record(attempt), *self._error_reply(ERR_AUTH_MECHANISM)]
-        self._state = State.SASL
-        self._sasl = SaslExchange(mechanism, self._ctx.hostname)
-        self._sasl_responses = 0 if initial is None else 1
-        self._sasl_user = None
-        return self._sasl_step(self._sasl.start(initial))
+        ctx = self._ctx
+        if not mechanism_allowed(mech, self._tls):
+            if mech in RECOGNISED:  # CRAM-MD5 before TLS: an initial response is still seen
+                flow = SaslFlow(mech, self._tls, ctx.authenticator, ctx.hostname)
+                flow.start(initial)
+                refused = [Record(o) for o in flow.records("refused")]
+            else:
+                attempt = self._attempt(_mechanism_label(mech), _NOBODY, False, "refused")
+                refused = [Record(attempt)]
+            return [*refused, *self._error("auth_refused", ERR_AUTH_MECHANISM)]
+        flow = SaslFlow(mech, self._tls, ctx.authenticator, ctx.hostname)
+        return self._sasl_result(flow, flow.start(initial))
 
     def _stat(self, cmd: _Line) -> list[Command]:
         return [Send(line(OK_STAT))]
 
     def _list(self, cmd: _Line) -> list[Command]:
-        if not cmd.args:
-            return [Send(_multiline(OK_LIST, []))]
-        return self._no_message(cmd.args, 1)
+        return self._no_message(cmd.args, 1) if cmd.args else [Send(multiline(OK_LIST, []))]
 
     def _uidl(self, cmd: _Line) -> list[Command]:
-        if not cmd.args:
-            return [Send(_multiline(OK_UIDL, []))]
-        return self._no_message(cmd.args, 1)
+        return self._no_message(cmd.args, 1) if cmd.args else [Send(multiline(OK_UIDL, []))]
 
-    def _retr(self, cmd: _Line) -> list[Command]:
+    def _retr(self, cmd: _Line) -> list[Command]:  # RETR and DELE
         return self._no_message(cmd.args, 1)
 
     def _top(self, cmd: _Line) -> list[Command]:
@@ -501,7 +587,7 @@ class Pop3Core:
         return [Send(line(OK_RSET))]
 
     def _quit(self, cmd: _Line) -> list[Command]:
-        # In TRANSACTION state this is the UPDATE state: nothing was marked deleted.
+        # In TRANSACTION state this enters UPDATE: nothing was marked deleted, nothing to do.
         self._state = State.CLOSED
         return [Send(line(OK_QUIT)), Close()]
 
@@ -514,80 +600,52 @@ class Pop3Core:
     # --- SASL ----------------------------------------------------------------------------
 
     def _sasl_line(self, raw: bytes) -> list[Command]:
-        text = decode(raw).strip()
-        shown = "*" if text == "*" else _redacted("", len(raw.strip()))
-        out: list[Command] = [Record(CommandReceived(shown, self._tls))]
-        assert self._sasl is not None
-        if text != "*":
-            self._sasl_responses += 1
-        return [*out, *self._sasl_step(self._sasl.respond(text))]
+        flow = self._flow
+        assert flow is not None
+        text = decode(raw)
+        shown = "*" if text.strip() == "*" else redacted_line(len(raw))
+        record = Record(CommandReceived(shown, self._tls))
+        return [record, *self._sasl_result(flow, flow.respond(text))]
 
-    def _sasl_step(self, step: Step) -> list[Command]:
-        exchange = self._sasl
-        assert exchange is not None
-        mechanism = exchange.mechanism
-        if isinstance(step, Challenge):
-            if step.username_so_far is not None:
-                self._sasl_user = self._decide(step.username_so_far)
-            return [Send(b"+ " + base64.b64encode(step.data) + b"\r\n")]
-        if isinstance(step, Finished):
-            self._end_sasl()
-            decision = self._decide(step.username)
-            return self._finish_auth(mechanism, decision, step.secret_sent, step.always_fail)
-        if step.reason == "cancelled":
-            out = self._sasl_records("cancelled")
-            self._end_sasl()
+    def _sasl_result(self, flow: SaslFlow, result: bytes | str) -> list[Command]:
+        if isinstance(result, bytes):
+            self._flow = flow
+            self._state = State.SASL
+            return [Send(b"+ " + base64.b64encode(result) + b"\r\n")]
+        out = self._finish_flow(flow, result)
+        if result == SUCCESS:
+            return [*out, *self._logged_in()]
+        if result == FAILURE:
+            return [*out, *self._auth_failed()]
+        if result == CANCELLED:
             return [*out, Send(line(ERR_AUTH_CANCELLED))]
-        out = self._sasl_records("failure")
-        self._end_sasl()
         return [*out, *self._error("sasl_malformed", ERR_AUTH_MALFORMED)]
 
-    def _sasl_records(self, outcome: str) -> list[Command]:
-        """The records that end an unfinished exchange (cancel, malformed, close, timeout)."""
-        exchange = self._sasl
-        assert exchange is not None
-        mechanism = exchange.mechanism
-        secret_sent = self._sasl_responses >= _SECRET_AT.get(mechanism, 1)
-        decision = self._sasl_user or _NOBODY
-        out: list[Command] = []
-        if self._sasl_user is not None and not secret_sent:
-            out.append(Record(UsernameSent(decision.display, decision.code, self._tls)))
-        out.append(Record(self._attempt(mechanism, decision, secret_sent, outcome)))
-        return out
-
-    def _end_sasl(self) -> None:
-        self._sasl = None
-        self._sasl_user = None
-        self._sasl_responses = 0
+    def _finish_flow(self, flow: SaslFlow, result: str) -> list[Command]:
+        self._flow = None
         if self._state is State.SASL:
             self._state = State.AUTHORIZATION
+        outcome = FAILURE if result == MALFORMED else result
+        return [Record(o) for o in flow.records(outcome)]
 
-    def _abandon_sasl(self) -> list[Command]:
-        if self._state is not State.SASL or self._sasl is None:
-            return []
-        out = self._sasl_records("cancelled")
-        self._end_sasl()
-        return out
+    def _end_flow(self, outcome: str) -> list[Command]:
+        """An exchange cut short (timeout, kick, peer gone) still gets its ``AuthAttempted``."""
+        return self._finish_flow(self._flow, outcome) if self._flow is not None else []
 
     # --- authentication outcome ----------------------------------------------------------
 
-    def _finish_auth(
-        self, mechanism: str, decision: AuthDecision, secret_sent: bool, always_fail: bool = False
-    ) -> list[Command]:
-        ok = decision.ok and not always_fail
-        attempt = self._attempt(mechanism, decision, secret_sent, "success" if ok else "failure")
-        if ok:
-            self._state = State.TRANSACTION
-            return [Record(attempt), Send(line(OK_LOGGED_IN))]
+    def _logged_in(self) -> list[Command]:
+        self._state = State.TRANSACTION
+        return [Send(line(OK_LOGGED_IN))]
+
+    def _auth_failed(self) -> list[Command]:
         self._state = State.AUTHORIZATION
         self._auth_failures += 1
-        out: list[Command] = [
-            Record(attempt),
-            Send(line(ERR_AUTH_FAILED), delay=self._limits.auth_fail_delay),
-        ]
+        out: list[Command] = [Send(line(ERR_AUTH_FAILED), delay=self._limits.auth_fail_delay)]
         if self._auth_failures >= self._limits.max_auth_failures:
             self._state = State.CLOSED
-            out.append(Close())
+            final = ProtocolError("too_many_auth_failures", ERR_TOO_MANY_ERRORS)
+            out += [Record(final), Send(line(ERR_TOO_MANY_ERRORS)), Close()]
         return out
 
     def _attempt(
@@ -605,28 +663,30 @@ class Pop3Core:
 
     def _decide(self, username: str) -> AuthDecision:
         """Ask the authenticator once per username (transcript and handler both need it)."""
-        last = self._last_decision
-        if last is not None and last[0] == username:
-            return last[1]
+        if self._decided is not None and self._decided[0] == username:
+            return self._decided[1]
         decision = self._ctx.authenticator(username)
-        self._last_decision = (username, decision)
+        self._decided = (username, decision)
         return decision
 
     # --- t2/t4 disruption ----------------------------------------------------------------
 
     def _disrupt_session(self, item: bytes | LineTooLong) -> list[Command]:
-        """t4: record the first command inside TLS, answer it outside TLS in cleartext."""
+        """t4: record the first command inside TLS, answer it in cleartext outside TLS."""
         self._disrupt_pending = False
+        inside = CredentialScanner(self._ctx, True, "disrupted", self._user)
         out: list[Command] = []
         if isinstance(item, bytes):
             cmd = _Line.parse(item)
             spec = _VERBS.get(cmd.verb)
             shown = truncate(spec.transcript(self, cmd)) if spec else self._opaque(cmd)
             out.append(Record(CommandReceived(shown, self._tls)))
-            out += self._secret_records(item)
-        out += self._disrupted_lines()  # pipelined behind it, still inside TLS
-        self._state = State.DISRUPTED
-        self._tls = False  # the shell abandons the TLS session with the raw write
+            out += [Record(o) for o in inside.line(item)]
+        # lines pipelined behind it were sent inside TLS as well
+        out += [Record(o) for o in inside.scan(self._lines.take_rest())]
+        # The shell abandons the TLS session with the raw write: what arrives next is raw TCP.
+        self._tls = False
+        self._enter_disrupted(CredentialScanner(self._ctx, False, "disrupted", inside.user))
         return [
             *out,
             Record(StarttlsDisrupted("session", 0, True, ERR_TLS_TEMP)),
@@ -634,63 +694,26 @@ class Pop3Core:
             SetTimer(self._limits.disrupted_seconds),
         ]
 
-    def _after_disruption(self, data: bytes) -> list[Command]:
-        """No replies: record each chunk, and the credentials plaintext lines carry."""
-        tls_like = _looks_like_tls(data)
-        verb = "" if tls_like else _safe_verb(data)
-        out: list[Command] = [Record(DataAfterDisruption(len(data), tls_like, verb))]
-        if not tls_like:
-            self._buf.feed(data)
-            out += self._disrupted_lines()
-        return out
-
-    def _disrupted_lines(self) -> list[Command]:
-        out: list[Command] = []
-        while (item := self._buf.next_line()) is not None:
-            if isinstance(item, bytes):
-                out += self._secret_records(item)
-        return out
-
-    def _secret_records(self, raw: bytes) -> list[Command]:
-        """Credentials in a line that gets no reply (t4 first command, disrupted state)."""
-        cmd = _Line.parse(raw)
-        if cmd.verb == "USER" and cmd.arg.strip():
-            self._user = decision = self._decide(cmd.arg.strip())
-            return [Record(UsernameSent(decision.display, decision.code, self._tls))]
-        if cmd.verb == "PASS" and cmd.raw_arg:
-            decision = self._user or _NOBODY
-            return [Record(self._attempt(USER_MECHANISM, decision, True, "disrupted"))]
-        if cmd.verb == "AUTH" and len(cmd.args) == 2:
-            return self._initial_response_records(cmd.args[0].upper(), cmd.args[1])
-        return []
-
-    def _initial_response_records(self, mechanism: str, initial: str) -> list[Command]:
-        if mechanism not in RECOGNISED:
-            return []
-        step = SaslExchange(mechanism, self._ctx.hostname).start(initial)
-        username = step.username_so_far if isinstance(step, Challenge) else step.username
-        decision = self._decide(username) if username else _NOBODY
-        if _SECRET_AT[mechanism] <= 1:
-            return [Record(self._attempt(mechanism, decision, True, "disrupted"))]
-        if username:
-            return [Record(UsernameSent(decision.display, decision.code, self._tls))]
-        return []
+    def _enter_disrupted(self, scanner: CredentialScanner) -> None:
+        known = frozenset(_VERBS) | FOREIGN_VERBS
+        self._disrupted = Disrupted(self._tls, self._limits.line_bytes, scanner, known)
+        self._state = State.DISRUPTED
 
     # --- helpers -------------------------------------------------------------------------
 
     def _on_too_long(self, item: LineTooLong) -> list[Command]:
-        out: list[Command] = [Record(CommandReceived(_redacted("", item.nbytes), self._tls))]
-        if self._state is State.SASL:
-            self._sasl_responses += 1
-            out += self._sasl_records("failure")
-            self._end_sasl()
+        out: list[Command] = []
+        if self._state is State.SASL and self._flow is not None:
+            out.append(Record(CommandReceived(redacted_line(item.nbytes), self._tls)))
+            out += self._finish_flow(self._flow, self._flow.fail_line())
         return [*out, *self._error("line_too_long", ERR_LINE_TOO_LONG)]
 
     def _error(self, reason: str, reply: str) -> list[Command]:
         return [Record(ProtocolError(reason, reply)), *self._error_reply(reply)]
 
     def _error_reply(self, reply: str) -> list[Command]:
-        """Send an error reply; past the error budget, a final line and ``Close``."""
+        """A negative reply counted against ``limits.max_errors``; past it, a final line and
+        ``Close``."""
         self._errors += 1
         out: list[Command] = [Send(line(reply))]
         if self._errors >= self._limits.max_errors:
@@ -700,13 +723,10 @@ class Pop3Core:
         return out
 
     def _opaque(self, cmd: _Line) -> str:
-        """Transcript of a line that is not a POP3 command: never show what may be a secret."""
-        if cmd.verb in _VERBS or cmd.verb in _FOREIGN_VERBS:
+        """Transcript of a line that is not a POP3 command: never what may be a secret."""
+        if cmd.verb in FOREIGN_VERBS:
             return _redacted(cmd.sent_verb, len(cmd.raw_arg)) if cmd.raw_arg else cmd.sent_verb
-        return _redacted("", len(cmd.raw))
-
-    def _mechanisms(self) -> tuple[str, ...]:
-        return TLS_MECHANISMS if self._tls else PRE_TLS_MECHANISMS
+        return f"<unrecognised, {len(cmd.raw)} bytes>"
 
     def _starttls_advertised(self) -> bool:
         return (
@@ -735,15 +755,15 @@ class Pop3Core:
         if not args:
             return cmd.sent_verb
         head = f"{cmd.sent_verb} {self._decide(args[0]).display}"
-        secret = cmd.raw_arg.lstrip().partition(b" ")[2]
-        return _redacted(head, len(secret)) if secret else head
+        digest = cmd.raw_arg.strip().partition(b" ")[2]
+        return _redacted(head, len(digest)) if digest else head
 
     def _show_auth(self, cmd: _Line) -> str:
         args = cmd.args
         if not args:
             return cmd.sent_verb
         head = f"{cmd.sent_verb} {_mechanism_label(args[0].upper())}"
-        initial = cmd.raw_arg.lstrip().partition(b" ")[2].strip()
+        initial = cmd.raw_arg.strip().partition(b" ")[2]
         return _redacted(head, len(initial)) if initial else head
 
 
@@ -754,16 +774,16 @@ class _Verb:
     run: Callable[[Pop3Core, _Line], list[Command]]
     states: frozenset[State]
     transcript: Callable[[Pop3Core, _Line], str] = Pop3Core._show_plain
-    secret: bool = False  # the argument is opaque (may hold any byte, NUL included)
+    opaque_arg: bool = False  # the argument may hold any byte, NUL included (a secret)
 
 
-_VERBS: dict[str, _Verb] = {
+_VERBS: Final[dict[str, _Verb]] = {
     "CAPA": _Verb(Pop3Core._capa, _BOTH),
     "STLS": _Verb(Pop3Core._stls, _BOTH),
     "USER": _Verb(Pop3Core._user_cmd, _AUTH, Pop3Core._show_user),
-    "PASS": _Verb(Pop3Core._pass, _AUTH, Pop3Core._show_secret, secret=True),
-    "APOP": _Verb(Pop3Core._apop, _AUTH, Pop3Core._show_apop, secret=True),
-    "AUTH": _Verb(Pop3Core._auth, _AUTH, Pop3Core._show_auth, secret=True),
+    "PASS": _Verb(Pop3Core._pass, _AUTH, Pop3Core._show_secret, opaque_arg=True),
+    "APOP": _Verb(Pop3Core._apop, _AUTH, Pop3Core._show_apop, opaque_arg=True),
+    "AUTH": _Verb(Pop3Core._auth, _AUTH, Pop3Core._show_auth, opaque_arg=True),
     "STAT": _Verb(Pop3Core._stat, _TRANS),
     "LIST": _Verb(Pop3Core._list, _TRANS),
     "UIDL": _Verb(Pop3Core._uidl, _TRANS),
