@@ -268,14 +268,35 @@ def check_weak_min_protocol(ctx: Context) -> Iterable[Finding]:
     )
 
 
+NON_PUBLIC = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
 def _public_networks(value: str) -> list[str]:
+    """Entries that reach beyond private, shared, loopback and link-local address space."""
     public: list[str] = []
     for item in value.replace(",", " ").split():
         try:
             net = ipaddress.ip_network(item, strict=False)
         except ValueError:
             continue
-        if not (net.is_private or net.is_loopback or net.is_link_local):
+        inside = any(
+            net.version == block.version and net.subnet_of(block)  # type: ignore[arg-type]
+            for block in NON_PUBLIC
+        )
+        if not inside:
             public.append(item)
     return public
 

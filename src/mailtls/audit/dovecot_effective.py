@@ -133,10 +133,12 @@ class Context:
 
 
 def _filter_path(a: Assign) -> tuple[tuple[str, str], ...] | None:
-    """The filter sections around an assignment, or None when a non-filter section encloses it."""
-    if any(kind not in FILTER_KINDS for kind, _ in a.path):
+    """The filter sections around an assignment, or None when a non-filter section encloses it.
+    A 2.4 ``ssl_server { }`` block is only a way of writing names, not a filter."""
+    path = a.path[:-1] if a.path and a.path[-1] == ("ssl_server", "") else a.path
+    if any(kind not in FILTER_KINDS for kind, _ in path):
         return None
-    return a.path
+    return path
 
 
 def _protocol_matches(name: str, protocol: str) -> bool:
@@ -234,7 +236,7 @@ def contexts(config: DovecotConfig, version: str) -> list[Context]:
         out.append(Context(protocol, (), base, lis, version, config.source))
         for chain in address_filters(config):
             narrowed = _values(config, version, protocol, chain)
-            if any(narrowed[k] != base[k] for k in relevant if k in narrowed):
+            if any(narrowed[k].value != base[k].value for k in relevant if k in narrowed):
                 out.append(Context(protocol, chain, narrowed, lis, version, config.source))
     return out
 

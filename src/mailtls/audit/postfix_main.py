@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from mailtls.audit.model import Origin, Setting, SourceText
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what main.cf accepts as a name
+_REF = re.compile(r"[A-Za-z0-9_]+")  # what $name expansion reads (mac_parse)
 MAX_EXPANSION_DEPTH = 100
 
 
@@ -29,24 +30,33 @@ class MainConfig:
     history: Mapping[str, tuple[Setting, ...]] = field(default_factory=dict)
 
 
-def logical_lines(text: str) -> Iterator[tuple[int, str]]:
-    """Yield (first physical line number, logical line) following Postfix's readllines()."""
-    current: list[str] = []
-    first = 0
+def logical_segments(text: str) -> Iterator[list[tuple[int, str]]]:
+    """Yield each logical line as its physical pieces: (line number, stripped text) pairs.
+
+    Follows Postfix's readllines(): blank lines and lines whose first non-blank character is
+    ``#`` are skipped without ending the logical line; a line starting with whitespace continues
+    it; whitespace-led text with nothing to continue is dropped (Postfix warns).
+    """
+    current: list[tuple[int, str]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
         if raw[0].isspace():
             if current:
-                current.append(stripped)
-            # whitespace-led text with nothing to continue: Postfix warns and skips it
+                current.append((number, stripped))
             continue
         if current:
-            yield first, " ".join(current)
-        current, first = [raw.rstrip()], number
+            yield current
+        current = [(number, raw.rstrip())]
     if current:
-        yield first, " ".join(current)
+        yield current
+
+
+def logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Yield (first physical line number, logical line joined with single spaces)."""
+    for segments in logical_segments(text):
+        yield segments[0][0], " ".join(piece for _, piece in segments)
 
 
 def parse_main(source: SourceText) -> MainConfig:
@@ -97,7 +107,7 @@ def expand(value: str, lookup: Lookup, depth: int = 0) -> str:
             out.append(_expand_braced(value[i + 2 : end], lookup, depth))
             i = end + 1
         else:
-            m = _NAME.match(value, i + 1)
+            m = _REF.match(value, i + 1)
             if not m:
                 out.append(ch)
                 i += 1
@@ -128,7 +138,7 @@ def _value_of(name: str, lookup: Lookup, depth: int) -> str:
 
 
 def _expand_braced(inner: str, lookup: Lookup, depth: int) -> str:
-    m = _NAME.match(inner)
+    m = _REF.match(inner)
     if m is None:
         # Postfix 3.x expression syntax (${{$a} == {b} ? ...}): not needed for TLS checks
         return "${" + inner + "}"

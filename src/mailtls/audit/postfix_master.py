@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from mailtls.audit.model import Origin, Setting, SourceText
-from mailtls.audit.postfix_main import logical_lines
+from mailtls.audit.postfix_main import logical_segments
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class MasterConfig:
         return found
 
 
-def tokens(line: str) -> Iterator[str]:
-    """Split on whitespace; a token that starts with ``{`` runs to its matching ``}``."""
+def tokens(line: str) -> Iterator[tuple[int, str]]:
+    """(offset, token) pairs: split on whitespace; ``{`` runs to its matching ``}``."""
     i, n = 0, len(line)
     while i < n:
         if line[i].isspace():
@@ -80,13 +80,13 @@ def tokens(line: str) -> Iterator[str]:
                     if level == 0:
                         break
                 j += 1
-            yield line[i : j + 1]
+            yield i, line[i : j + 1]
             i = j + 1
             continue
         j = i
         while j < n and not line[j].isspace():
             j += 1
-        yield line[i:j]
+        yield i, line[i:j]
         i = j
 
 
@@ -99,25 +99,37 @@ def _override(text: str, origin: Origin) -> Setting | None:
     return Setting(name.strip(), value.strip(), origin)
 
 
-def parse_entry(line: str, origin: Origin) -> MasterEntry | str:
-    """One logical master.cf line -> entry, or a warning text."""
+def parse_entry(segments: list[tuple[int, str]], label: str) -> MasterEntry | str:
+    """One logical master.cf entry (its physical pieces) -> entry, or a warning text."""
+    line = ""
+    starts: list[tuple[int, int]] = []  # (offset in the joined line, physical line number)
+    for number, piece in segments:
+        if line:
+            line += " "
+        starts.append((len(line), number))
+        line += piece
+    origin = Origin(label, segments[0][0])
+
+    def line_at(offset: int) -> int:
+        return max(n for start, n in starts if start <= offset)
+
     parts = list(tokens(line))
     if len(parts) < 8:
         return f"{origin}: master.cf entry has {len(parts)} fields, needs at least 8; ignored"
-    fields, args = parts[:8], parts[8:]
+    fields, args = [t for _, t in parts[:8]], parts[8:]
     overrides: list[Setting] = []
     i = 0
     while i < len(args):
-        arg = args[i]
+        offset, arg = args[i]
         text: str | None = None
         if arg == "-o" and i + 1 < len(args):
-            text = args[i + 1]
+            offset, text = args[i + 1]
             i += 1
         elif arg.startswith("-o") and len(arg) > 2:
             text = arg[2:]
         i += 1
         if text is not None:
-            setting = _override(text, origin)
+            setting = _override(text, Origin(label, line_at(offset)))
             if setting is not None:
                 overrides.append(setting)
     service, type_, private, unpriv, chroot, wakeup, maxproc, command = fields
@@ -130,7 +142,7 @@ def parse_entry(line: str, origin: Origin) -> MasterEntry | str:
         wakeup,
         maxproc,
         command,
-        tuple(args),
+        tuple(t for _, t in args),
         tuple(overrides),
         origin,
     )
@@ -139,8 +151,8 @@ def parse_entry(line: str, origin: Origin) -> MasterEntry | str:
 def parse_master(source: SourceText) -> MasterConfig:
     entries: list[MasterEntry] = []
     warnings: list[str] = []
-    for number, line in logical_lines(source.text):
-        parsed = parse_entry(line, Origin(source.label, number))
+    for segments in logical_segments(source.text):
+        parsed = parse_entry(segments, source.label)
         if isinstance(parsed, str):
             warnings.append(parsed)
         else:
