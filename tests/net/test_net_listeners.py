@@ -79,29 +79,28 @@ async def test_implicit_tls_accepted_handshakes_first(tmp_path: Path) -> None:
         await server.close()
 
 
-def _blocked_client(port: int, ctx: ssl.SSLContext) -> tuple[str, float]:
+def _blocked_client(port: int, ctx: ssl.SSLContext, handshake: bool) -> tuple[str, float]:
+    """What a client sees: a TLS handshake attempt, or waiting for a first byte."""
     t0 = time.monotonic()
     try:
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if not handshake:
+            data = raw.recv(100)
+            return ("eof" if data == b"" else "data"), time.monotonic() - t0
         tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        data = tls.recv(100)
     except ConnectionResetError:
         return "reset", time.monotonic() - t0
     except (ssl.SSLError, OSError) as exc:
-        return f"handshake failed: {type(exc).__name__}", time.monotonic() - t0
-    try:
-        data = tls.recv(100)
-    except ConnectionResetError:
-        return "reset after handshake", time.monotonic() - t0
-    except (ssl.SSLError, OSError):
-        data = b""
+        return f"failed: {type(exc).__name__}", time.monotonic() - t0
     return ("closed after handshake" if data == b"" else "data"), time.monotonic() - t0
 
 
 @pytest.mark.parametrize(
     ("style", "expected"),
     [
-        (BlockStyle.SILENCE, "handshake failed"),
-        (BlockStyle.CLOSE, "handshake failed"),
+        (BlockStyle.SILENCE, "eof"),
+        (BlockStyle.CLOSE, "eof"),
         (BlockStyle.RESET, "reset"),
         (BlockStyle.HANDSHAKE_THEN_CLOSE, "closed after handshake"),
     ],
@@ -113,22 +112,47 @@ async def test_implicit_tls_blocked_in_each_style(
     settings = make_settings(tmp_path, tls={"blocked_style": style, "blocked_seconds": 0.5})
     server = await start_server(settings, journal, binder=bind_all("t1"))
     ctx = client_context(ensure_certificates(settings))
+    handshake = style is BlockStyle.HANDSHAKE_THEN_CLOSE
     try:
-        outcome, elapsed = await asyncio.to_thread(_blocked_client, server.port("mini_tls"), ctx)
-        assert outcome.startswith(expected), outcome
+        outcome, elapsed = await asyncio.to_thread(
+            _blocked_client, server.port("mini_tls"), ctx, handshake
+        )
+        assert outcome == expected
         if style is BlockStyle.SILENCE:
             assert 0.4 < elapsed < 3  # silent until the bound, then closed
         else:
-            assert elapsed < 0.5
+            assert elapsed < 0.4
         blocked = journal.of("implicit_tls_blocked")
         assert [b["style"] for b in blocked] == [str(style)]
         assert blocked[0]["run"] == "run1" and blocked[0]["step"] == 3
         assert blocked[0]["binding"]["testcase"] == "t1"
         closed = await journal.wait_for("connection_closed")
-        assert closed[0]["by"] in ("server", "timeout")
+        assert closed[0]["by"] == ("timeout" if style is BlockStyle.SILENCE else "server")
         assert journal.of("connection_opened")[0]["active"] is True
-        if style is BlockStyle.HANDSHAKE_THEN_CLOSE:
+        if handshake:
             assert journal.of("tls_established")[0]["implicit"] is True
+    finally:
+        await server.close()
+
+
+async def test_silently_blocked_port_discards_a_client_hello(tmp_path: Path) -> None:
+    journal = Journal()
+    settings = make_settings(tmp_path, tls={"blocked_seconds": 0.3})
+    server = await start_server(settings, journal, binder=bind_all("t2"))
+    ctx = client_context(ensure_certificates(settings))
+
+    def client() -> str:
+        raw = socket.create_connection(("127.0.0.1", server.port("mini_tls")), timeout=5)
+        try:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+        except (ssl.SSLError, OSError) as exc:
+            return type(exc).__name__
+        return "handshake completed"
+
+    try:
+        assert await asyncio.to_thread(client) != "handshake completed"
+        closed = await journal.wait_for("connection_closed")
+        assert closed[0]["bytes_out"] == 0 and closed[0]["bytes_in"] > 0
     finally:
         await server.close()
 
