@@ -556,6 +556,16 @@ def test_unknown_mechanism_is_refused_and_recorded() -> None:
     assert lines(commands) == ["AUTH GSSAPI <redacted, 16 bytes>"]
 
 
+def test_unregistered_mechanism_name_is_not_recorded() -> None:
+    s = Session()
+    s.ready()
+    commands = s.data(f"AUTH {CANARY}\r\n".encode())
+    assert sent(commands) == R.S504_AUTH_MECHANISM
+    assert lines(commands) == ["AUTH UNKNOWN"]
+    assert only(commands, obs.AuthAttempted).mechanism == "UNKNOWN"
+    assert CANARY.upper() not in repr(commands)
+
+
 @pytest.mark.parametrize("testcase", ALL_CASES)
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
 def test_unknown_user_fails_after_a_delay_with_a_hashed_name(testcase: str, mech: str) -> None:

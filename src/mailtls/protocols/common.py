@@ -14,7 +14,7 @@ What is here, and why it is shared:
   ``DataAfterDisruption``; secret-carrying plaintext lines found by a protocol's
   ``SecretScanner`` recorded as ``AuthAttempted(outcome="disrupted")``; bounded).
 - small helpers: ``looks_like_tls_record``, ``first_verb``, ``redacted_line``,
-  ``mechanisms``, ``mechanism_allowed``.
+  ``mechanism_label``, ``mechanisms``, ``mechanism_allowed``, ``set_timer`` (cached).
 
 Imports only ``mailtls.observations`` and sibling modules of ``mailtls.protocols`` (``base``,
 ``sasl``). Must not import a protocol core (``smtp``, ``imap``, ``pop3``), ``asyncio``, sockets,
@@ -23,6 +23,7 @@ Imports only ``mailtls.observations`` and sibling modules of ``mailtls.protocols
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final, Protocol
 
 from mailtls.observations import (
@@ -51,6 +52,7 @@ from mailtls.protocols.base import (
 )
 from mailtls.protocols.sasl import (
     PRE_TLS_MECHANISMS,
+    RECOGNISED,
     TLS_MECHANISMS,
     Aborted,
     Challenge,
@@ -60,6 +62,22 @@ from mailtls.protocols.sasl import (
 )
 
 OAUTH_MECHANISMS: Final = frozenset({"XOAUTH2", "OAUTHBEARER"})
+# Registered SASL mechanism names a client may ask for; any other name is shown as "UNKNOWN"
+# (a confused client could put anything, even a password, where the mechanism goes).
+KNOWN_MECHANISMS: Final = RECOGNISED | {
+    "ANONYMOUS",
+    "DIGEST-MD5",
+    "EXTERNAL",
+    "GSSAPI",
+    "GS2-KRB5",
+    "NTLM",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-512",
+    "SCRAM-SHA-512-PLUS",
+}
 
 # --- outgoing commands -------------------------------------------------------------------------
 
@@ -97,6 +115,10 @@ class Outbox:
         return self._commands
 
 
+set_timer = lru_cache(maxsize=32)(SetTimer)
+"""``SetTimer(seconds)``, shared instances (commands are immutable; creating one is not free)."""
+
+
 def input_timer(
     limits: Limits, completed: bool, partial_before: bool, partial_after: bool
 ) -> SetTimer | None:
@@ -108,9 +130,9 @@ def input_timer(
     grew keeps the deadline already armed (``None``: no command); otherwise ``idle_seconds``.
     """
     if partial_after and (completed or not partial_before):
-        return SetTimer(limits.line_seconds)
+        return set_timer(limits.line_seconds)
     if completed:
-        return SetTimer(limits.idle_seconds)
+        return set_timer(limits.idle_seconds)
     return None
 
 
@@ -136,6 +158,11 @@ def first_verb(data: bytes, known: frozenset[str]) -> str:
         return ""
     verb = word.decode("ascii").upper()
     return verb if verb in known else "?"
+
+
+def mechanism_label(mechanism: str) -> str:
+    """The form of a client-supplied (upper-cased) mechanism name that may be recorded."""
+    return mechanism if mechanism in KNOWN_MECHANISMS else "UNKNOWN"
 
 
 def redacted_line(nbytes: int) -> str:

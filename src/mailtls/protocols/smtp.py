@@ -54,7 +54,6 @@ from mailtls.protocols.base import (
     Send,
     SendRaw,
     SessionContext,
-    SetTimer,
     StartTls,
     Timeout,
     TlsEstablished,
@@ -71,8 +70,10 @@ from mailtls.protocols.common import (
     SaslFlow,
     input_timer,
     mechanism_allowed,
+    mechanism_label,
     mechanisms,
     redacted_line,
+    set_timer,
 )
 from mailtls.protocols.sasl import RECOGNISED, redacted
 from mailtls.testcases import AfterTls, StarttlsAction
@@ -96,9 +97,6 @@ class State(enum.Enum):
     CLIENT_HELLO = "client_hello"  # t2: ReadClientHello issued, awaiting ClientHelloReceived
     DISRUPTED = "disrupted"
     CLOSED = "closed"
-
-
-_LINE_STATES: Final = frozenset({State.COMMAND, State.AUTH})
 
 
 class DataBody:
@@ -141,7 +139,15 @@ def _split_auth(arg: str) -> tuple[str, str | None]:
     """``AUTH`` arguments -> (upper-cased mechanism, initial response or None)."""
     mech, _, initial = arg.strip().partition(" ")
     initial = initial.strip()
-    return truncate(mech.upper(), 20), (initial or None)
+    return mech.upper(), (initial or None)
+
+
+def _auth_transcript(mech: str, initial: str | None) -> str:
+    """``AUTH PLAIN <redacted, 24 bytes>``; unregistered mechanism names become ``UNKNOWN``."""
+    label = mechanism_label(mech) if mech else ""
+    if initial:
+        return redacted("AUTH", label, len(initial))
+    return f"AUTH {label}".rstrip()
 
 
 def _path(arg: str, prefix: str) -> tuple[str, list[str]] | None:
@@ -285,7 +291,7 @@ class SmtpCore:
             self._out.record(TlsStarted(event.tls.version, event.tls.cipher, True))
             self._disrupt_next = self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
         self._out.reply(R.greeting(self._ctx.hostname))
-        self._out.add(SetTimer(self._limits.idle_seconds))
+        self._out.add(set_timer(self._limits.idle_seconds))
 
     def _on_data(self, event: Event) -> None:
         assert isinstance(event, DataReceived)
@@ -298,10 +304,10 @@ class SmtpCore:
         partial_before = self._lines.pending > 0
         completed = self._pump(event.data)
         if self.state is State.DATA:
-            self._out.add(SetTimer(self._limits.idle_seconds))
-        elif self.state in _LINE_STATES:
+            self._out.add(set_timer(self._limits.idle_seconds))
+        elif self._reading_lines():
             if self._silence:
-                self._out.add(SetTimer(self._limits.silence_after_refusal))
+                self._out.add(set_timer(self._limits.silence_after_refusal))
                 return
             timer = input_timer(self._limits, completed, partial_before, self._lines.pending > 0)
             if timer is not None:
@@ -318,7 +324,7 @@ class SmtpCore:
         self.state = State.COMMAND
         self._out.record(TlsStarted(event.info.version, event.info.cipher, False))
         self._disrupt_next = self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
-        self._out.add(SetTimer(self._limits.idle_seconds))
+        self._out.add(set_timer(self._limits.idle_seconds))
 
     def _on_tls_failed(self, event: Event) -> None:
         assert isinstance(event, TlsFailed)
@@ -336,7 +342,7 @@ class SmtpCore:
             StarttlsDisrupted("handshake", event.nbytes, event.looks_like_tls, R.text(reply))
         )
         self._out.reply(reply)
-        self._out.add(SetTimer(self._limits.disrupted_seconds))
+        self._out.add(set_timer(self._limits.disrupted_seconds))
         disrupted = self._enter_disrupted()
         if self._held:
             held, self._held = self._held, b""
@@ -375,7 +381,7 @@ class SmtpCore:
             completed = True
             data = rest
         self._lines.feed(data)
-        while self.state in _LINE_STATES:
+        while self._reading_lines():
             line = self._lines.next_line()
             if line is None:
                 break
@@ -395,6 +401,11 @@ class SmtpCore:
                     break
                 self._lines.feed(rest)
         return completed
+
+    def _reading_lines(self) -> bool:
+        """In a state that reads command or SASL lines (identity tests: enum hashing is slow)."""
+        state = self.state
+        return state is State.COMMAND or state is State.AUTH
 
     def _command(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
@@ -416,8 +427,7 @@ class SmtpCore:
     def _transcript(self, verb: str, text: str, arg: str) -> str:
         """The redacted transcript form of a command line."""
         if verb == "AUTH":
-            mech, initial = _split_auth(arg)
-            return redacted("AUTH", mech, len(initial)) if initial else truncate(f"AUTH {mech}")
+            return _auth_transcript(*_split_auth(arg))
         if verb in _COMMANDS:
             return truncate(text)
         if verb in FOREIGN_VERBS:
@@ -529,7 +539,7 @@ class SmtpCore:
         self._out.reply(R.S220_READY_TLS)
         if action is StarttlsAction.BREAK_HANDSHAKE:
             self._out.add(ReadClientHello())
-            self._out.add(SetTimer(self._limits.disrupted_seconds))
+            self._out.add(set_timer(self._limits.disrupted_seconds))
             self.state = State.CLIENT_HELLO
         else:
             self._out.add(StartTls())
@@ -557,7 +567,7 @@ class SmtpCore:
         reply = R.S454_TLS_NA
         self._out.record(StarttlsDisrupted("session", 0, True, R.text(reply)))
         self._out.add(SendRaw(reply))
-        self._out.add(SetTimer(self._limits.disrupted_seconds))
+        self._out.add(set_timer(self._limits.disrupted_seconds))
         disrupted = self._enter_disrupted()
         for observation in disrupted.scan(self._lines.take_rest()):
             self._out.record(observation)
@@ -566,8 +576,7 @@ class SmtpCore:
 
     def _cmd_auth(self, arg: str) -> None:
         mech, initial = _split_auth(arg)
-        line = redacted("AUTH", mech, len(initial)) if initial else truncate(f"AUTH {mech}")
-        self._out.record(CommandReceived(line.rstrip(), self._tls))
+        self._out.record(CommandReceived(_auth_transcript(mech, initial), self._tls))
         if not mech:
             self._error(R.S501_SYNTAX_AUTH, "syntax")
             return
@@ -599,7 +608,8 @@ class SmtpCore:
             for observation in flow.records("refused"):
                 self._out.record(observation)
             return
-        self._out.record(AuthAttempted(mech, "", None, self._tls, False, False, "refused"))
+        label = mechanism_label(mech)
+        self._out.record(AuthAttempted(label, "", None, self._tls, False, False, "refused"))
 
     def _sasl_line(self, line: bytes) -> None:
         flow = self._flow
