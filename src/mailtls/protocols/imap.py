@@ -2,12 +2,15 @@
 
 Flow: ``DataReceived`` bytes go into a ``LineBuffer``; ``imap_parse.CommandReader`` assembles
 commands (with literals), ``parse_command`` tokenises them, and ``COMMANDS`` (verb -> handler and
-the IMAP states where it is legal) dispatches. Two sub-modes read bare lines instead of commands:
-a SASL exchange (``+`` continuations) and IDLE (until ``DONE``). The test-case policy is asked
-the contract's questions at STARTTLS and after TLS; the answers are phrased here in IMAP.
+the IMAP states where it is legal) dispatches. Connection-level commands (CAPABILITY, STARTTLS,
+LOGIN, AUTHENTICATE, ID, IDLE, NOOP, LOGOUT) live here; the mailbox commands of the
+authenticated and selected states run on ``imap_mailboxes.MailStore``. Two sub-modes read bare
+lines instead of commands: a SASL exchange (``+`` continuations) and IDLE (until ``DONE``). The
+test-case policy is asked the contract's questions at STARTTLS and after TLS; the answers are
+phrased here in IMAP.
 
-Every mailbox is empty (``imap_mailboxes``); APPEND bodies are counted and discarded. Secrets
-(LOGIN passwords, SASL responses) are never kept: transcripts show ``<redacted, N bytes>``.
+Secrets (LOGIN passwords, SASL responses) are never kept: transcripts show
+``<redacted, N bytes>`` and usernames appear only as ``AuthDecision.display``.
 
 Must not import: ``asyncio``, ``socket``, ``ssl``, ``mailtls.net``, ``mailtls.store``,
 ``mailtls.web``, ``smtp``, ``pop3``.
@@ -19,6 +22,7 @@ import base64
 import enum
 import re
 from collections.abc import Callable
+from typing import Final
 
 from mailtls.observations import (
     AuthAttempted,
@@ -39,7 +43,6 @@ from mailtls.observations import (
     TlsStarted,
     UsernameSent,
 )
-from mailtls.protocols import imap_mailboxes as mb
 from mailtls.protocols.base import (
     AuthDecision,
     ClientHelloReceived,
@@ -66,6 +69,24 @@ from mailtls.protocols.base import (
     decode,
     truncate,
 )
+from mailtls.protocols.common import (
+    CANCELLED,
+    FAILURE,
+    MALFORMED,
+    MAX_DISRUPTED_BYTES,
+    MAX_DISRUPTED_CHUNKS,
+    SUCCESS,
+    SaslFlow,
+    looks_like_tls_record,
+    mechanism_allowed,
+    mechanisms,
+    redacted_line,
+)
+from mailtls.protocols.imap_mailboxes import (
+    AUTHENTICATED_COMMANDS,
+    SELECTED_COMMANDS,
+    MailStore,
+)
 from mailtls.protocols.imap_parse import (
     Atom,
     BadCommand,
@@ -77,58 +98,55 @@ from mailtls.protocols.imap_parse import (
     Overlong,
     RawCommand,
     ReaderItem,
-    String,
-    Token,
     astring,
     head,
     nstring,
     parse_command,
 )
 from mailtls.protocols.imap_parse import Command as ImapCommand
-from mailtls.protocols.sasl import (
-    PRE_TLS_MECHANISMS,
-    TLS_MECHANISMS,
-    Aborted,
-    Challenge,
-    Finished,
-    SaslExchange,
-    Step,
-)
+from mailtls.protocols.sasl import RECOGNISED
 from mailtls.testcases import AfterTls, StarttlsAction
 
 # --- capabilities and named replies ------------------------------------------------------------
 
-BASE_CAPABILITIES = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS SPECIAL-USE"
-AUTHENTICATED_CAPABILITIES = (
+BASE_CAPABILITIES: Final = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS SPECIAL-USE"
+AUTHENTICATED_CAPABILITIES: Final = (
     "IMAP4rev1 LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS SPECIAL-USE UNSELECT"
 )
-OAUTH_MECHANISMS = frozenset({"XOAUTH2", "OAUTHBEARER"})
-LOGIN_MECHANISM = "IMAP-LOGIN"  # the LOGIN command (SASL LOGIN is "LOGIN")
+LOGIN_MECHANISM: Final = "IMAP-LOGIN"  # the LOGIN command in AuthAttempted (SASL's is "LOGIN")
 
-TLS_NOT_AVAILABLE = "TLS not available due to temporary reason"
-UNTAGGED_TLS_NOT_AVAILABLE = f"* BAD {TLS_NOT_AVAILABLE}"
-STARTTLS_PROCEED = "OK Begin TLS negotiation now"
-STARTTLS_REFUSED = f"NO [UNAVAILABLE] {TLS_NOT_AVAILABLE}"
-STARTTLS_NOT_AVAILABLE = "BAD STARTTLS not available"
-STARTTLS_SYNTAX = "BAD STARTTLS takes no arguments"
-AUTH_FAILED = "NO [AUTHENTICATIONFAILED] Authentication failed"
-AUTH_CANCELLED = "BAD Authentication cancelled"
-AUTH_UNSUPPORTED = "NO Unsupported authentication mechanism"
-BYE_TIMEOUT = "* BYE Autologout; idle for too long"
-BYE_LOGOUT = "* BYE Logging out"
-BYE_ERRORS = "* BYE Too many invalid commands"
-BYE_AUTH_FAILURES = "* BYE Too many authentication failures"
-BYE_LITERAL = "* BYE Literal too large"
-CONTINUE_LITERAL = "+ Ready for literal"
-CONTINUE_IDLE = "+ idling"
-SYSTEM_FLAGS = r"\Answered \Flagged \Deleted \Seen \Draft"
-STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE"}
-)
-MAX_ID_FIELDS = 30
+TLS_NOT_AVAILABLE: Final = "TLS not available due to temporary reason"
+UNTAGGED_TLS_NOT_AVAILABLE: Final = f"* BAD {TLS_NOT_AVAILABLE}"
+STARTTLS_PROCEED: Final = "OK Begin TLS negotiation now"
+STARTTLS_REFUSED: Final = f"NO [UNAVAILABLE] {TLS_NOT_AVAILABLE}"
+STARTTLS_NOT_AVAILABLE: Final = "BAD STARTTLS not available"
+STARTTLS_SYNTAX: Final = "BAD STARTTLS takes no arguments"
+LOGGED_IN: Final = "Logged in"
+AUTH_FAILED: Final = "NO [AUTHENTICATIONFAILED] Authentication failed"
+AUTH_CANCELLED: Final = "BAD Authentication cancelled"
+AUTH_UNSUPPORTED: Final = "NO Unsupported authentication mechanism"
+BYE_TIMEOUT: Final = "* BYE Autologout; idle for too long"
+BYE_LOGOUT: Final = "* BYE Logging out"
+BYE_ERRORS: Final = "* BYE Too many invalid commands"
+BYE_AUTH_FAILURES: Final = "* BYE Too many authentication failures"
+BYE_LITERAL: Final = "* BYE Literal too large"
+CONTINUE_LITERAL: Final = "+ Ready for literal"
+CONTINUE_IDLE: Final = "+ idling"
+SERVER_ID: Final = '* ID ("name" "mailtls")'
+MAX_ID_FIELDS: Final = 30
 
-_SEQUENCE_SET = re.compile(r"(?:[1-9]\d{0,9}|\*)(?::(?:[1-9]\d{0,9}|\*))?(?:,|\Z)")
-_MECHANISM = re.compile(r"[A-Za-z0-9_-]{1,40}\Z")
+# SASL mechanism names shown by name; any other client-supplied word is "UNKNOWN"
+KNOWN_MECHANISMS: Final = RECOGNISED | {
+    "ANONYMOUS",
+    "DIGEST-MD5",
+    "EXTERNAL",
+    "GSSAPI",
+    "NTLM",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-256-PLUS",
+}
 _BASE64_BLOB = re.compile(rb"[A-Za-z0-9+/]{8,}={0,2}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -151,7 +169,30 @@ class Mode(enum.Enum):
     CLOSED = "closed"
 
 
-_READING = (Mode.COMMAND, Mode.SASL, Mode.IDLE)
+_READING: Final = (Mode.COMMAND, Mode.SASL, Mode.IDLE)
+
+
+def mechanism_label(mechanism: str) -> str:
+    """A client-supplied mechanism name is shown only when it is a real SASL mechanism."""
+    return mechanism if mechanism in KNOWN_MECHANISMS else "UNKNOWN"
+
+
+def _clean(text: str, limit: int = 200) -> str:
+    """Text for a reply line or an observation: no control characters, bounded."""
+    return truncate(_CONTROL.sub(" ", text), limit)
+
+
+def _verb(data: bytes) -> str:
+    """``DataAfterDisruption.verb``: the IMAP command name of a plaintext chunk ("" if binary,
+    "?" for other text, so that a stray secret is never copied into an observation)."""
+    if not data or not 0x21 <= data[0] <= 0x7E:
+        return ""
+    words = data[:128].split(b"\n", 1)[0].split()
+    for word in words[:2]:
+        name = word.decode("ascii", "replace").upper()
+        if name in COMMANDS:
+            return name
+    return "?"
 
 
 class _Turn:
@@ -190,13 +231,79 @@ class _Turn:
         return self.commands
 
 
-def _clean(text: str, limit: int = 200) -> str:
-    """Server-side text for a reply line: no control characters, bounded."""
-    return truncate(_CONTROL.sub(" ", text), limit)
+class SecretScanner:
+    """Finds credentials in IMAP commands that get no reply (pipelined after STARTTLS, the t4
+    first command, plaintext after a disruption): LOGIN, and AUTHENTICATE with the SASL lines
+    that follow it. Lines are reassembled into commands (literals included) as the core does."""
 
+    __slots__ = ("_buf", "_ctx", "_flow", "_outcome", "_reader", "_tls")
 
-def _tls_alert(data: bytes) -> bool:
-    return bool(data) and 0x14 <= data[0] <= 0x17
+    def __init__(self, ctx: SessionContext, tls: bool, outcome: str) -> None:
+        self._ctx = ctx
+        self._tls = tls
+        self._outcome = outcome
+        self._flow: SaslFlow | None = None
+        self._buf = LineBuffer(ctx.limits.line_bytes)
+        self._reader = CommandReader(ctx.limits)
+
+    def scan(self, data: bytes, final: bool = True) -> list[Observation]:
+        """Every command in a byte string; ``final``: the bytes end there (a partial last line
+        counts as complete, an unfinished exchange is concluded)."""
+        self._buf.feed(data + b"\r\n" if final and not data.endswith(b"\n") else data)
+        found: list[Observation] = []
+        while True:
+            if self._flow is not None:
+                line = self._buf.next_line()
+                if line is None:
+                    break
+                if isinstance(line, bytes) and not isinstance(
+                    self._flow.respond(decode(line)), bytes
+                ):
+                    found += self._conclude()
+                continue
+            item = self._reader.next(self._buf)
+            if item is None:
+                break
+            if isinstance(item, Complete):
+                parsed = parse_command(item.raw)
+                if isinstance(parsed, ImapCommand):
+                    found += self.command(parsed, None)
+        return found + self.finish() if final else found
+
+    def command(self, cmd: ImapCommand, login: AuthDecision | None) -> list[Observation]:
+        if cmd.name == "LOGIN" and len(cmd.args) == 2:
+            user, password = astring(cmd.args[0]), astring(cmd.args[1])
+            if user is None or password is None:
+                return []
+            decision = login or self._ctx.authenticator(decode(user))
+            tls, outcome = self._tls, self._outcome
+            display, code = decision.display, decision.code
+            return [AuthAttempted(LOGIN_MECHANISM, display, code, tls, True, not tls, outcome)]
+        if cmd.name != "AUTHENTICATE" or not 1 <= len(cmd.args) <= 2:
+            return []
+        mechanism = astring(cmd.args[0])
+        mech = decode(mechanism).upper() if mechanism is not None else ""
+        initial = astring(cmd.args[1]) if len(cmd.args) == 2 else None
+        if mech not in RECOGNISED:
+            return []
+        self._flow = SaslFlow(mech, self._tls, self._ctx.authenticator, self._ctx.hostname)
+        if isinstance(self._flow.start(decode(initial) if initial is not None else None), bytes):
+            return []
+        return self._conclude()
+
+    def finish(self) -> list[Observation]:
+        return self._conclude() if self._flow is not None else []
+
+    def _conclude(self) -> list[Observation]:
+        flow, self._flow = self._flow, None
+        if flow is None:
+            return []
+        if flow.secret_sent:
+            return flow.records(self._outcome)[:1]
+        decision = flow.decision
+        if decision is not None:
+            return [UsernameSent(decision.display, decision.code, self._tls)]
+        return []
 
 
 class ImapCore:
@@ -210,12 +317,9 @@ class ImapCore:
         self._mode = Mode.COMMAND
         self._buf = LineBuffer(ctx.limits.line_bytes)
         self._reader = CommandReader(ctx.limits)
-        self._mailboxes = mb.Mailboxes()
-        self._selected: str | None = None
-        self._read_only = False
-        self._sasl: SaslExchange | None = None
-        self._sasl_tag = ""
-        self._sasl_user: str | None = None
+        self._store = MailStore()
+        self._flow: SaslFlow | None = None
+        self._flow_tag = ""
         self._idle_tag = ""
         self._errors = 0
         self._auth_failures = 0
@@ -223,8 +327,9 @@ class ImapCore:
         self._literal_timer = False  # the deadline of a big APPEND body is armed
         self._quiet_since_refusal = False  # t3: nothing received since STARTTLS was refused
         self._disrupt_pending = False  # t4: the first command inside TLS gets disrupted
-        self._sniff_buf = LineBuffer(ctx.limits.line_bytes)  # plaintext after a disruption
-        self._sniff_reader = CommandReader(ctx.limits)
+        self._sniffer: SecretScanner | None = None  # plaintext after a disruption
+        self._disrupted_chunks = 0
+        self._disrupted_bytes = 0
 
     @property
     def state(self) -> State:
@@ -233,6 +338,10 @@ class ImapCore:
     @property
     def mode(self) -> Mode:
         return self._mode
+
+    @property
+    def _is_tls(self) -> bool:
+        return self._tls is not None
 
     # --- events ---------------------------------------------------------------------------
 
@@ -255,7 +364,7 @@ class ImapCore:
             case Timeout():
                 self._on_timeout(turn)
             case Closed():
-                self._end_sasl_unfinished(turn)
+                self._end_flow(turn)
                 self._close(turn)
             case Kicked(reason=reason):
                 self._on_kicked(reason, turn)
@@ -285,29 +394,28 @@ class ImapCore:
     def _on_client_hello(self, event: ClientHelloReceived, turn: _Turn) -> None:
         if self._mode is not Mode.AWAIT_HELLO:
             return
-        turn.send(UNTAGGED_TLS_NOT_AVAILABLE)
-        turn.record(
-            StarttlsDisrupted(
-                "handshake", event.nbytes, event.looks_like_tls, UNTAGGED_TLS_NOT_AVAILABLE
-            )
-        )
-        self._mode = Mode.DISRUPTED
-        turn.add(SetTimer(self._limits.disrupted_seconds))
+        line = UNTAGGED_TLS_NOT_AVAILABLE
+        turn.record(StarttlsDisrupted("handshake", event.nbytes, event.looks_like_tls, line))
+        turn.send(line)
+        self._enter_disrupted(turn)
 
     def _on_timeout(self, turn: _Turn) -> None:
         if self._mode in _READING and not self._quiet_since_refusal:
-            self._end_sasl_unfinished(turn)
+            self._end_flow(turn)
             turn.send(BYE_TIMEOUT)
         self._close(turn)
 
     def _on_kicked(self, reason: str, turn: _Turn) -> None:
-        self._end_sasl_unfinished(turn)
+        self._end_flow(turn)
         turn.record(SessionKicked(_clean(reason)))
         if self._mode in _READING:
             turn.send(f"* BYE {_clean(reason) or 'Server shutting down'}")
         self._close(turn)
 
     def _close(self, turn: _Turn) -> None:
+        if self._mode is Mode.DISRUPTED and self._sniffer is not None:
+            for observation in self._sniffer.finish():
+                turn.record(observation)
         turn.add(Close())
         self._mode = Mode.CLOSED
 
@@ -361,8 +469,9 @@ class ImapCore:
             case Complete(raw=raw):
                 self._on_command(raw, turn)
             case LiteralWanted():
-                if self._disrupt_pending:
-                    turn.record(CommandReceived(self._partial_transcript(), True))
+                if self._disrupt_pending:  # t4: no "+" inside TLS, the disruption instead
+                    text = _redact_partial(self._reader.partial())
+                    turn.record(CommandReceived(truncate(text), self._is_tls))
                     self._disrupt_session(turn)
                 else:
                     turn.send(CONTINUE_LITERAL)
@@ -371,47 +480,32 @@ class ImapCore:
             case Overlong(tag=tag, nbytes=nbytes):
                 if self._disrupt_pending:
                     self._disrupt_session(turn)
-                    return
-                self._bad(turn, tag, "line_too_long", f"Line too long ({nbytes} bytes)")
+                else:
+                    self._bad(turn, tag, "line_too_long", f"Line too long ({nbytes} bytes)")
 
     def _on_literal_too_big(self, item: LiteralTooBig, turn: _Turn) -> None:
-        text = self._redact_partial(item.partial)
-        turn.record(CommandReceived(truncate(text), self._tls is not None))
+        turn.record(CommandReceived(truncate(_redact_partial(item.partial)), self._is_tls))
         if self._disrupt_pending:
             self._disrupt_session(turn)
-            return
-        tag = item.tag or "*"
-        if item.fatal:
+        elif item.fatal:
             turn.record(ProtocolError("literal_too_big", BYE_LITERAL))
             turn.send(BYE_LITERAL)
             self._close(turn)
         elif item.verb == "APPEND" and item.synchronizing:
-            turn.send(f"{tag} NO [TOOBIG] Message too large")
+            turn.send(f"{item.tag or '*'} NO [TOOBIG] Message too large")
         else:
             self._bad(turn, item.tag, "literal_too_big", "[TOOBIG] Literal too large")
-
-    def _partial_transcript(self) -> str:
-        text = self._redact_partial(self._reader.partial())
-        self._reader.abort()
-        return truncate(text)
-
-    def _redact_partial(self, text: str) -> str:
-        tag, verb = head(text.encode())
-        if verb in ("LOGIN", "AUTHENTICATE"):
-            rest = text.split(" ", 2)[2] if text.count(" ") >= 2 else ""
-            return f"{tag or '*'} {verb} <redacted, {len(rest)} bytes>"
-        return text
 
     # --- commands ---------------------------------------------------------------------------
 
     def _on_command(self, raw: RawCommand, turn: _Turn) -> None:
         parsed = parse_command(raw)
-        tls = self._tls is not None
-        turn.record(CommandReceived(truncate(self._transcript(raw, parsed, turn)), tls))
+        turn.record(CommandReceived(truncate(self._transcript(raw, parsed, turn)), self._is_tls))
         if self._disrupt_pending:
             if isinstance(parsed, ImapCommand):
-                for obs in self._auth_without_reply(parsed, turn.login):
-                    turn.record(obs)
+                scanner = SecretScanner(self._ctx, self._is_tls, "disrupted")
+                for observation in scanner.command(parsed, turn.login) + scanner.finish():
+                    turn.record(observation)
             self._disrupt_session(turn)
             return
         if isinstance(parsed, BadCommand):
@@ -423,45 +517,38 @@ class ImapCore:
             return
         handler, states = entry
         if self._state not in states:
-            text = "Please log in first" if self._state is State.NOT_AUTHENTICATED else None
-            if text is None:
+            if self._state is State.NOT_AUTHENTICATED:
+                text = "Please log in first"
+            else:
                 text = "No mailbox selected" if State.SELECTED in states else "Wrong state"
             self._bad(turn, parsed.tag, "bad_state", text)
             return
         handler(self, parsed, turn)
 
     def _transcript(self, raw: RawCommand, parsed: ImapCommand | BadCommand, turn: _Turn) -> str:
-        """The redacted transcript line; for LOGIN, decides the username (once)."""
-        line0 = raw.lines[0]
-        words = line0.split(b" ")
-        first = [w.upper() for w in words[:2]]
-        tag = parsed.tag or "*"
-        if isinstance(parsed, ImapCommand) and parsed.name == "LOGIN":
-            user, password = self._login_args(parsed)
+        """The redacted transcript line; for LOGIN it also decides the username (once)."""
+        if isinstance(parsed, ImapCommand) and parsed.name == "LOGIN" and len(parsed.args) == 2:
+            user, password = astring(parsed.args[0]), astring(parsed.args[1])
             if user is not None and password is not None:
                 turn.login = self._ctx.authenticator(decode(user))
-                return f"{tag} LOGIN {turn.login.display} <redacted, {len(password)} bytes>"
-        if b"LOGIN" in first or b"AUTHENTICATE" in first:
-            verb = "LOGIN" if b"LOGIN" in first else "AUTHENTICATE"
-            if verb == "AUTHENTICATE" and len(words) >= 3 and first[1] == b"AUTHENTICATE":
-                mech = decode(words[2])
-                size = sum(len(w) for w in words[3:])
-                if _MECHANISM.match(mech):
-                    return f"{tag} AUTHENTICATE {mech}" + (
-                        f" <redacted, {size} bytes>" if len(words) > 3 else ""
-                    )
-            rest = sum(len(line) for line in raw.lines) - len(b" ".join(words[:2]))
-            rest += sum(lit.size for lit in raw.literals)
-            return f"{tag} {verb} <redacted, {max(rest - 1, 0)} bytes>"
-        if len(raw.lines) == 1 and _BASE64_BLOB.match(line0):
-            return f"<redacted, {len(line0)} bytes>"  # a SASL response sent out of turn
+                return f"{parsed.tag} LOGIN {turn.login.display} {redacted_line(len(password))}"
+        words = raw.lines[0].split(b" ")
+        first = [w.upper() for w in words[:2]]
+        tag = parsed.tag or "*"
+        if b"AUTHENTICATE" in first:
+            rest = words[first.index(b"AUTHENTICATE") + 1 :]
+            shown = f"{tag} AUTHENTICATE"
+            if rest:
+                shown += " " + mechanism_label(decode(rest[0]).upper())
+            initial = sum(len(w) for w in rest[1:]) + sum(lit.size for lit in raw.literals)
+            return shown + (" " + redacted_line(initial) if len(rest) > 1 else "")
+        if b"LOGIN" in first:
+            size = sum(len(line) for line in raw.lines) + sum(lit.size for lit in raw.literals)
+            size -= len(b" ".join(words[: first.index(b"LOGIN") + 1])) + 1
+            return f"{tag} LOGIN {redacted_line(max(size, 0))}"
+        if len(raw.lines) == 1 and _BASE64_BLOB.match(raw.lines[0]):
+            return redacted_line(len(raw.lines[0]))  # a SASL response sent out of turn
         return raw.transcript()
-
-    @staticmethod
-    def _login_args(cmd: ImapCommand) -> tuple[bytes | None, bytes | None]:
-        if len(cmd.args) != 2:
-            return None, None
-        return astring(cmd.args[0]), astring(cmd.args[1])
 
     def _bad(self, turn: _Turn, tag: str | None, reason: str, text: str) -> None:
         reply = f"{tag or '*'} BAD {text}"
@@ -471,9 +558,6 @@ class ImapCore:
         if self._errors >= self._limits.max_errors:
             turn.send(BYE_ERRORS)
             self._close(turn)
-
-    def _ok(self, turn: _Turn, tag: str, text: str) -> None:
-        turn.send(f"{tag} OK {text}")
 
     # --- capabilities, STARTTLS -------------------------------------------------------------
 
@@ -486,39 +570,30 @@ class ImapCore:
 
     def _capabilities(self, turn: _Turn) -> str:
         """The capability list for the current state; records ``CapabilitiesSent``."""
-        tls = self._tls is not None
         if self._state is not State.NOT_AUTHENTICATED:
-            turn.record(CapabilitiesSent(False, (), tls))
+            turn.record(CapabilitiesSent(False, (), self._is_tls))
             return AUTHENTICATED_CAPABILITIES
         starttls = self._starttls_offered()
-        mechanisms = TLS_MECHANISMS if tls else PRE_TLS_MECHANISMS
-        turn.record(CapabilitiesSent(starttls, mechanisms, tls))
-        parts = [BASE_CAPABILITIES]
-        if starttls:
-            parts.append("STARTTLS")
-        parts.extend(f"AUTH={m}" for m in mechanisms)
-        return " ".join(parts)
+        offered = mechanisms(self._is_tls)
+        turn.record(CapabilitiesSent(starttls, offered, self._is_tls))
+        parts = [BASE_CAPABILITIES, *(["STARTTLS"] if starttls else [])]
+        return " ".join([*parts, *(f"AUTH={m}" for m in offered)])
 
     def _cmd_capability(self, cmd: ImapCommand, turn: _Turn) -> None:
         if cmd.args:
             self._bad(turn, cmd.tag, "syntax", "CAPABILITY takes no arguments")
             return
         turn.send(f"* CAPABILITY {self._capabilities(turn)}")
-        self._ok(turn, cmd.tag, "Capability completed")
+        turn.send(f"{cmd.tag} OK Capability completed")
 
     def _cmd_starttls(self, cmd: ImapCommand, turn: _Turn) -> None:
         advertised = self._starttls_offered()
         turn.record(StarttlsRequested(advertised))
-        if not advertised:
-            reply = f"{cmd.tag} {STARTTLS_NOT_AVAILABLE}"
-            reason = "already_tls" if self._tls is not None else "not_advertised"
-            turn.record(StarttlsRefused(reason, reply))
-            turn.send(reply)
-            return
-        if cmd.args:
-            reply = f"{cmd.tag} {STARTTLS_SYNTAX}"
-            turn.record(StarttlsRefused("syntax", reply))
-            turn.send(reply)
+        if not advertised or cmd.args:
+            text = STARTTLS_SYNTAX if advertised else STARTTLS_NOT_AVAILABLE
+            reason = "syntax" if advertised else "already_tls" if self._tls else "not_advertised"
+            turn.record(StarttlsRefused(reason, f"{cmd.tag} {text}"))
+            turn.send(f"{cmd.tag} {text}")
             return
         action = self._ctx.policy.on_starttls()
         if action is StarttlsAction.REFUSE:
@@ -528,16 +603,20 @@ class ImapCore:
             self._quiet_since_refusal = True
             return
         turn.send(f"{cmd.tag} {STARTTLS_PROCEED}")
-        pipelined = len(self._buf.take_rest())
-        if pipelined:
-            turn.record(PipelinedAfterStarttls(pipelined))
+        rest = self._buf.take_rest()
+        if rest:  # dropped (command injection); credentials in them went out in the clear
+            turn.record(PipelinedAfterStarttls(len(rest)))
+            for observation in SecretScanner(self._ctx, self._is_tls, "refused").scan(rest):
+                turn.record(observation)
         turn.record(StarttlsAccepted())
         if action is StarttlsAction.BREAK_HANDSHAKE:
             self._mode = Mode.AWAIT_HELLO
             turn.add(ReadClientHello())
+            turn.add(SetTimer(self._limits.disrupted_seconds))
         else:
             self._mode = Mode.AWAIT_TLS
             turn.add(StartTls())
+            turn.add(SetTimer(self._limits.line_seconds))  # backstop: the shell has a deadline
 
     # --- disruption (t2, t4) ----------------------------------------------------------------
 
@@ -546,78 +625,49 @@ class ImapCore:
         self._disrupt_pending = False
         self._buf.take_rest()
         self._reader.abort()
-        turn.add(SendRaw((UNTAGGED_TLS_NOT_AVAILABLE + "\r\n").encode()))
-        turn.record(StarttlsDisrupted("session", 0, True, UNTAGGED_TLS_NOT_AVAILABLE))
+        line = UNTAGGED_TLS_NOT_AVAILABLE
+        turn.record(StarttlsDisrupted("session", 0, True, line))
+        turn.add(SendRaw((line + "\r\n").encode()))
+        self._enter_disrupted(turn)
+
+    def _enter_disrupted(self, turn: _Turn) -> None:
         self._mode = Mode.DISRUPTED
+        self._sniffer = SecretScanner(self._ctx, self._is_tls, "disrupted")
         turn.add(SetTimer(self._limits.disrupted_seconds))
 
     def _after_disruption(self, data: bytes, turn: _Turn) -> None:
-        """No replies; record what arrives, and any secret a plaintext command carries."""
-        alert = _tls_alert(data)
-        verb = ""
-        found: list[Observation] = []
+        """No replies; record what arrives, and any credentials a plaintext command carries."""
+        if self._sniffer is None:  # data before the ClientHello was answered (t2)
+            self._sniffer = SecretScanner(self._ctx, self._is_tls, "disrupted")
+        alert = looks_like_tls_record(data)
+        turn.record(DataAfterDisruption(len(data), alert, "" if alert else _verb(data)))
         if not alert:
-            tag, name = head(data.split(b"\n", 1)[0].rstrip(b"\r"))
-            if tag is not None and name.isalpha() and len(name) <= 20:
-                verb = name
-            self._sniff_buf.feed(data)
-            while (item := self._sniff_reader.next(self._sniff_buf)) is not None:
-                if isinstance(item, Complete):
-                    parsed = parse_command(item.raw)
-                    if isinstance(parsed, ImapCommand):
-                        found.extend(self._auth_without_reply(parsed, None))
-        turn.record(DataAfterDisruption(len(data), alert, verb))
-        for obs in found:
-            turn.record(obs)
-
-    def _auth_without_reply(
-        self, cmd: ImapCommand, login: AuthDecision | None
-    ) -> list[Observation]:
-        """Observations for a LOGIN/AUTHENTICATE that will never be answered (disrupted)."""
-        tls = self._tls is not None
-        if cmd.name == "LOGIN":
-            user, password = self._login_args(cmd)
-            if user is None or password is None:
-                return []
-            decision = login or self._ctx.authenticator(decode(user))
-            return [self._attempt(LOGIN_MECHANISM, decision, True, "disrupted")]
-        if cmd.name != "AUTHENTICATE" or len(cmd.args) != 2:
-            return []
-        mechanism = astring(cmd.args[0])
-        initial = astring(cmd.args[1])
-        if mechanism is None or initial is None:
-            return []
-        mech = decode(mechanism).upper()
-        if not _MECHANISM.match(mech):
-            return []
-        step = SaslExchange(mech, self._ctx.hostname).start(decode(initial))
-        if isinstance(step, Finished):
-            decision = self._ctx.authenticator(step.username)
-            return [self._attempt(mech, decision, step.secret_sent, "disrupted")]
-        if isinstance(step, Challenge) and step.username_so_far is not None:
-            decision = self._ctx.authenticator(step.username_so_far)
-            secret = mech in OAUTH_MECHANISMS
-            observations: list[Observation] = []
-            if not secret:
-                observations.append(UsernameSent(decision.display, decision.code, tls))
-            observations.append(self._attempt(mech, decision, secret, "disrupted"))
-            return observations
-        return []
+            for observation in self._sniffer.scan(data, final=False):
+                turn.record(observation)
+        self._disrupted_chunks += 1
+        self._disrupted_bytes += len(data)
+        if (
+            self._disrupted_chunks >= MAX_DISRUPTED_CHUNKS
+            or self._disrupted_bytes >= MAX_DISRUPTED_BYTES
+        ):
+            self._close(turn)
 
     # --- authentication ---------------------------------------------------------------------
 
     def _attempt(
-        self, mechanism: str, decision: AuthDecision | None, secret_sent: bool, outcome: str
+        self, mechanism: str, decision: AuthDecision | None, outcome: str
     ) -> AuthAttempted:
-        tls = self._tls is not None
+        """An attempt whose secret was sent (LOGIN) or, without a decision, not known (refused)."""
+        tls = self._is_tls
+        sent = decision is not None
         return AuthAttempted(
-            mechanism=mechanism,
-            username=decision.display if decision else "",
-            code=decision.code if decision else None,
-            tls=tls,
-            secret_sent=secret_sent,
-            secret_in_clear=secret_sent and not tls,
-            outcome=outcome,
+            mechanism,
+            decision.display if decision else "",
+            decision.code if decision else None,
+            tls,
+            sent,
+            sent and not tls,
+            outcome,
         )
 
     def _cmd_login(self, cmd: ImapCommand, turn: _Turn) -> None:
@@ -626,25 +676,17 @@ class ImapCore:
             self._bad(turn, cmd.tag, "syntax", "LOGIN expects a user name and a password")
             return
         if self._state is not State.NOT_AUTHENTICATED:
-            turn.record(self._attempt(LOGIN_MECHANISM, decision, True, "refused"))
+            turn.record(self._attempt(LOGIN_MECHANISM, decision, "refused"))
             self._bad(turn, cmd.tag, "bad_state", "Already authenticated")
             return
-        self._finish_auth(turn, cmd.tag, LOGIN_MECHANISM, decision, True, always_fail=False)
+        ok = decision.ok
+        turn.record(self._attempt(LOGIN_MECHANISM, decision, SUCCESS if ok else FAILURE))
+        self._auth_result(turn, cmd.tag, ok)
 
-    def _finish_auth(
-        self,
-        turn: _Turn,
-        tag: str,
-        mechanism: str,
-        decision: AuthDecision,
-        secret_sent: bool,
-        always_fail: bool,
-    ) -> None:
-        ok = decision.ok and not always_fail
-        turn.record(self._attempt(mechanism, decision, secret_sent, "success" if ok else "failure"))
+    def _auth_result(self, turn: _Turn, tag: str, ok: bool) -> None:
         if ok:
             self._state = State.AUTHENTICATED
-            turn.send(f"{tag} OK [CAPABILITY {self._capabilities(turn)}] Logged in")
+            turn.send(f"{tag} OK [CAPABILITY {self._capabilities(turn)}] {LOGGED_IN}")
             return
         self._auth_failures += 1
         delay = self._limits.auth_fail_delay
@@ -660,79 +702,78 @@ class ImapCore:
         if mechanism is None or len(args) > 2 or (len(args) == 2 and initial is None):
             self._bad(turn, cmd.tag, "syntax", "AUTHENTICATE expects a mechanism")
             return
-        mech = _clean(decode(mechanism), 40).upper()
-        tls = self._tls is not None
-        offered = TLS_MECHANISMS if tls else PRE_TLS_MECHANISMS
-        if self._state is not State.NOT_AUTHENTICATED:
-            turn.record(self._attempt(mech, None, False, "refused"))
-            self._bad(turn, cmd.tag, "bad_state", "Already authenticated")
-            return
-        if mech not in offered and mech not in OAUTH_MECHANISMS:
-            turn.record(self._attempt(mech, None, False, "refused"))
-            turn.send(f"{cmd.tag} {AUTH_UNSUPPORTED}")
-            return
-        self._sasl = SaslExchange(mech, self._ctx.hostname)
-        self._sasl_tag = cmd.tag
-        self._sasl_user = None
+        mech = decode(mechanism).upper()
         text = decode(initial) if initial is not None else None
-        self._on_sasl_step(self._sasl.start(text), turn)
+        authenticated = self._state is not State.NOT_AUTHENTICATED
+        if authenticated or not mechanism_allowed(mech, self._is_tls):
+            self._record_refused(mech, text, turn)
+            if authenticated:
+                self._bad(turn, cmd.tag, "bad_state", "Already authenticated")
+            else:
+                turn.send(f"{cmd.tag} {AUTH_UNSUPPORTED}")
+            return
+        flow = SaslFlow(mech, self._is_tls, self._ctx.authenticator, self._ctx.hostname)
+        self._flow_tag = cmd.tag
+        self._sasl_result(flow, flow.start(text), turn)
+
+    def _record_refused(self, mech: str, initial: str | None, turn: _Turn) -> None:
+        """A refused AUTHENTICATE still ends in one ``AuthAttempted``: its initial response may
+        have carried a secret."""
+        if mech in RECOGNISED:
+            flow = SaslFlow(mech, self._is_tls, self._ctx.authenticator, self._ctx.hostname)
+            flow.start(initial)
+            for observation in flow.records("refused"):
+                turn.record(observation)
+            return
+        turn.record(self._attempt(mechanism_label(mech), None, "refused"))
 
     def _on_sasl_line(self, line: bytes | LineTooLong, turn: _Turn) -> None:
-        assert self._sasl is not None
-        tls = self._tls is not None
+        flow = self._flow
+        assert flow is not None
         if isinstance(line, LineTooLong):
-            turn.record(CommandReceived(f"<redacted, {line.nbytes} bytes>", tls))
-            self._on_sasl_step(Aborted("malformed", self._sasl_user), turn)
+            turn.record(CommandReceived(redacted_line(line.nbytes), self._is_tls))
+            self._sasl_result(flow, flow.fail_line(), turn)
             return
-        shown = "*" if line.strip() == b"*" else f"<redacted, {len(line)} bytes>"
-        turn.record(CommandReceived(shown, tls))
-        self._on_sasl_step(self._sasl.respond(decode(line)), turn)
+        text = decode(line)
+        shown = "*" if text.strip() == "*" else redacted_line(len(line))
+        turn.record(CommandReceived(shown, self._is_tls))
+        self._sasl_result(flow, flow.respond(text), turn)
 
-    def _on_sasl_step(self, step: Step, turn: _Turn) -> None:
-        assert self._sasl is not None
-        mech, tag = self._sasl.mechanism, self._sasl_tag
-        if isinstance(step, Challenge):
-            if step.username_so_far is not None:
-                self._sasl_user = step.username_so_far
+    def _sasl_result(self, flow: SaslFlow, result: bytes | str, turn: _Turn) -> None:
+        if isinstance(result, bytes):
+            self._flow = flow
             self._mode = Mode.SASL
-            turn.send("+ " + base64.b64encode(step.data).decode())
+            turn.send("+ " + base64.b64encode(result).decode())
             return
-        self._mode = Mode.COMMAND
-        self._sasl = None
-        if isinstance(step, Finished):
-            decision = self._ctx.authenticator(step.username)
-            self._finish_auth(turn, tag, mech, decision, step.secret_sent, step.always_fail)
-            return
-        user = step.username
-        aborted = self._ctx.authenticator(user) if user is not None else None
-        if step.reason == "cancelled":
-            if aborted is not None:
-                turn.record(UsernameSent(aborted.display, aborted.code, self._tls is not None))
-            turn.record(self._attempt(mech, aborted, False, "cancelled"))
+        tag = self._flow_tag
+        self._finish_flow(flow, FAILURE if result == MALFORMED else result, turn)
+        if result in (SUCCESS, FAILURE):
+            self._auth_result(turn, tag, result == SUCCESS)
+        elif result == CANCELLED:
             turn.send(f"{tag} {AUTH_CANCELLED}")
-            return
-        turn.record(self._attempt(mech, aborted, False, "failure"))
-        self._bad(turn, tag, "bad_sasl", "Invalid SASL response")
+        else:
+            self._bad(turn, tag, "sasl_malformed", "Invalid SASL response")
 
-    def _end_sasl_unfinished(self, turn: _Turn) -> None:
-        """The connection ends during an exchange: it ends as cancelled."""
-        if self._mode is not Mode.SASL or self._sasl is None:
-            return
-        username = self._sasl_user
-        decision = self._ctx.authenticator(username) if username is not None else None
-        if decision is not None:
-            turn.record(UsernameSent(decision.display, decision.code, self._tls is not None))
-        turn.record(self._attempt(self._sasl.mechanism, decision, False, "cancelled"))
-        self._sasl = None
+    def _finish_flow(self, flow: SaslFlow, outcome: str, turn: _Turn) -> None:
+        self._flow = None
+        if self._mode is Mode.SASL:
+            self._mode = Mode.COMMAND
+        for observation in flow.records(outcome):
+            turn.record(observation)
+
+    def _end_flow(self, turn: _Turn) -> None:
+        """An exchange cut short (timeout, kick, peer gone) still gets its ``AuthAttempted``."""
+        if self._flow is not None:
+            self._finish_flow(self._flow, CANCELLED, turn)
 
     # --- any state --------------------------------------------------------------------------
 
     def _cmd_noop(self, cmd: ImapCommand, turn: _Turn) -> None:
-        self._ok(turn, cmd.tag, f"{cmd.name.capitalize()} completed")
+        turn.send(f"{cmd.tag} OK {cmd.name.capitalize()} completed")
 
     def _cmd_logout(self, cmd: ImapCommand, turn: _Turn) -> None:
         turn.send(BYE_LOGOUT)
-        self._ok(turn, cmd.tag, "Logout completed")
+        turn.send(f"{cmd.tag} OK Logout completed")
         self._close(turn)
 
     def _cmd_id(self, cmd: ImapCommand, turn: _Turn) -> None:
@@ -742,160 +783,15 @@ class ImapCore:
             for key, value in zip(arg.items[::2], arg.items[1::2], strict=True):
                 name = nstring(key)
                 if name is not None and len(fields) < MAX_ID_FIELDS:
-                    fields.append(f"{truncate(name, 30)}={truncate(nstring(value) or 'NIL', 100)}")
+                    shown = nstring(value)
+                    fields.append(f"{truncate(name, 30)}={truncate(shown or 'NIL', 100)}")
             if fields:
                 turn.record(ClientIdentified("imap_id", truncate("; ".join(fields), 500)))
         elif not (isinstance(arg, Atom) and arg.upper() == "NIL"):
             self._bad(turn, cmd.tag, "syntax", "ID expects NIL or a list of fields")
             return
-        turn.send('* ID ("name" "mailtls")')
-        self._ok(turn, cmd.tag, "ID completed")
-
-    # --- authenticated state ----------------------------------------------------------------
-
-    def _cmd_namespace(self, cmd: ImapCommand, turn: _Turn) -> None:
-        turn.send(f'* NAMESPACE (("" "{mb.DELIMITER}")) NIL NIL')
-        self._ok(turn, cmd.tag, "Namespace completed")
-
-    def _cmd_enable(self, cmd: ImapCommand, turn: _Turn) -> None:
-        if not cmd.args or not all(isinstance(a, Atom) for a in cmd.args):
-            self._bad(turn, cmd.tag, "syntax", "ENABLE expects capability names")
-            return
-        turn.send("* ENABLED")
-        self._ok(turn, cmd.tag, "Enabled")
-
-    def _mailbox(self, token: Token | None) -> str | None:
-        raw = astring(token)
-        return mb.valid_name(raw) if raw is not None else None
-
-    def _cmd_select(self, cmd: ImapCommand, turn: _Turn) -> None:
-        if not cmd.args or astring(cmd.args[0]) is None or len(cmd.args) > 2:
-            self._bad(turn, cmd.tag, "syntax", f"{cmd.name} expects a mailbox name")
-            return
-        self._state, self._selected = State.AUTHENTICATED, None
-        name = self._mailbox(cmd.args[0])
-        if name is None or not self._mailboxes.exists(name):
-            turn.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist")
-            return
-        examine = cmd.name == "EXAMINE"
-        permanent = "" if examine else SYSTEM_FLAGS + r" \*"
-        turn.send("* 0 EXISTS")
-        turn.send("* 0 RECENT")
-        turn.send(f"* FLAGS ({SYSTEM_FLAGS})")
-        turn.send(f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted")
-        turn.send(f"* OK [UIDVALIDITY {mb.uidvalidity(name)}] UIDs valid")
-        turn.send(f"* OK [UIDNEXT {self._mailboxes.uidnext(name)}] Predicted next UID")
-        self._state, self._selected, self._read_only = State.SELECTED, name, examine
-        code = "[READ-ONLY] Examine" if examine else "[READ-WRITE] Select"
-        self._ok(turn, cmd.tag, f"{code} completed")
-
-    def _cmd_create(self, cmd: ImapCommand, turn: _Turn) -> None:
-        if len(cmd.args) != 1 or astring(cmd.args[0]) is None:
-            self._bad(turn, cmd.tag, "syntax", "CREATE expects a mailbox name")
-            return
-        name = self._mailbox(cmd.args[0])
-        error = self._mailboxes.create(name) if name else "[CANNOT] Invalid mailbox name"
-        if error:
-            turn.send(f"{cmd.tag} NO {error}")
-        else:
-            self._ok(turn, cmd.tag, "Create completed")
-
-    def _cmd_delete(self, cmd: ImapCommand, turn: _Turn) -> None:
-        if len(cmd.args) != 1 or astring(cmd.args[0]) is None:
-            self._bad(turn, cmd.tag, "syntax", "DELETE expects a mailbox name")
-            return
-        name = self._mailbox(cmd.args[0])
-        error = self._mailboxes.delete(name) if name else "[NONEXISTENT] Mailbox doesn't exist"
-        if error:
-            turn.send(f"{cmd.tag} NO {error}")
-            return
-        if name == self._selected:
-            self._state, self._selected = State.AUTHENTICATED, None
-        self._ok(turn, cmd.tag, "Delete completed")
-
-    def _cmd_rename(self, cmd: ImapCommand, turn: _Turn) -> None:
-        if len(cmd.args) != 2 or None in (astring(cmd.args[0]), astring(cmd.args[1])):
-            self._bad(turn, cmd.tag, "syntax", "RENAME expects two mailbox names")
-            return
-        turn.send(f"{cmd.tag} NO [CANNOT] Renaming mailboxes is not supported")
-
-    def _cmd_subscribe(self, cmd: ImapCommand, turn: _Turn) -> None:
-        if len(cmd.args) != 1 or astring(cmd.args[0]) is None:
-            self._bad(turn, cmd.tag, "syntax", f"{cmd.name} expects a mailbox name")
-            return
-        name = self._mailbox(cmd.args[0])
-        if name is None:
-            turn.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist")
-            return
-        self._mailboxes.subscribe(name, on=cmd.name == "SUBSCRIBE")
-        self._ok(turn, cmd.tag, f"{cmd.name.capitalize()} completed")
-
-    def _cmd_list(self, cmd: ImapCommand, turn: _Turn) -> None:
-        args = list(cmd.args)
-        options: set[str] = set()
-        first = args[0] if args else None
-        if isinstance(first, Group) and cmd.name == "LIST":
-            options = {t.upper() for t in first.items if isinstance(t, Atom)}
-            del args[0]
-        if len(args) > 2 and isinstance(args[2], Atom) and args[2].upper() == "RETURN":
-            del args[2:4]  # LIST-EXTENDED return options: nothing more to return
-        reference = astring(args[0]) if args else None
-        pattern_tokens = (
-            args[1].items if len(args) == 2 and isinstance(args[1], Group) else args[1:]
-        )
-        patterns = [astring(t) for t in pattern_tokens]
-        if reference is None or len(args) != 2 or not patterns or None in patterns:
-            self._bad(turn, cmd.tag, "syntax", f"{cmd.name} expects a reference and a pattern")
-            return
-        ref = decode(reference)
-        texts = [decode(p) for p in patterns if p is not None]
-        if texts == [""]:
-            root = ref.split(mb.DELIMITER, 1)[0] + mb.DELIMITER if mb.DELIMITER in ref else ""
-            turn.send(f'* {cmd.name} (\\Noselect) "{mb.DELIMITER}" {mb.quote(root)}')
-        else:
-            subscribed = cmd.name == "LSUB" or "SUBSCRIBED" in options
-            special = "SPECIAL-USE" in options
-            listing = self._mailboxes.listing(ref, texts, subscribed, special)
-            for attrs, name in listing:
-                if cmd.name == "LSUB":
-                    attrs = [a for a in attrs if a == "\\NonExistent"]
-                shown = " ".join(attrs).replace("\\NonExistent", "\\Noselect")
-                turn.send(f'* {cmd.name} ({shown}) "{mb.DELIMITER}" {mb.quote(name)}')
-        self._ok(turn, cmd.tag, f"{cmd.name} completed")
-
-    def _cmd_status(self, cmd: ImapCommand, turn: _Turn) -> None:
-        items = cmd.args[1] if len(cmd.args) == 2 else None
-        if not isinstance(items, Group) or astring(cmd.args[0]) is None:
-            self._bad(turn, cmd.tag, "syntax", "STATUS expects a mailbox and a list of items")
-            return
-        wanted = [t.upper() if isinstance(t, Atom) else "" for t in items.items]
-        if not wanted or any(w not in STATUS_ITEMS for w in wanted):
-            self._bad(turn, cmd.tag, "syntax", "Unknown STATUS item")
-            return
-        name = self._mailbox(cmd.args[0])
-        if name is None or not self._mailboxes.exists(name):
-            turn.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist")
-            return
-        values = {"UIDNEXT": self._mailboxes.uidnext(name), "UIDVALIDITY": mb.uidvalidity(name)}
-        shown = " ".join(f"{w} {values.get(w, 0)}" for w in dict.fromkeys(wanted))
-        turn.send(f"* STATUS {mb.quote(name)} ({shown})")
-        self._ok(turn, cmd.tag, "Status completed")
-
-    def _cmd_append(self, cmd: ImapCommand, turn: _Turn) -> None:
-        args = cmd.args
-        message = args[-1] if len(args) >= 2 else None
-        middle = args[1:-1]
-        shapes_ok = len(middle) <= 2 and all(isinstance(t, Group | String) for t in middle)
-        if not isinstance(message, String) or astring(args[0]) is None or not shapes_ok:
-            self._bad(turn, cmd.tag, "syntax", "APPEND expects a mailbox and a message literal")
-            return
-        turn.record(MessageReceived(message.nbytes, 0, self._tls is not None))
-        name = self._mailbox(args[0])
-        if name is None or not self._mailboxes.exists(name):
-            turn.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist")
-            return
-        uid = self._mailboxes.appended(name)
-        self._ok(turn, cmd.tag, f"[APPENDUID {mb.uidvalidity(name)} {uid}] Append completed")
+        turn.send(SERVER_ID)
+        turn.send(f"{cmd.tag} OK ID completed")
 
     def _cmd_idle(self, cmd: ImapCommand, turn: _Turn) -> None:
         if cmd.args:
@@ -907,131 +803,54 @@ class ImapCore:
 
     def _on_idle_line(self, line: bytes | LineTooLong, turn: _Turn) -> None:
         self._mode = Mode.COMMAND
-        tls = self._tls is not None
         if isinstance(line, bytes) and line.strip().upper() == b"DONE":
-            turn.record(CommandReceived("DONE", tls))
-            self._ok(turn, self._idle_tag, "Idle completed")
+            turn.record(CommandReceived("DONE", self._is_tls))
+            turn.send(f"{self._idle_tag} OK Idle completed")
             return
         if isinstance(line, bytes):
-            shown = f"<redacted, {len(line)} bytes>" if _BASE64_BLOB.match(line) else decode(line)
-            turn.record(CommandReceived(truncate(shown), tls))
+            shown = redacted_line(len(line)) if _BASE64_BLOB.match(line) else decode(line)
+            turn.record(CommandReceived(truncate(shown), self._is_tls))
         self._bad(turn, self._idle_tag, "syntax", "Expected DONE")
 
-    # --- selected state ---------------------------------------------------------------------
+    # --- authenticated and selected states --------------------------------------------------
 
-    def _cmd_close(self, cmd: ImapCommand, turn: _Turn) -> None:
-        if cmd.args:
-            self._bad(turn, cmd.tag, "syntax", f"{cmd.name} takes no arguments")
-            return
-        self._state, self._selected = State.AUTHENTICATED, None
-        self._ok(turn, cmd.tag, f"{cmd.name.capitalize()} completed")
-
-    def _cmd_expunge(self, cmd: ImapCommand, turn: _Turn, uid: bool = False) -> None:
-        if len(cmd.args) != (1 if uid else 0) or (uid and not _sequence_set(cmd.args[0])):
-            self._bad(turn, cmd.tag, "syntax", "Invalid EXPUNGE arguments")
-            return
-        if self._read_only:
-            turn.send(f"{cmd.tag} NO [READ-ONLY] Mailbox is read-only")
-            return
-        self._ok(turn, cmd.tag, "Expunge completed")
-
-    def _cmd_search(self, cmd: ImapCommand, turn: _Turn, uid: bool = False) -> None:
-        if not cmd.args:
-            self._bad(turn, cmd.tag, "syntax", "SEARCH expects search criteria")
-            return
-        turn.send("* SEARCH")
-        self._ok(turn, cmd.tag, "Search completed")
-
-    def _cmd_fetch(self, cmd: ImapCommand, turn: _Turn, uid: bool = False) -> None:
-        if len(cmd.args) < 2 or not _sequence_set(cmd.args[0]):
-            self._bad(turn, cmd.tag, "syntax", "FETCH expects a sequence set and items")
-            return
-        self._ok(turn, cmd.tag, "Fetch completed")
-
-    def _cmd_store(self, cmd: ImapCommand, turn: _Turn, uid: bool = False) -> None:
-        if len(cmd.args) < 3 or not _sequence_set(cmd.args[0]):
-            self._bad(turn, cmd.tag, "syntax", "STORE expects a sequence set, an item and flags")
-            return
-        if self._read_only:
-            turn.send(f"{cmd.tag} NO [READ-ONLY] Mailbox is read-only")
-            return
-        self._ok(turn, cmd.tag, "Store completed")
-
-    def _cmd_copy(self, cmd: ImapCommand, turn: _Turn, uid: bool = False) -> None:
-        if len(cmd.args) != 2 or not _sequence_set(cmd.args[0]) or astring(cmd.args[1]) is None:
-            self._bad(turn, cmd.tag, "syntax", "COPY expects a sequence set and a mailbox")
-            return
-        name = self._mailbox(cmd.args[1])
-        if name is None or not self._mailboxes.exists(name):
-            turn.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist")
-            return
-        self._ok(turn, cmd.tag, "Copy completed")
-
-    def _cmd_uid(self, cmd: ImapCommand, turn: _Turn) -> None:
-        sub = cmd.args[0].upper() if cmd.args and isinstance(cmd.args[0], Atom) else ""
-        handler = UID_COMMANDS.get(sub)
-        if handler is None:
-            self._bad(turn, cmd.tag, "syntax", "Unknown UID command")
-            return
-        handler(self, ImapCommand(cmd.tag, sub, cmd.args[1:]), turn, True)
+    def _cmd_mailbox(self, cmd: ImapCommand, turn: _Turn) -> None:
+        outcome = self._store.run(cmd)
+        if outcome.message_bytes is not None:
+            turn.record(MessageReceived(outcome.message_bytes, 0, self._is_tls))
+        for line in outcome.untagged:
+            turn.send(line)
+        self._state = State.SELECTED if self._store.selected else State.AUTHENTICATED
+        if outcome.status == "BAD":
+            self._bad(turn, cmd.tag, "syntax", outcome.text)
+        else:
+            turn.send(f"{cmd.tag} {outcome.status} {outcome.text}")
 
 
-def _sequence_set(token: Token) -> bool:
-    if not isinstance(token, Atom) or len(token.value) > 1000:
-        return False
-    text, pos = token.value, 0
-    while pos < len(text):
-        match = _SEQUENCE_SET.match(text, pos)
-        if match is None or match.end() == pos:
-            return False
-        pos = match.end()
-    return bool(text) and not text.endswith(",")
+def _redact_partial(text: str) -> str:
+    """Transcript of an unfinished command: LOGIN/AUTHENTICATE arguments are never shown."""
+    tag, verb = head(text.encode())
+    if verb in ("LOGIN", "AUTHENTICATE"):
+        rest = text.split(" ", 2)[2] if text.count(" ") >= 2 else ""
+        return f"{tag or '*'} {verb} {redacted_line(len(rest.encode()))}"
+    return text
 
 
 Handler = Callable[[ImapCore, ImapCommand, _Turn], None]
-UidHandler = Callable[[ImapCore, ImapCommand, _Turn, bool], None]
 
-_ANY = frozenset(State)
-_AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
-_SELECTED = frozenset({State.SELECTED})
+_ANY: Final = frozenset(State)
+_AUTH: Final = frozenset({State.AUTHENTICATED, State.SELECTED})
+_SELECTED: Final = frozenset({State.SELECTED})
 
-COMMANDS: dict[str, tuple[Handler, frozenset[State]]] = {
+COMMANDS: Final[dict[str, tuple[Handler, frozenset[State]]]] = {
     "CAPABILITY": (ImapCore._cmd_capability, _ANY),
     "NOOP": (ImapCore._cmd_noop, _ANY),
     "LOGOUT": (ImapCore._cmd_logout, _ANY),
     "ID": (ImapCore._cmd_id, _ANY),
-    "STARTTLS": (ImapCore._cmd_starttls, _ANY),  # refused as not advertised after login
-    "LOGIN": (ImapCore._cmd_login, _ANY),  # after login: refused, but the attempt is recorded
+    "STARTTLS": (ImapCore._cmd_starttls, _ANY),  # after login: refused as not advertised
+    "LOGIN": (ImapCore._cmd_login, _ANY),  # after login: refused, the attempt still recorded
     "AUTHENTICATE": (ImapCore._cmd_authenticate, _ANY),
-    "NAMESPACE": (ImapCore._cmd_namespace, _AUTH),
-    "ENABLE": (ImapCore._cmd_enable, _AUTH),
-    "SELECT": (ImapCore._cmd_select, _AUTH),
-    "EXAMINE": (ImapCore._cmd_select, _AUTH),
-    "CREATE": (ImapCore._cmd_create, _AUTH),
-    "DELETE": (ImapCore._cmd_delete, _AUTH),
-    "RENAME": (ImapCore._cmd_rename, _AUTH),
-    "SUBSCRIBE": (ImapCore._cmd_subscribe, _AUTH),
-    "UNSUBSCRIBE": (ImapCore._cmd_subscribe, _AUTH),
-    "LIST": (ImapCore._cmd_list, _AUTH),
-    "LSUB": (ImapCore._cmd_list, _AUTH),
-    "STATUS": (ImapCore._cmd_status, _AUTH),
-    "APPEND": (ImapCore._cmd_append, _AUTH),
     "IDLE": (ImapCore._cmd_idle, _AUTH),
-    "CHECK": (ImapCore._cmd_noop, _SELECTED),
-    "CLOSE": (ImapCore._cmd_close, _SELECTED),
-    "UNSELECT": (ImapCore._cmd_close, _SELECTED),
-    "EXPUNGE": (ImapCore._cmd_expunge, _SELECTED),
-    "SEARCH": (ImapCore._cmd_search, _SELECTED),
-    "FETCH": (ImapCore._cmd_fetch, _SELECTED),
-    "STORE": (ImapCore._cmd_store, _SELECTED),
-    "COPY": (ImapCore._cmd_copy, _SELECTED),
-    "UID": (ImapCore._cmd_uid, _SELECTED),
-}
-
-UID_COMMANDS: dict[str, UidHandler] = {
-    "FETCH": ImapCore._cmd_fetch,
-    "SEARCH": ImapCore._cmd_search,
-    "STORE": ImapCore._cmd_store,
-    "COPY": ImapCore._cmd_copy,
-    "EXPUNGE": ImapCore._cmd_expunge,
+    **{verb: (ImapCore._cmd_mailbox, _AUTH) for verb in AUTHENTICATED_COMMANDS},
+    **{verb: (ImapCore._cmd_mailbox, _SELECTED) for verb in SELECTED_COMMANDS},
 }
