@@ -372,8 +372,9 @@ class _ProtocolJudge:
         active: list[_Conn], attacks: list[Event], threshold: int, seconds: float
     ) -> list[int]:
         """Opening ids of >= ``threshold`` connections within ``seconds`` after a disruption."""
-        for start in sorted({_float(e.get("ts")) for e in attacks}):
-            window = [c for c in active if start <= c.opened <= start + seconds]
+        for attack in sorted(attacks, key=lambda e: _int(e.get("id"))):
+            start, after = _float(attack.get("ts")), _int(attack.get("id"))
+            window = [c for c in active if c.opened_id > after and c.opened <= start + seconds]
             if threshold > 0 and len(window) >= threshold:
                 return [c.opened_id for c in window]
         return []

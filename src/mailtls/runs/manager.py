@@ -135,7 +135,7 @@ class RunManager:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._locked():
+        with self._lock:
             yield
         self._drain()
 
@@ -339,12 +339,16 @@ class RunManager:
             return self._finish(run, step, self._clock())
 
     def delete(self, run_id: str) -> int:
-        """Delete the run and its events; returns how many events the store removed."""
+        """Delete the run and every record of it; returns how many records the store removed.
+
+        ``run_deleted`` is journalled first: should the store fail to compact, the run stays
+        deleted after a restart. When it succeeds, no record of the run is left (not even that
+        one), nor any event that presented its code.
+        """
         with self._locked():
             run = self._get(run_id)
-            removed = self._store.delete_run(run.id, code=run.code)
             self._journal({"type": "run_deleted", "run": run.id, "at": self._clock()})
-            return removed
+            return self._store.delete_run(run.id, code=run.code)
 
     # --- the mail servers' side ----------------------------------------------------------------
 
