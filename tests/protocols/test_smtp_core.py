@@ -454,6 +454,22 @@ def test_t4_first_command_inside_tls_gets_cleartext_454_outside_tls() -> None:
     assert s.event(Closed()) == [Close()]
 
 
+def test_t4_pipelined_auth_inside_tls_then_plaintext_auth_outside() -> None:
+    s = Session("t4")
+    s.ready()
+    s.data(b"STARTTLS\r\n")
+    s.event(TlsEstablished(TLS))
+    commands = s.data(f"EHLO x\r\nAUTH LOGIN\r\n{b64(USER)}\r\n{b64(CANARY)}\r\n".encode())
+    assert raw(commands) == R.S454_TLS_NA and sent(commands) == b""
+    inside = only(commands, obs.AuthAttempted)
+    assert inside == obs.AuthAttempted("LOGIN", USER, "abc123", True, True, False, "disrupted")
+    assert lines(commands) == ["EHLO x"]  # only the first command is in the transcript
+    # SendRaw abandoned TLS: what comes next is raw TCP, a secret there is in the clear
+    commands = s.data(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())
+    outside = only(commands, obs.AuthAttempted)
+    assert outside == obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, "disrupted")
+
+
 def test_t4_implicit_tls_auth_as_first_command_is_a_tls_auth() -> None:
     s = Session("t4")
     assert s.connect(TLS).startswith(b"220 ")  # the greeting goes out inside TLS

@@ -556,21 +556,23 @@ class SmtpCore:
         return self._disrupted
 
     def _disrupt_session(self, line: bytes) -> None:
-        """t4: the first command inside TLS gets a cleartext 454 outside TLS."""
+        """t4: the first command inside TLS gets a cleartext 454 outside TLS.
+
+        The line and whatever was pipelined behind it arrived inside TLS (an AUTH there is a
+        TLS auth); ``SendRaw`` abandons the TLS session, so later bytes arrive as raw TCP."""
         self._disrupt_next = False
         text = line.decode("utf-8", "replace")
         verb, _, arg = text.partition(" ")
-        self._out.record(CommandReceived(self._transcript(verb.upper(), text, arg), self._tls))
-        scanner = AuthLineScanner(self._ctx, self._tls, "disrupted")
-        for observation in scanner.scan(line):
+        self._out.record(CommandReceived(self._transcript(verb.upper(), text, arg), True))
+        scanner = AuthLineScanner(self._ctx, True, "disrupted")
+        for observation in scanner.scan(line + b"\n" + self._lines.take_rest()):
             self._out.record(observation)
         reply = R.S454_TLS_NA
         self._out.record(StarttlsDisrupted("session", 0, True, R.text(reply)))
         self._out.add(SendRaw(reply))
         self._out.add(set_timer(self._limits.disrupted_seconds))
-        disrupted = self._enter_disrupted()
-        for observation in disrupted.scan(self._lines.take_rest()):
-            self._out.record(observation)
+        self._tls = False
+        self._enter_disrupted()
 
     # --- AUTH -----------------------------------------------------------------------------
 
