@@ -38,7 +38,14 @@ def test_insecure_config_reports_each_exposure_with_its_source() -> None:
     assert "accepts cleartext credentials on port 587" in auth[587].reason.lower()
     assert auth[25].severity is Severity.MEDIUM  # AUTH on the MX port without tls_auth_only
     assert auth[587].setting == "smtpd_tls_auth_only"
-    assert auth[587].effective_value == "no (built-in default)"
+    assert auth[587].effective_value == "no"
+    assert (auth[587].file or "").endswith("insecure/main.cf") and auth[587].line == 6
+    weak = next(f for f in by_id(findings, PROTOCOLS) if f.port == 587)
+    assert weak.effective_value == ">=TLSv1 (built-in default)"
+    # a default has no line of its own: the finding points where the fix goes
+    assert (weak.file or "").endswith("insecure/main.cf") and weak.line is None
+    p465 = by_id(findings, P465)[0]
+    assert (p465.file or "").endswith("insecure/master.cf") and p465.line == 4
     p465 = by_id(findings, P465)
     assert [f.service for f in p465] == ["smtps/inet"]
     assert p465[0].severity is Severity.HIGH

@@ -114,6 +114,7 @@ def _finding(
     setting: Effective,
     reason: str,
     fix: str,
+    at_main: bool = False,
 ) -> Finding:
     svc = v.service
     if svc.loopback_only and severity > Severity.INFO:
@@ -125,7 +126,8 @@ def _finding(
     label = svc.label + (f" ({svc.via})" if svc.via else "")
     if svc.instance.name:
         label = f"{svc.instance.name}: {label}"
-    origin = setting.origin
+    # a built-in default has no line: point at the place to write the fix instead
+    origin = setting.origin or (None if v.is_mx or at_main else svc.entry.origin)
     return Finding(
         id=check.value,
         severity=severity,
@@ -133,7 +135,7 @@ def _finding(
         reason=reason,
         fix=fix,
         setting=setting.name,
-        effective_value=setting.value + (" (built-in default)" if origin is None else ""),
+        effective_value=setting.value + (" (built-in default)" if setting.origin is None else ""),
         service=label,
         port=v.port,
         file=origin.file if origin else svc.instance.main.source,
@@ -224,7 +226,9 @@ def check_no_certificate(v: View) -> Iterable[Finding]:
     fix = "In main.cf: smtpd_tls_chain_files = /etc/ssl/private/mail-key.pem, " + (
         "/etc/ssl/certs/mail-fullchain.pem   (key first, then certificate chain)"
     )
-    yield _finding(PostfixCheck.NO_CERTIFICATE, v, sev, CATEGORY_TLS, setting, reason, fix)
+    yield _finding(
+        PostfixCheck.NO_CERTIFICATE, v, sev, CATEGORY_TLS, setting, reason, fix, at_main=True
+    )
 
 
 def check_implicit_port_plaintext(v: View) -> Iterable[Finding]:
@@ -338,7 +342,9 @@ def check_weak_protocols(v: View) -> Iterable[Finding]:
     if v.is_mx and not v.enforced:
         reason += " On port 25 opportunistic TLS with old versions still beats cleartext."
     fix = _fix(v, name, ">=TLSv1.2", prefer_main=True)
-    yield _finding(PostfixCheck.WEAK_PROTOCOLS, v, sev, CATEGORY_QUALITY, setting, reason, fix)
+    yield _finding(
+        PostfixCheck.WEAK_PROTOCOLS, v, sev, CATEGORY_QUALITY, setting, reason, fix, at_main=True
+    )
 
 
 def check_weak_ciphers(v: View) -> Iterable[Finding]:
@@ -352,7 +358,9 @@ def check_weak_ciphers(v: View) -> Iterable[Finding]:
     sev = Severity.MEDIUM if v.enforced or not v.is_mx else Severity.LOW
     reason = f"{name} = {grade} admits export-grade, low-grade or unauthenticated ciphers."
     fix = _fix(v, name, "medium", prefer_main=True)
-    yield _finding(PostfixCheck.WEAK_CIPHERS, v, sev, CATEGORY_QUALITY, setting, reason, fix)
+    yield _finding(
+        PostfixCheck.WEAK_CIPHERS, v, sev, CATEGORY_QUALITY, setting, reason, fix, at_main=True
+    )
 
 
 CheckFn = Callable[[View], Iterable[Finding]]

@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mailtls audit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.postconf_p and not args.postconf_m:
+        print("mailtls audit: error: --postconf-P needs --postconf-M", file=sys.stderr)
+        return EXIT_USAGE
     req = Request(
         postfix_dir=args.postfix_dir,
         dovecot_config=args.dovecot_config,
