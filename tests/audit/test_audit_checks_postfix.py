@@ -44,11 +44,10 @@ def test_insecure_config_reports_each_exposure_with_its_source() -> None:
     assert weak.effective_value == ">=TLSv1 (built-in default)"
     # a default has no line of its own: the finding points where the fix goes
     assert (weak.file or "").endswith("insecure/main.cf") and weak.line is None
-    p465 = by_id(findings, P465)[0]
-    assert (p465.file or "").endswith("insecure/master.cf") and p465.line == 4
     p465 = by_id(findings, P465)
     assert [f.service for f in p465] == ["smtps/inet"]
     assert p465[0].severity is Severity.HIGH
+    assert (p465[0].file or "").endswith("insecure/master.cf") and p465[0].line == 4
     # port 2525 (numeric service name) is a submission-like port too
     assert 2525 in auth
     # weak mandatory ciphers matter only where TLS is enforced: not here
