@@ -49,6 +49,20 @@ def test_append_sets_id_and_ts_and_writes_one_line_before_returning(
     assert kept["ts"] == 12.5 and kept["id"] == 2
 
 
+def test_line_shape_id_first_and_odd_records(store: Store, tmp_path: Path) -> None:
+    store.append({})
+    store.append({"id": 77, "type": "caller set an id"})
+    store.append({"type": "x", "ts": None})
+    store.append({"type": "y", "ts": 5})
+    raw = (tmp_path / JOURNAL_NAME).read_text(encoding="ascii").splitlines()
+    assert all(line.startswith('{"id":') for line in raw)
+    records = [json.loads(line) for line in raw]
+    assert [r["id"] for r in records] == [1, 2, 3, 4]
+    assert isinstance(records[0]["ts"], float) and isinstance(records[2]["ts"], float)
+    assert records[3]["ts"] == 5 and list(records[3]) == ["id", "type", "ts"]
+    assert store.query() == records
+
+
 def test_query_round_trip_and_filters(store: Store) -> None:
     appended = [store.append(sample(i)) for i in range(40)]
     assert store.query() == appended  # no flush: query must see every append before it
@@ -159,7 +173,7 @@ def test_unsubscribe_and_failing_subscriber(store: Store, caplog: pytest.LogCapt
     assert got == [1]
 
 
-def test_records_since_from_memory_and_from_index(tmp_path: Path) -> None:
+def test_records_since_resumes_a_stream_across_reopen(tmp_path: Path) -> None:
     with Store(tmp_path, fsync=False) as s:
         for i in range(20):
             s.append(sample(i))

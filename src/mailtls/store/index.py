@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Row = tuple[int, Any, Any, Any, Any, Any, Any, str]
 """(id, ts, type, run, step, conn, code, record-json) as inserted."""
@@ -44,7 +44,6 @@ CREATE TABLE events (
 CREATE INDEX events_run ON events (run, step) WHERE run IS NOT NULL;
 CREATE INDEX events_conn ON events (conn) WHERE conn IS NOT NULL;
 CREATE INDEX events_code ON events (code) WHERE code IS NOT NULL;
-CREATE INDEX events_type ON events (type);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -79,16 +78,32 @@ def storable(text: str) -> str:
 
 def row_of(record: dict[str, Any], text: str) -> Row:
     """The index row of a record whose journal line (without newline) is ``text``."""
-    ts = record.get("ts")
-    step = record.get("step")
+    get = record.get
+    return clean_row(
+        (
+            record["id"],
+            get("ts"),
+            get("type"),
+            get("run"),
+            get("step"),
+            get("conn"),
+            get("code"),
+            text,
+        )
+    )
+
+
+def clean_row(raw: Row) -> Row:
+    """A row whose column values are kept only when of the column's type (strings storable)."""
+    rid, ts, type_, run, step, conn, code, text = raw
     return (
-        record["id"],
+        rid,
         ts if type(ts) in (int, float) else None,
-        _text(record.get("type")),
-        _text(record.get("run")),
+        _text(type_),
+        _text(run),
         step if type(step) is int else None,
-        _text(record.get("conn")),
-        _text(record.get("code")),
+        _text(conn),
+        _text(code),
         text,
     )
 

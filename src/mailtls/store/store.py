@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailtls.store.index import Index, Mark, Row, index_files, row_of
+from mailtls.store.index import Index, Mark, Row, clean_row, index_files, row_of
 from mailtls.store.journal import (
     MAX_LINE_BYTES,
     GroupCommitter,
@@ -43,7 +43,6 @@ JOURNAL_NAME = "events.jsonl"
 INDEX_NAME = "index.sqlite3"
 LOCK_NAME = "store.lock"
 COMPACTED_TYPE = "store_compacted"
-RECENT_RECORDS = 4096  # kept in memory for records_since()
 _BATCH = 5000
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -133,8 +132,7 @@ class Store:
         self._subscribers: dict[int, Subscriber] = {}
         self._subscriber_keys = itertools.count()
         self._subscriber_list: tuple[Subscriber, ...] = ()
-        self._pending: deque[tuple[Row, int]] = deque()  # (row, journal offset after it)
-        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_RECORDS)
+        self._pending: deque[tuple[Row, int]] = deque()  # (raw row, journal offset after it)
         self._ident = self._journal.identity()
         self._corrupt = 0
         if reindex:
@@ -204,13 +202,7 @@ class Store:
             if self._closed:
                 raise StoreClosedError("the store is closed")
             rid = self._next_id
-            ts = record.get("ts")
-            if ts is None:
-                ts = time.time()
-            own = {"id": rid, "ts": ts, **record}
-            own["id"] = rid
-            own["ts"] = ts
-            text = _encode(own)
+            text, ts = _line(rid, record)
             if len(text) >= MAX_LINE_BYTES:
                 raise ValueError(f"record of {len(text)} bytes is longer than the journal allows")
             try:
@@ -220,8 +212,10 @@ class Store:
             self._next_id = rid + 1
             record["id"] = rid
             record["ts"] = ts
-            self._pending.append((row_of(own, text), self._journal.size))
-            self._recent.append(own)
+            get = record.get
+            # columns are captured now (the caller may reuse the dict), checked by the indexer
+            raw = (rid, ts, get("type"), get("run"), get("step"), get("conn"), get("code"), text)
+            self._pending.append((raw, self._journal.size))
             if self._subscriber_list:
                 self._outbox.append(record)
         if self._committer is not None:
@@ -277,7 +271,7 @@ class Store:
         if not n:
             return
         batch = [self._pending.popleft() for _ in range(n)]
-        rows = [row for row, _ in batch]
+        rows = [clean_row(raw) for raw, _ in batch]
         try:
             self._index.insert(rows, Mark(rows[-1][0], batch[-1][1], *self._ident))
         except (sqlite3.Error, ValueError) as exc:
@@ -323,12 +317,8 @@ class Store:
         return [json.loads(t) for t in texts]
 
     def records_since(self, after_id: int, limit: int | None = None) -> list[dict[str, Any]]:
-        """Every record with an id above ``after_id`` (copies), from memory when still there."""
-        with self._append_lock:
-            recent = list(self._recent)
-        if recent and after_id >= recent[0]["id"] - 1:
-            out = [dict(r) for r in recent if r["id"] > after_id]
-            return out if limit is None else out[: max(0, limit)]
+        """Every record with an id above ``after_id``, in id order (for live streams that
+        resume: a stream replays these, then follows ``subscribe``)."""
         return self.query(after_id=after_id, limit=limit)
 
     def export_jsonl(self, out: BinaryIO, *, run: str | None = None) -> int:
@@ -407,7 +397,6 @@ class Store:
                         self._flush_locked()
                         self._journal.swap(tmp)
                         self._ident = self._journal.identity()
-                        self._recent.clear()
                         self._after_swap(result, marker)
             except (OSError, JournalError, sqlite3.Error) as exc:
                 tmp.unlink(missing_ok=True)
@@ -442,7 +431,6 @@ class Store:
         size = self._journal.size
         if marker is not None:
             self._next_id = marker["id"] + 1
-            self._recent.append(marker)
             if self._subscriber_list:
                 self._outbox.append(dict(marker))
         changed = list(result.changed)
@@ -531,6 +519,24 @@ def _records(
 ) -> Iterator[tuple[dict[str, Any], bytes]]:
     for record, line, _ in read_records(path, start, stats, after_id=after_id):
         yield record, line
+
+
+def _line(rid: int, record: dict[str, Any]) -> tuple[str, Any]:
+    """The journal line (no newline) of ``record`` as record ``rid``, and its ``ts``.
+
+    ``id`` comes first, then ``ts`` (now, unless the record has one), then the record's fields in
+    their order. The record's own ``id`` (and a ``ts`` of None) is replaced.
+    """
+    ts = record.get("ts")
+    if "id" in record or ("ts" in record and ts is None):
+        record = {k: v for k, v in record.items() if k != "id" and (k != "ts" or ts is not None)}
+    body = _encode(record)
+    if ts is None:
+        ts = time.time()
+        head = f'{{"id":{rid},"ts":{ts!r}'
+    else:
+        head = f'{{"id":{rid}'
+    return head + ("}" if body == "{}" else "," + body[1:]), ts
 
 
 def _string_list(values: Iterable[str] | None, name: str) -> list[str] | None:
