@@ -220,3 +220,27 @@ def test_every_profile_evaluates_with_all_counts() -> None:
     for r in evaluate(run):
         for ind in r.indicators:
             assert ind.count is not None and ind.share is not None and not ind.failed
+
+
+def test_facet_values_missing_from_lists() -> None:
+    run = _run(
+        {
+            BASE: _count(10, country=[("DE", 6), ("US", 4)]),
+            NO_AUTH: _count(6, country=[("DE", 6)]),
+            TLS: _count(0),  # empty, hence complete: every value counts 0
+            NO_TLS: _count(9, country=[("DE", 5), ("US", 3), ("FR", 1)]),  # cut off at top=3
+            NEITHER: _count(4, country=[("US", 3), ("DE", 1)]),
+        }
+    )
+    (result,) = evaluate(run)
+
+    def rows(key: str) -> dict[str, int | None]:
+        ind = result.indicator(key)
+        assert ind is not None
+        return {r.value: r.count for r in ind.facets["country"]}
+
+    assert rows("starttls") == {"DE": 0, "US": 0}
+    assert rows("plaintext_auth") == {"DE": 0, "US": 4}
+    assert rows("no_starttls") == {"DE": 5, "US": 3, "FR": 1}
+    assert rows("plaintext_auth_without_starttls") == {"DE": 4, "US": 0, "FR": 1}
+    assert rows("neither_starttls_nor_auth") == {"DE": 1, "US": 3}

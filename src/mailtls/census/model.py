@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -149,30 +149,32 @@ class BaseResult:
         return next((i for i in self.indicators if i.spec.headline), None)
 
 
+def _lookup(buckets: Sequence[FacetBucket], top: int) -> Callable[[str], int | None]:
+    """A value's count in a top-N list: absent means 0 if the list is complete (shorter than
+    ``top``), unknown otherwise (it fell below the cut-off)."""
+    counts = {b.value: b.count for b in buckets}
+    missing = 0 if len(buckets) < top else None
+    return lambda value: counts.get(value, missing)
+
+
 def _derive_facet(
     plus: Sequence[FacetBucket],
     minus: Sequence[FacetBucket] | None,
     base: Sequence[FacetBucket],
     top: int,
 ) -> tuple[FacetRow, ...]:
-    """Per facet value: plus(v) - minus(v), exact only when minus(v) is known.
-
-    A value missing from the minus list has count 0 when that list is complete (shorter than
-    ``top``); otherwise it is somewhere below the list's cut-off and the difference is unknown.
-    """
+    """Per facet value (the base's values, then the indicator's own): plus(v) - minus(v)."""
+    plus_of = _lookup(plus, top)
+    minus_of = None if minus is None else _lookup(minus, top)
     base_of = {b.value: b.count for b in base}
-    minus_of = None if minus is None else {b.value: b.count for b in minus}
-    minus_complete = minus is not None and len(minus) < top
+    values = list(base_of) + [b.value for b in plus if b.value not in base_of]
     rows: list[FacetRow] = []
-    for bucket in plus:
-        count: int | None = bucket.count
-        if minus_of is not None:
-            if bucket.value in minus_of:
-                count = max(0, bucket.count - minus_of[bucket.value])
-            elif not minus_complete:
-                count = None
-        b = base_of.get(bucket.value)
-        rows.append(FacetRow(bucket.value, count, b, share(count, b)))
+    for value in values:
+        p = plus_of(value)
+        m = 0 if minus_of is None else minus_of(value)
+        count = None if p is None or m is None else max(0, p - m)
+        b = base_of.get(value)
+        rows.append(FacetRow(value, count, b, share(count, b)))
     return tuple(rows)
 
 
