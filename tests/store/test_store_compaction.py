@@ -43,6 +43,7 @@ def test_delete_run_removes_from_journal_and_index_and_survives_reopen(tmp_path:
         assert marker["type"] == COMPACTED_TYPE and marker["removed"] == 11
         assert store.query(run="run1") == [] and store.query(code="RUN1CODE") == []
         assert journal(tmp_path) == after
+        assert (tmp_path / JOURNAL_NAME).stat().st_mode & 0o777 == 0o600
         assert store.append({"type": "next"})["id"] == marker["id"] + 1
     with Store(tmp_path, fsync=False) as store:
         assert store.stats().index_rebuilt == ""  # the index followed the rewrite

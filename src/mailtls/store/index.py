@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,8 @@ class Index:
 
     def _connect(self) -> sqlite3.Connection:
         fresh = not self.path.exists()
+        if fresh:  # client data: owner-only, like the journal (SQLite gives -wal/-shm the same)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

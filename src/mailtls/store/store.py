@@ -102,7 +102,7 @@ class Store:
     ) -> None:
         self.data_dir = Path(data_dir)
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._dir_lock = _DirLock(self.data_dir)
         except OSError as exc:
             raise StoreError(f"cannot use data directory {data_dir}: {exc.strerror}") from None
@@ -386,7 +386,8 @@ class Store:
             tmp = self.data_dir / (JOURNAL_NAME + ".compact")
             result = _Rewrite(decide)
             try:
-                with tmp.open("wb") as out:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
                     end = result.copy(self._journal.path, 0, out)
                     with self._append_lock, self._db_lock:
                         self._check_open()
@@ -399,8 +400,9 @@ class Store:
                         self._ident = self._journal.identity()
                         self._after_swap(result, marker)
             except (OSError, JournalError, sqlite3.Error) as exc:
-                tmp.unlink(missing_ok=True)
                 raise StoreError(f"cannot compact the journal: {exc}") from None
+            finally:
+                tmp.unlink(missing_ok=True)  # gone already after a successful swap
         if marker is not None:
             self._deliver()
         if result.corrupt:
