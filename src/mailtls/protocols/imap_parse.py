@@ -405,13 +405,13 @@ def parse_command(raw: RawCommand) -> Command | BadCommand:
     tag, verb = head(raw.lines[0])
     if tag is None:
         return BadCommand(None, verb, "invalid tag")
-    if not verb:
-        return BadCommand(tag, "", "missing command")
+    if not verb.isalpha() or len(verb) > 32:
+        # no command name: the "tag" may be anything (a SASL response sent out of turn), so the
+        # reply is untagged and never echoes it
+        return BadCommand(None, "", "missing or invalid command name")
     scanner = _Scanner(raw)
     try:
         words = scanner.tokens()
     except _Syntax as exc:
         return BadCommand(tag, verb, str(exc))
-    if len(words) < 2 or not isinstance(words[1], Atom) or not words[1].value.isalnum():
-        return BadCommand(tag, verb, "invalid command name")
-    return Command(tag, words[1].upper(), words[2:])
+    return Command(tag, verb, words[2:])
