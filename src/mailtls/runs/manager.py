@@ -75,7 +75,7 @@ MAX_LOGIN_ADDRESSES = 8  # login addresses remembered per run (newest kept)
 DAY = 86400.0
 
 Record = dict[str, Any]
-Kicker = Callable[[str, str], None]
+Kicker = Callable[[str, str], object]
 
 
 class Store(Protocol):
