@@ -43,6 +43,7 @@ def test_expansion_forms() -> None:
     look = table.get
     assert expand("$b", look) == "A-A-A"
     assert expand("${a?{yes $a}} ${empty?set}${missing:{unset}}", look) == "yes A unset"
+    assert expand("${a?{set}:{unset}}/${empty?{set}:{unset}}", look) == "set/unset"
     assert expand("$$a costs $$", look) == "$a costs $"
     assert expand("x${undefined}y", look) == "xy"
     assert expand("$loop", look) == "$loop"  # a self-reference stops (Postfix: fatal)

@@ -146,10 +146,18 @@ def _expand_braced(inner: str, lookup: Lookup, depth: int) -> str:
     if not rest:
         return _value_of(name, lookup, depth)
     if rest[0] in "?:":
-        alt = rest[1:].strip()
-        if alt.startswith("{") and alt.endswith("}"):
-            alt = alt[1:-1].strip()
-        current = _value_of(name, lookup, depth)
-        chosen = bool(current) if rest[0] == "?" else not current
-        return expand(alt, lookup, depth + 1) if chosen else ""
+        op, body = rest[0], rest[1:].strip()
+        when_set, when_empty = (body, "") if op == "?" else ("", body)
+        if body.startswith("{"):
+            end = _matching(body, 0)
+            if end > 0:
+                first, tail = body[1:end].strip(), body[end + 1 :].strip()
+                when_set, when_empty = (first, "") if op == "?" else ("", first)
+                # ${name?{when set}:{when empty}} (Postfix >= 3.0)
+                if op == "?" and tail.startswith(":"):
+                    other = tail[1:].strip()
+                    if other.startswith("{") and other.endswith("}"):
+                        when_empty = other[1:-1].strip()
+        chosen = when_set if _value_of(name, lookup, depth) else when_empty
+        return expand(chosen, lookup, depth + 1)
     return "${" + inner + "}"
