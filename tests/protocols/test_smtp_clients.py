@@ -148,6 +148,7 @@ async def test_smtplib_implicit_tls_plain_login(lab: Lab) -> None:
     await asyncio.to_thread(client)
     await lab.wait_for("message_received")
     assert lab.of("auth")[0]["tls"] is True and lab.of("auth")[0]["outcome"] == "success"
+    assert [r["implicit"] for r in lab.of("tls_established")] == [True]  # recorded once
     lab.assert_no_secret()
 
 
