@@ -286,8 +286,9 @@ class SmtpCore:
 
     def _on_connected(self, event: Event) -> None:
         assert isinstance(event, Connected)
-        if event.tls is not None:  # implicit TLS: the shell recorded TlsStarted(implicit=True)
+        if event.tls is not None:  # implicit TLS: the shell leaves TlsStarted to the core
             self._tls = True
+            self._out.record(TlsStarted(event.tls.version, event.tls.cipher, True))
             self._disrupt_next = self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
         self._out.reply(R.greeting(self._ctx.hostname))
         self._out.add(set_timer(self._limits.idle_seconds))
