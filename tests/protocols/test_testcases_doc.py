@@ -1,0 +1,246 @@
+"""``docs/testcases.md`` is tested against the code.
+
+- every ```` ```transcript <protocol> <testcase> [implicit] ```` block is replayed through the real
+  protocol core: client lines and events go in, the server lines must come out exactly as
+  written, in order, with nothing else;
+- every reply line quoted inline on the page must be a line the replayed transcripts produced;
+- the "at a glance" table must match the policy objects, the timing table the settings defaults;
+- every protocol x test case pair has at least one transcript.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailtls.protocols.base import (
+    AuthDecision,
+    ClientHelloReceived,
+    Close,
+    Command,
+    Connected,
+    Core,
+    DataReceived,
+    Event,
+    Kicked,
+    PortRole,
+    ReadClientHello,
+    Send,
+    SendRaw,
+    SessionContext,
+    StartTls,
+    Timeout,
+    TlsEstablished,
+    TlsInfo,
+)
+from mailtls.protocols.imap import ImapCore
+from mailtls.protocols.pop3 import Pop3Core
+from mailtls.protocols.smtp import SmtpCore
+from mailtls.settings import Settings
+from mailtls.testcases import TESTCASES
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "testcases.md"
+HOSTNAME = "mail.example.test"
+TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256")
+CORES: dict[str, tuple[Callable[[SessionContext], Core], PortRole]] = {
+    "smtp": (SmtpCore, PortRole.SUBMISSION),
+    "imap": (ImapCore, PortRole.IMAP),
+    "pop3": (Pop3Core, PortRole.POP3),
+}
+FENCE = re.compile(r"^```transcript (\w+) (\w+)( implicit)?\n(.*?)^```", re.M | re.S)
+
+
+def authenticator(username: str) -> AuthDecision:
+    if username.lower().partition("@")[0] == "test-abc123":
+        return AuthDecision(True, "test-abc123", "abc123")
+    return AuthDecision(False, "h:0", None)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    protocol: str
+    testcase: str
+    implicit: bool
+    lines: tuple[str, ...]
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:02d}-{self.protocol}-{self.testcase}" + ("-implicit" * self.implicit)
+
+
+@cache
+def doc() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def transcripts() -> list[Transcript]:
+    return [
+        Transcript(m[1], m[2], bool(m[3]), tuple(m[4].splitlines()), i)
+        for i, m in enumerate(FENCE.finditer(doc()))
+    ]
+
+
+class Replay:
+    """Feeds one transcript to a core and checks the server's output line by line."""
+
+    def __init__(self, t: Transcript) -> None:
+        factory, role = CORES[t.protocol]
+        ctx = SessionContext(
+            policy=TESTCASES[t.testcase],
+            role=role,
+            hostname=HOSTNAME,
+            domain="example.test",
+            authenticator=authenticator,
+            implicit_tls=t.implicit,
+        )
+        self.core = factory(ctx)
+        self.out: deque[tuple[str, str]] = deque()  # ("S" | "S (raw)", line)
+        self.seen: list[Command] = []  # commands since the last input
+        self.produced: list[str] = []
+
+    def feed(self, event: Event) -> None:
+        assert not self.out, f"server lines not in the transcript: {list(self.out)}"
+        self.seen = self.core.handle(event)
+        for cmd in self.seen:
+            if isinstance(cmd, Send | SendRaw):
+                kind = "S" if isinstance(cmd, Send) else "S (raw)"
+                for text in cmd.data.decode("utf-8").split("\r\n")[:-1]:
+                    self.out.append((kind, text))
+                    self.produced.append(text)
+
+    def expect(self, kind: str, text: str) -> None:
+        assert self.out, f"expected {kind}: {text!r}, the server sent nothing more"
+        assert self.out.popleft() == (kind, text)
+
+    def event(self, name: str) -> None:
+        if name == "handshake":
+            assert StartTls() in self.seen, "no StartTls before the handshake"
+            self.feed(TlsEstablished(TLS))
+        elif name == "client hello":
+            assert ReadClientHello() in self.seen, "no ReadClientHello before the ClientHello"
+            self.feed(ClientHelloReceived(517, True))
+        elif name == "timeout":
+            self.feed(Timeout())
+        elif name.startswith("kicked: "):
+            self.feed(Kicked(name.removeprefix("kicked: ")))
+        elif name == "closed":
+            assert not self.out, f"server lines not in the transcript: {list(self.out)}"
+            assert any(isinstance(c, Close) for c in self.seen), "the server did not close"
+        else:
+            raise AssertionError(f"unknown event {name!r}")
+
+
+def replay(t: Transcript) -> list[str]:
+    """Replay a transcript; returns every line the server produced."""
+    r = Replay(t)
+    lines = list(t.lines)
+    implicit = bool(lines) and lines[0] == "== implicit tls =="
+    assert implicit == t.implicit, "'implicit' in the fence and '== implicit tls ==' go together"
+    r.feed(Connected(TLS if implicit else None))
+    for line in lines[implicit:]:
+        if line.startswith("S (raw): "):
+            r.expect("S (raw)", line.removeprefix("S (raw): "))
+        elif line.startswith("S: "):
+            r.expect("S", line.removeprefix("S: "))
+        elif line.startswith("C: "):
+            r.feed(DataReceived(line.removeprefix("C: ").encode() + b"\r\n"))
+        elif line.startswith("== ") and line.endswith(" =="):
+            r.event(line[3:-3])
+        else:
+            raise AssertionError(f"unreadable transcript line {line!r}")
+    assert not r.out, f"server lines not in the transcript: {list(r.out)}"
+    return r.produced
+
+
+@pytest.mark.parametrize("t", transcripts(), ids=lambda t: t.name)
+def test_transcript_is_what_the_core_does(t: Transcript) -> None:
+    replay(t)
+
+
+def test_every_protocol_and_testcase_has_a_transcript() -> None:
+    covered = {(t.protocol, t.testcase) for t in transcripts()}
+    assert covered == {(p, tc) for p in CORES for tc in TESTCASES}
+
+
+# --- inline reply lines ---------------------------------------------------------------------------
+
+REPLY = re.compile(
+    r"^(\+OK|-ERR|\* (OK|NO|BAD|BYE|CAPABILITY)\b|[2-5]\d\d[ -]|[a-z]\d+ (OK|NO|BAD) )"
+)
+TAG = re.compile(r"^[a-z]\d+ (?=(OK|NO|BAD) )")
+
+
+def inline_quotes(text: str) -> list[str]:
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    return [" ".join(q.split()) for q in re.findall(r"`([^`]+)`", prose)]
+
+
+def untag(line: str) -> str:
+    return TAG.sub("<tag> ", line)
+
+
+def test_every_quoted_reply_line_is_produced_by_a_core() -> None:
+    produced = {untag(line) for t in transcripts() for line in replay(t)}
+    quoted = [q for q in inline_quotes(doc()) if REPLY.match(q)]
+    assert len(quoted) > 20, "the reply lines were not found on the page"
+    missing = [q for q in quoted if untag(q) not in produced]
+    assert not missing, f"quoted on the page but never produced: {missing}"
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def table_rows(header: str) -> list[list[str]]:
+    """The cells of the table that starts with the line ``header`` (separator row skipped)."""
+    lines = doc().splitlines()
+    start = lines.index(header)
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def first_code(cell: str) -> str:
+    found = re.search(r"`([^`]+)`", cell)
+    assert found, f"no value in {cell!r}"
+    return found[1]
+
+
+def test_at_a_glance_table_matches_the_policies() -> None:
+    rows = table_rows("| | baseline | t1 | t2 | t3 | t4 |")
+    methods = {first_code(row[0]) for row in rows}
+    assert methods == {"offer_starttls", "on_starttls", "after_tls", "implicit_tls"}
+    for row in rows:
+        method = first_code(row[0])
+        for name, cell in zip(("baseline", "t1", "t2", "t3", "t4"), row[1:], strict=True):
+            answer: Any = getattr(TESTCASES[name], method)()
+            expected = ("yes" if answer else "no") if isinstance(answer, bool) else answer.value
+            assert first_code(cell) == expected, f"{method} for {name}"
+
+
+def test_timing_table_matches_the_settings_defaults() -> None:
+    rows = table_rows("| what | setting | default |")
+    assert len(rows) >= 8
+    settings = Settings()
+    for _what, setting, default in rows:
+        value: Any = settings
+        for part in first_code(setting).split("."):
+            value = getattr(value, part)
+        number = re.fullmatch(r"(\d+(?:\.\d+)?) s", default)
+        assert number, f"unreadable default {default!r}"
+        assert float(value) == float(number[1]), setting
+
+
+def test_default_block_style_is_the_documented_one() -> None:
+    documented = re.search(r"`(\w+)` \(default", doc())
+    assert documented and documented[1] == Settings().tls.blocked_style.value
