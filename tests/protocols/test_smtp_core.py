@@ -497,6 +497,7 @@ MECHANISM_FLOWS: list[tuple[str, str | None, list[str], list[bytes]]] = [
     ("XOAUTH2", XOAUTH2, [""], [b'{"status":"invalid_token"']),
     ("XOAUTH2", None, [XOAUTH2, ""], [b"", b'{"status":"invalid_token"']),
     ("OAUTHBEARER", OAUTHBEARER, ["AQ=="], [b'{"status":"invalid_token"']),
+    ("OAUTHBEARER", None, [OAUTHBEARER, "AQ=="], [b"", b'{"status":"invalid_token"']),
 ]
 
 
@@ -548,6 +549,15 @@ def test_cram_md5_after_tls_any_digest_accepted_for_the_run_account() -> None:
     assert s.line(b64(f"{USER} 0123456789abcdef0123456789abcdef")) == R.S235_AUTH_SUCCESS
     auth = only(s.log, obs.AuthAttempted)
     assert auth == obs.AuthAttempted("CRAM-MD5", USER, "abc123", True, True, False, "success")
+
+
+def test_cram_md5_with_an_initial_response_is_malformed() -> None:
+    s = Session()
+    s.starttls()
+    commands = s.data(f"AUTH CRAM-MD5 {b64(USER + ' 0123')}\r\n".encode())
+    assert sent(commands) == R.S501_AUTH_DECODE
+    auth = only(commands, obs.AuthAttempted)
+    assert (auth.outcome, auth.secret_sent) == ("failure", False)
 
 
 @pytest.mark.parametrize("testcase", ALL_CASES)
