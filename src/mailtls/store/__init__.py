@@ -14,7 +14,10 @@
   middle is skipped with a warning and counted, never truncated.
 - ``delete_run`` and ``prune`` rewrite the journal (atomic rename) and the index; when they remove
   or change records they add one ``store_compacted`` record saying how many (so ids keep
-  increasing across restarts even when the newest records were removed).
+  increasing across restarts even when the newest records were removed). They read the whole
+  journal (tens of µs per record): call them from a worker thread (``asyncio.to_thread``);
+  appends from the event loop go on meanwhile and are paused only for the final swap.
+- ``append``/``query`` are thread-safe; subscribers run in the appending thread.
 - One process per data directory (``DATA_DIR/store.lock``, an exclusive ``flock``).
 
 Records are flat JSON objects of plain data; client strings are stored as data and never

@@ -26,7 +26,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Row = tuple[int, Any, Any, Any, Any, Any, Any, str]
 """(id, ts, type, run, step, conn, code, record-json) as inserted."""
@@ -45,6 +45,7 @@ CREATE TABLE events (
 CREATE INDEX events_run ON events (run, step) WHERE run IS NOT NULL;
 CREATE INDEX events_conn ON events (conn) WHERE conn IS NOT NULL;
 CREATE INDEX events_code ON events (code) WHERE code IS NOT NULL;
+CREATE INDEX events_type ON events (type);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
