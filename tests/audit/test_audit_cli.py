@@ -232,3 +232,23 @@ def test_no_traceback_from_the_console_script(tmp_path: Path) -> None:
     assert (
         proc.stderr.strip() == f"mailtls audit: cannot audit: {tmp_path / 'nope'}: not a directory"
     )
+
+
+@pytest.mark.timeout(60)
+def test_local_system_audit_runs_and_explains(tmp_path: Path) -> None:
+    """No source flag: the local /etc/postfix and /etc/dovecot (installed in CI)."""
+    require_tool("doveconf")
+    if not Path("/etc/dovecot/dovecot.conf").exists():
+        pytest.skip("Dovecot is not configured on this host")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailtls", "audit", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["effective"]["dovecot"]["config"] == "/etc/dovecot/dovecot.conf"
+    assert any(s.startswith("Dovecot config /etc/dovecot/dovecot.conf") for s in doc["sources"])
+    protocols = {c["service"] for c in doc["effective"]["dovecot"]["contexts"]}
+    assert protocols, "the stock Debian config enables at least imap"

@@ -219,3 +219,18 @@ def test_dovecot_24_live(fixture: Path, tmp_path: Path) -> None:
     conf = materialise(fixture, tmp_path / fixture.name)
     theirs = parse_dovecot(SourceText("doveconf -n", tool(["doveconf", "-c", str(conf), "-n"])))
     assert flatten(dovecot_file(conf), "2.4") == flatten(theirs, "2.4")
+
+
+def test_stock_debian_dovecot_config_agrees_with_doveconf(doveconf: str) -> None:
+    """The distribution's own dovecot.conf (conf.d includes, protocols.d ``$protocols``)."""
+    stock = Path("/etc/dovecot/dovecot.conf")
+    if not stock.exists():
+        pytest.skip("no /etc/dovecot/dovecot.conf on this host")
+    ours = dovecot_file(stock)
+    theirs = parse_dovecot(SourceText("doveconf -n", tool([doveconf, "-c", str(stock), "-n"])))
+    ours_flat, theirs_flat = flatten(ours, "2.3"), flatten(theirs, "2.3")
+    for key, value in theirs_flat.items():
+        # doveconf -n prints whole sections, defaults (empty values) included
+        assert ours_flat.get(key) == value or (key[0] and value == "" and key not in ours_flat), key
+    for ctx in dovecot_contexts(ours, "2.3"):
+        _compare_context(doveconf, stock, ctx)

@@ -155,7 +155,7 @@ def _parse_line(text: str, origin: Origin, state: _State, depth: int) -> None:
     m = re.match(r"([^\s={}]+)\s*=\s*(.*)$", text)
     if m:
         key, value = m.group(1), m.group(2).strip()
-        value = _expand(_unquote(value), state)
+        value = _expand(key, _unquote(value), state)
         state.assigns.append(Assign(key, value, origin, tuple(state.stack)))
         return
     if text.endswith("{"):
@@ -168,7 +168,10 @@ def _parse_line(text: str, origin: Origin, state: _State, depth: int) -> None:
     state.warnings.append(f"{origin}: cannot parse line; ignored")
 
 
-def _expand(value: str, state: _State) -> str:
+def _expand(key: str, value: str, state: _State) -> str:
+    """``$name`` -> the value assigned to ``name`` so far in this scope. A self-reference with no
+    earlier assignment (``protocols = $protocols imap``) starts from the empty value, as on Debian's
+    build where the default ``protocols`` is empty; other unknown names stay as written."""
     if "$" not in value:
         return value
 
@@ -177,7 +180,7 @@ def _expand(value: str, state: _State) -> str:
         for a in reversed(state.assigns):
             if a.key == name and a.path == tuple(state.stack):
                 return a.value
-        return m.group(0)
+        return "" if name == key else m.group(0)
 
     return re.sub(r"\$([a-z_][a-z0-9_]*)", repl, value)
 

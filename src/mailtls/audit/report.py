@@ -101,7 +101,7 @@ _COLOUR = {
 
 
 def _body(console: Console, markup: str) -> None:
-    console.print(Padding(markup, (0, 0, 0, 11)))
+    console.print(Padding(markup, (0, 0, 0, 11), expand=False))
 
 
 def render_text_report(result: AuditResult, console: Console) -> None:
