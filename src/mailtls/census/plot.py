@@ -49,41 +49,41 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def plot_run(run: CensusRun, path: Path) -> int:
-    """Write the bar chart; returns the number of bases plotted (0: an empty, labelled chart)."""
+    """Write the bar chart; returns the number of bases plotted (0: an empty, labelled chart).
+
+    Horizontal bars, so that labels such as "Microsoft Exchange 587" stay readable however
+    many bases a profile has; the first base is at the top.
+    """
     results = [r for r in evaluate(run) if r.indicators]
-    labels = [f"{r.spec.label}\nn={fmt_count(r.total)}" for r in results]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(results) + 2.0), 5.0))
+    labels = [f"{r.spec.label} (n={fmt_count(r.total)})" for r in results]
+    height = max(3.5, 0.55 * len(results) + 2.5)
+    fig, ax = plt.subplots(figsize=(9.0, height), layout="constrained")
     width = 0.8 / len(BARS)
     for n, (key, legend) in enumerate(BARS):
-        xs, ys = [], []
+        ys, xs = [], []
         for i, r in enumerate(results):
             ind = r.indicator(key)
             if ind is not None and ind.share is not None:
-                xs.append(i + (n - (len(BARS) - 1) / 2) * width)
-                ys.append(100.0 * ind.share)
-        bars = ax.bar(xs, ys, width=width, label=legend)
+                ys.append(i + (n - (len(BARS) - 1) / 2) * width)
+                xs.append(100.0 * ind.share)
+        bars = ax.barh(ys, xs, height=width, label=legend)
         if n == 0:
-            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(
-        range(len(results)),
-        labels,
-        rotation=45 if len(results) > 8 else 0,
-        ha="right" if len(results) > 8 else "center",
-        fontsize=8,
-    )
-    ax.set_ylabel("share of the base (%)")
-    ax.set_ylim(0, 105)
+            ax.bar_label(bars, fmt="%.1f %%", fontsize=7, padding=2)
+    ax.set_yticks(range(len(results)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the base (%)")
+    ax.set_xlim(0, 110)
     when = run.started.strftime("%Y-%m-%d")
-    partial = "" if run.complete else " (partial)"
+    partial = "" if run.complete else " (partial: some queries failed)"
     ax.set_title(
         f"Mail services advertising plaintext auth before TLS\n"
         f"Shodan, {when}, profile {run.profile} v{run.profile_version}{partial}"
     )
     if not results:
         ax.text(0.5, 0.5, "no base with indicators", ha="center", transform=ax.transAxes)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.grid(axis="y", alpha=0.3)
-    fig.text(0.01, -0.02, FOOTNOTE, fontsize=7, ha="left", va="top", wrap=True)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 * 5 / height), ncol=3)
+    ax.grid(axis="x", alpha=0.3)
+    fig.supxlabel(FOOTNOTE, fontsize=7, wrap=True)
     _save(fig, path)
     return len(results)
 
@@ -95,7 +95,7 @@ def _days(when: datetime) -> float:
 
 def plot_history(cmp: Comparison, path: Path, indicator: str = "plaintext_auth") -> int:
     """Write the share of ``indicator`` per base over the runs; returns the number of lines."""
-    fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    fig, ax = plt.subplots(figsize=(8.0, 5.0), layout="constrained")
     lines = 0
     for s in cmp.series:
         if s.indicator != indicator:
@@ -115,12 +115,12 @@ def plot_history(cmp: Comparison, path: Path, indicator: str = "plaintext_auth")
         f"{cmp.dates[0]:%Y-%m-%d} to {cmp.dates[-1]:%Y-%m-%d}, {len(cmp.runs)} run(s)"
     )
     if lines:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
         ax.text(0.5, 0.5, "no shares to plot", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     ax.xaxis_date()
     fig.autofmt_xdate()
-    fig.text(0.01, -0.02, FOOTNOTE, fontsize=7, ha="left", va="top", wrap=True)
+    fig.supxlabel(FOOTNOTE, fontsize=7, wrap=True)
     _save(fig, path)
     return lines

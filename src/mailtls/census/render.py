@@ -367,7 +367,10 @@ def render_history(cmp: Comparison, console: Console) -> None:
     for s in cmp.series:
         cells = []
         for p in s.points:
-            cells.append("—" if p is None else f"{fmt_share(p.share)}\n{fmt_count(p.count)}")
+            if p is None:
+                cells.append("—")
+            else:
+                cells.append(f"{fmt_share(p.share)}\n{fmt_count(p.count)}/{fmt_count(p.base)}")
         change = "n/a" if s.change is None else f"{100.0 * s.change:+.1f} pp"
         table.add_row(escape_markup(s.label), escape_markup(s.indicator_label), *cells, change)
     console.print(table)
