@@ -214,6 +214,8 @@ class SaslFlow:
     def __init__(
         self, mechanism: str, tls: bool, authenticator: Authenticator, hostname: str
     ) -> None:
+        if mechanism.upper() not in RECOGNISED:  # a caller's bug: check mechanism_allowed first
+            raise ValueError(f"SaslFlow: mechanism {mechanism!r} is not implemented")
         self._sasl = SaslExchange(mechanism, hostname)
         self.mechanism = self._sasl.mechanism
         self.tls = tls
