@@ -5,21 +5,29 @@
   written, in order, with nothing else;
 - every reply line quoted inline on the page must be a line the replayed transcripts produced;
 - the "at a glance" table must match the policy objects, the timing table the settings defaults;
+- the implicit-TLS behaviour is checked end to end through the real I/O shell (``MailServer``);
 - every protocol x test case pair has at least one transcript.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import socket
+import ssl
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mailtls.net.listeners import MailServer
+from mailtls.net.pki import ensure_certificates
+from mailtls.net.types import ListenerSpec
 from mailtls.protocols.base import (
     AuthDecision,
     ClientHelloReceived,
@@ -43,6 +51,7 @@ from mailtls.protocols.base import (
 from mailtls.protocols.imap import ImapCore
 from mailtls.protocols.pop3 import Pop3Core
 from mailtls.protocols.smtp import SmtpCore
+from mailtls.runs.types import Binding
 from mailtls.settings import Settings
 from mailtls.testcases import TESTCASES
 
@@ -244,3 +253,90 @@ def test_timing_table_matches_the_settings_defaults() -> None:
 def test_default_block_style_is_the_documented_one() -> None:
     documented = re.search(r"`(\w+)` \(default", doc())
     assert documented and documented[1] == Settings().tls.blocked_style.value
+
+
+# --- implicit-TLS ports, through the real I/O shell --------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def implicit_server(
+    tmp_path: Path, testcase: str
+) -> AsyncIterator[tuple[MailServer, Path, list[dict[str, Any]]]]:
+    """The three cores on implicit-TLS listeners, every connection bound to ``testcase``."""
+    settings = Settings(data_dir=tmp_path)
+    settings = replace(
+        settings,
+        hostname=HOSTNAME,
+        limits=replace(settings.limits, disrupted_seconds=0.5),
+        tls=replace(settings.tls, blocked_seconds=0.5),
+    )
+    certs = ensure_certificates(settings)
+    assert certs.ca is not None
+    records: list[dict[str, Any]] = []
+
+    def binder(ip: str, local: tuple[str, int]) -> Binding:
+        return Binding("run1", 1, testcase, "immediate", "address", True)
+
+    server = MailServer(
+        settings,
+        certs=certs,
+        binder=binder,
+        authenticator=authenticator,
+        sink=records.append,
+        core_factories={p: factory for p, (factory, _role) in CORES.items()},
+        specs=[ListenerSpec(p, p, role, 0, True) for p, (_f, role) in CORES.items()],
+    )
+    await server.start()
+    try:
+        yield server, certs.ca, records
+    finally:
+        await server.close(grace=0.5)
+
+
+FIRST_COMMAND = {
+    "smtp": b"EHLO client.example\r\n",
+    "imap": b"a1 CAPABILITY\r\n",
+    "pop3": b"CAPA\r\n",
+}
+
+
+def implicit_client(port: int, ca: Path, protocol: str) -> tuple[bytes, str]:
+    """Connect with TLS, read the greeting, send a first command; (greeting, what happened)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            tls = context.wrap_socket(raw, server_hostname=HOSTNAME)
+        except (ssl.SSLError, OSError) as exc:
+            return b"", f"no handshake: {type(exc).__name__}"
+        with tls:
+            greeting = tls.recv(4096)
+            tls.sendall(FIRST_COMMAND[protocol])
+            try:
+                answer = tls.recv(4096)
+            except ssl.SSLError:
+                return greeting, "cleartext inside TLS"
+            return greeting, "answered" if answer else "closed"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("testcase", list(TESTCASES))
+async def test_implicit_tls_ports_as_documented(tmp_path: Path, testcase: str) -> None:
+    async with implicit_server(tmp_path, testcase) as (server, ca, records):
+        for protocol in CORES:
+            port = server.port(protocol)
+            greeting, outcome = await asyncio.wait_for(
+                asyncio.to_thread(implicit_client, port, ca, protocol), timeout=20
+            )
+            if testcase in ("t1", "t2", "t3"):  # blocked: silence, then close
+                assert (greeting, outcome) == (b"", "no handshake: SSLEOFError"), protocol
+            elif testcase == "t4":
+                assert greeting and outcome == "cleartext inside TLS", protocol
+            else:
+                assert greeting and outcome == "answered", protocol
+        blocked = [r["style"] for r in records if r["type"] == "implicit_tls_blocked"]
+        disrupted = [r["stage"] for r in records if r["type"] == "starttls_disrupted"]
+        if testcase in ("t1", "t2", "t3"):
+            assert blocked == ["silence"] * 3
+        else:
+            assert not blocked
+        assert disrupted == (["session"] * 3 if testcase == "t4" else [])
