@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mailtls.store import INDEX_NAME, JOURNAL_NAME, Store, rebuild
+from mailtls.store import INDEX_NAME, JOURNAL_NAME, Store, StoreError, rebuild
 
 CHILD = textwrap.dedent(
     """
@@ -237,3 +237,60 @@ def test_replaced_journal_file_is_reindexed(tmp_path: Path) -> None:
     with Store(tmp_path, fsync=False) as store:
         assert store.stats().index_rebuilt == "journal file replaced"
         assert store.query(after_id=5, limit=1)[0]["line"] == "LINE 5 (restored)"
+
+
+FULL_DISK_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from mailtls.store import Store, StoreError
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    store = Store(Path(sys.argv[1]), fsync=False)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, hard))
+    n = 0
+    try:
+        while True:
+            store.append({"type": "fill", "pad": "y" * 150})
+            n += 1
+    except StoreError as exc:
+        print(n, exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    print(store.append({"type": "after"})["id"])
+    store.close()
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_failed_write_leaves_no_fragment(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split("\n")
+    appended = int(out[0].split()[0])
+    assert "cannot write journal" in out[0]
+    assert int(out[1]) == appended + 1  # the failed append consumed no id
+    assert good_ids(tmp_path) == list(range(1, appended + 2))  # every line whole
+
+
+def test_oversized_middle_line_is_skipped(tmp_path: Path) -> None:
+    write_journal(tmp_path, 3)
+    path = tmp_path / JOURNAL_NAME
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(1, b'{"id": 2, "junk": "' + b"z" * (5 * 1024 * 1024) + b'"}\n')
+    path.write_bytes(b"".join(lines))
+    with Store(tmp_path, fsync=False, reindex=True) as store:
+        assert store.stats().corrupt_lines == 1
+        assert [r["n"] for r in store.query()] == [0, 1, 2]
+
+
+def test_unusable_data_dir_is_a_store_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(StoreError, match="cannot use data directory"):
+        Store(not_a_dir, fsync=False)
