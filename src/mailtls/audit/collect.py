@@ -149,9 +149,13 @@ def _postfix_tree(
                 raise AuditError(f"{config_dir}: has neither main.cf nor master.cf")
             return
         if main_src is None:
-            out.notes.append(f"{main_path}: not read; Postfix built-in defaults assumed")
+            out.notes.append(
+                f"{main_path}: missing or unreadable; Postfix built-in defaults assumed"
+            )
         if master_src is None:
-            out.notes.append(f"{master_path}: not read; only the stock smtp service is audited")
+            out.notes.append(
+                f"{master_path}: missing or unreadable; only the stock smtp service audited"
+            )
         out.sources.append(f"Postfix config {config_dir}")
     main = parse_main(main_src or SourceText(os.path.join(config_dir, "main.cf"), ""))
     master = parse_master(
