@@ -147,8 +147,10 @@ async def test_poplib_implicit_tls(tmp_path: Path) -> None:
 
         caps, _stat = await in_thread(client)
         assert "STLS" not in caps and caps["SASL"] == ["PLAIN", "LOGIN", "CRAM-MD5"]
-        await lab_.settle("auth")
+        await lab_.settle("connection_closed")
         assert lab_.of("auth")[0]["secret_in_clear"] is False
+        (started,) = lab_.of("tls_established")  # recorded once, by the core
+        assert started["implicit"] is True
 
 
 async def test_poplib_under_t1_sees_no_stls_and_a_blind_stls_fails(tmp_path: Path) -> None:

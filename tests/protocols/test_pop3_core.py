@@ -353,6 +353,27 @@ def test_t2_answers_the_client_hello_in_cleartext_then_only_records() -> None:
     assert s.event(Timeout()) == [Close()]
 
 
+def test_disrupted_state_is_bounded() -> None:
+    s = connected("t2")
+    s.send("STLS\r\n")
+    s.event(ClientHelloReceived(517, True))
+    chunks = 0
+    while Close() not in (commands := s.send(b"x")):
+        assert all(isinstance(c, Record) for c in commands)
+        chunks += 1
+        assert chunks < 1000, "the disrupted state never closes"
+    assert s.core.state is State.CLOSED
+    assert s.send(b"x") == [] and s.event(Timeout()) == []
+
+
+def test_unknown_text_after_disruption_is_not_copied() -> None:
+    s = connected("t2")
+    s.send("STLS\r\n")
+    s.event(ClientHelloReceived(517, True))
+    commands = s.send(f"{CANARY}\r\n")
+    assert one(obs.DataAfterDisruption, commands).verb == "?"
+
+
 def test_t2_plaintext_instead_of_a_client_hello() -> None:
     s = connected("t2")
     s.send("STLS\r\n")
