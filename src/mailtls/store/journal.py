@@ -210,7 +210,10 @@ class Journal:
         try:
             n = os.write(self.fd, data)
             while n < len(data):  # only on ENOSPC-like conditions; never leave a fragment
-                n += os.write(self.fd, data[n:])
+                more = os.write(self.fd, data[n:])
+                if not more:
+                    raise OSError(errno.EIO, "the kernel accepted no bytes")
+                n += more
         except OSError as exc:
             self._cut_back()
             raise JournalError(f"cannot write journal {self.path}: {exc.strerror}") from None

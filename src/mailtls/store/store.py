@@ -245,8 +245,9 @@ class Store:
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call ``fn(record)`` for every later record, in id order. Returns the unsubscribe.
 
-        ``fn`` runs in the appending thread, before ``append`` returns: it must be quick and
-        must not modify the record.
+        ``fn`` runs in the appending thread, before ``append`` returns: it must be quick, must
+        not modify the record, and must not wait for a lock that an appending thread may hold
+        (appends from other threads wait until it returns). It may call ``append``.
         """
         key = next(self._subscriber_keys)
         self._subscribers[key] = fn
