@@ -163,7 +163,7 @@ class _Conn:
     def mode(self) -> str:
         if not self.bound:
             return f"{self.testcase}, not bound to this step"
-        return self.testcase if self.active else f"{self.testcase} before the attack was active"
+        return self.testcase if self.active else f"{self.testcase}, before activation"
 
     def of_type(self, *types: str) -> list[Event]:
         return [e for e in self.events if e.get("type") in types]
