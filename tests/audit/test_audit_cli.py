@@ -252,3 +252,29 @@ def test_local_system_audit_runs_and_explains(tmp_path: Path) -> None:
     assert any(s.startswith("Dovecot config /etc/dovecot/dovecot.conf") for s in doc["sources"])
     protocols = {c["service"] for c in doc["effective"]["dovecot"]["contexts"]}
     assert protocols, "the stock Debian config enables at least imap"
+
+
+def test_doveconf_capture_of_a_24_server(capsys: pytest.CaptureFixture[str]) -> None:
+    capture = FIXTURES / "dovecot24" / "cleartext" / "expected-doveconf-n.txt"
+    code, out, _ = run(capsys, "--doveconf-n", str(capture), "--format", "json")
+    doc = json.loads(out)
+    assert code == 1 and doc["effective"]["dovecot"]["version"] == "2.4"
+    clear = [f for f in doc["findings"] if f["id"] == "dovecot-cleartext-auth-before-tls"]
+    assert {f["service"] for f in clear} == {"imap", "pop3"}
+    assert clear[0]["file"] == str(capture) and clear[0]["line"] == 3
+
+
+def test_runtime_dovecot_uses_doveconf(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    require_tool("doveconf")
+    from audit_helpers import materialise
+
+    conf = materialise(D23 / "cleartext", tmp_path / "cleartext")
+    code, out, _ = run(capsys, "--dovecot-config", str(conf), "--runtime", "--format", "json")
+    doc = json.loads(out)
+    assert code == 1 and doc["sources"] == [f"doveconf -c {conf} -n"]
+    clear = [f for f in doc["findings"] if f["id"] == "dovecot-cleartext-auth-before-tls"]
+    assert clear and clear[0]["file"] == f"doveconf -c {conf} -n"
+    broken = tmp_path / "broken.conf"
+    broken.write_text("ssl = maybe\n")
+    code, out, err = run(capsys, "--dovecot-config", str(broken), "--runtime")
+    assert code == 3 and "doveconf" in err and out == ""

@@ -81,7 +81,12 @@ def _collect_named(req: Request, out: Collected) -> None:
         _postfix_tree(req.postfix_dir, "", req.runtime, out, live_defaults=False)
     if req.postconf_n or req.postconf_m or req.postconf_p:
         _postfix_captures(req, out)
-    if req.dovecot_config:
+    if req.dovecot_config and req.runtime:
+        if not sources.exists(req.dovecot_config):
+            raise AuditError(f"{req.dovecot_config}: no such file")
+        out.dovecot = parse_dovecot(sources.doveconf(req.dovecot_config))
+        out.sources.append(f"doveconf -c {req.dovecot_config} -n")
+    elif req.dovecot_config:
         _dovecot_file(req.dovecot_config, out)
     if req.doveconf_n:
         out.dovecot = _guard(out, lambda: parse_dovecot(sources.read_text(req.doveconf_n or "")))

@@ -7,8 +7,7 @@ settings appear in the effective view, so no secret from a config file is ever p
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -32,7 +31,6 @@ class AuditResult:
     notes: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     audited: int = 0
-    services: list[str] = field(default_factory=list)
 
 
 def audit(collected: Collected, dovecot_version: str | None = None) -> AuditResult:
@@ -139,11 +137,3 @@ def render_text_report(result: AuditResult, console: Console) -> None:
         console.print(f"[bold]{len(result.findings)} finding(s):[/bold] {summary}")
     for note in result.notes:
         console.print("[dim]note: " + esc(note) + "[/dim]")
-
-
-def to_plain_json(result: AuditResult) -> str:
-    """The JSON document as a string (tests, web)."""
-    return json.dumps(
-        {"findings": [f.to_dict() for f in result.findings], "effective": result.effective},
-        default=str,
-    )

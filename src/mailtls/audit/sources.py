@@ -116,16 +116,3 @@ def doveconf(config_file: str | None = None) -> SourceText:
     argv = [program] + (["-c", config_file] if config_file else []) + ["-n"]
     where = f" -c {config_file}" if config_file else ""
     return run_command(argv, f"doveconf{where} -n")
-
-
-def doveconf_version() -> str | None:
-    """``doveconf --version``-like answer (``dovecot --version``), or None when not installed."""
-    program = find_program(DOVECONF_CANDIDATES)
-    if program is None:
-        return None
-    try:
-        text = run_command([program, "-n", "-c", "/dev/null"], "doveconf version", 10.0).text
-    except AuditError:
-        return None
-    first = text.splitlines()[0] if text else ""
-    return first[2:].split(" ", 1)[0] if first.startswith("# ") else None
