@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import imaplib
 import os
+import pty
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -271,3 +272,43 @@ async def test_curl_lists_and_examines_over_starttls(baseline: Server) -> None:
     assert "* 0 EXISTS" in examined
     auths = baseline.journal.of("auth")
     assert auths and all(a["tls"] and a["outcome"] == "success" for a in auths)
+
+
+@pytest.mark.system
+@pytest.mark.timeout(60)
+async def test_mutt_opens_inbox_and_sent_over_starttls(baseline: Server) -> None:
+    mutt = require_tool("mutt")
+    assert baseline.certs.ca is not None
+    home = baseline.home
+    (home / "certs").write_text(baseline.certs.ca.read_text())
+    rc = write_private(
+        home / "muttrc",
+        f'set imap_user="{USER}"\n'
+        f'set imap_pass="{PASSWORD}"\n'
+        "set ssl_starttls=yes ssl_force_tls=yes\n"
+        f'set certificate_file="{home}/certs"\n'
+        f'set folder="imap://localhost:{baseline.plain}/"\n'
+        'set spoolfile="+INBOX" record="" header_cache="" message_cachedir=""\n'
+        "set imap_check_subscribed=yes timeout=1 quit=yes\n",
+    )
+    controller, terminal = pty.openpty()  # mutt needs a terminal, even to quit at once
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            mutt, "-n", "-F", str(rc), "-e", "push '<change-folder>=Sent<enter><quit>'",
+            stdin=terminal, stdout=terminal, stderr=terminal,
+            env={**os.environ, "TERM": "vt100", "HOME": str(home)},
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+    try:
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        os.close(controller)
+    journal = baseline.journal
+    lines = [r["line"] for r in journal.of("command")]
+    assert any(line.endswith('SELECT "INBOX"') for line in lines)
+    assert any(line.endswith('SELECT "Sent"') for line in lines)
+    assert lines[-1].endswith("LOGOUT")
+    assert journal.of("protocol_error") == []
+    auth = journal.of("auth")[0]
+    assert (auth["tls"], auth["outcome"]) == (True, "success")

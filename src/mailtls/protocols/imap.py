@@ -532,7 +532,7 @@ class ImapCore:
             if user is not None and password is not None:
                 turn.login = self._ctx.authenticator(decode(user))
                 return f"{parsed.tag} LOGIN {turn.login.display} {redacted_line(len(password))}"
-        words = raw.lines[0].split(b" ")
+        words = raw.lines[0].rstrip(b" ").split(b" ")
         first = [w.upper() for w in words[:2]]
         tag = parsed.tag or "*"
         if b"AUTHENTICATE" in first:
