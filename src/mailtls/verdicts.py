@@ -7,8 +7,10 @@ the run's code, and the user's reports; it returns a ``StepResult``: the verdict
 findings (tags with event ids as evidence) and one verdict per protocol.
 
 Rules, per protocol, from the connections whose accept-time binding is this step:
-- FAIL: a secret-carrying message (``auth`` with ``secret_in_clear``) without TLS. FAIL always
-  wins, whatever else happened (a skipped step, a prompt, a later TLS login).
+- FAIL: a secret-carrying message (``auth`` with ``secret_in_clear``) without TLS, by this run's
+  account or an unknown username (a typo still leaks the password). FAIL always wins, whatever
+  else happened (a skipped step, a prompt, a later TLS login). A login with another run's code
+  is that run's evidence (its ``binding_mismatch``), not this step's.
 - INCONCLUSIVE ``binding_mismatch``: a login with the run's code on a connection bound elsewhere
   or not at all (a cleartext credential there is reported as a finding of the mode it got).
 - Only connections where the attack was active count for PASS (two_phase: accepted after

@@ -180,6 +180,8 @@ def test_start_binds_the_visitors_addresses_for_the_ttl(env: Env) -> None:
     assert env.manager.binder(STRANGER) is None
     started = env.store.query(run=run.id, types=["step_started"])[0]
     assert started["addresses"] == [BROWSER, "2001:db8:5:6::1"]
+    env.manager.start_step(run.id, 1, "198.51.100.1")  # a lone string is one address
+    assert env.manager.binder("198.51.100.1") is not None
     env.clock.advance(599)
     env.manager.extend(run.id, 1)
     env.clock.advance(599)

@@ -527,6 +527,8 @@ class RunManager:
         return run, run.step(n)
 
     def _valid_addresses(self, client_ips: Sequence[str]) -> list[str]:
+        if isinstance(client_ips, str):
+            client_ips = [client_ips]
         out: list[str] = []
         keys: set[str] = set()
         for ip in client_ips:
