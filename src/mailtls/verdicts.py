@@ -294,7 +294,8 @@ class _ProtocolJudge:
             return [e for e in conn.of_type(*types) if self._ours(e)]
         return [e for e in conn.of_type(*types) if e.get("code") == self.info.code]
 
-    def _plaintext(self, conns: list[_Conn]) -> list[Event]:
+    def _collect_cleartext(self, conns: list[_Conn]) -> list[Event]:
+        """Cleartext findings of ``conns``; returns the secret-carrying messages sent in clear."""
         found = []
         for conn in conns:
             clear = [e for e in self._logins(conn, "auth") if e.get("secret_in_clear")]
@@ -316,8 +317,10 @@ class _ProtocolJudge:
         return found
 
     def judge(self, loop_connections: int, loop_seconds: float) -> ProtocolResult:
-        failed = self._plaintext(self.bound)
-        self._plaintext(self.others)  # reported as findings of the mode those connections got
+        failed = self._collect_cleartext(self.bound)
+        self._collect_cleartext(
+            self.others
+        )  # reported as findings of the mode those connections got
         self._collect_bound_findings()
         self.mismatched = [e for c in self.others for e in self._logins(c, "auth", "username_sent")]
         self.found.add(
