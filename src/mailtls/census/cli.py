@@ -2,8 +2,8 @@
 
 Exit codes: 0 every query answered; 2 usage error; 3 no API key; 4 the key was refused (401);
 5 plan, quota or rate limit (402/403/429); 6 Shodan unreachable; 7 partial census (some queries
-failed after retries; the counts obtained are kept, saved and shown). A census stopped by 4, 5 or
-6 still saves and shows what it got.
+failed after retries; the counts obtained are kept, saved and shown); 130 interrupted (Ctrl-C).
+A census stopped by 4, 5, 6 or Ctrl-C still saves and shows what it got.
 
 Status messages go to stderr; stdout carries only the table, JSON or CSV.
 Must not import: anything outside ``mailtls.census`` except ``cli``, ``settings``, ``termsafe``.
@@ -34,6 +34,7 @@ EXIT_INVALID_KEY = 4
 EXIT_LIMIT = 5
 EXIT_UNREACHABLE = 6
 EXIT_PARTIAL = 7
+EXIT_INTERRUPTED = 130
 
 _STOP_EXIT = {
     Failure.INVALID_KEY: EXIT_INVALID_KEY,
@@ -76,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
         epilog=(
             "exit codes: 0 complete, 2 usage, 3 no key, 4 key refused, 5 plan/quota/rate limit, "
-            "6 unreachable, 7 partial"
+            "6 unreachable, 7 partial, 130 interrupted"
         ),
     )
     p.add_argument("--profile", choices=sorted(PROFILES), help=f"default: {DEFAULT_PROFILE}")
@@ -270,6 +271,9 @@ def _report(args: argparse.Namespace, run: CensusRun) -> int:
 
 
 def _exit_code(run: CensusRun) -> int:
+    if run.stopped is Failure.INTERRUPTED:
+        _err(f"interrupted: {run.answered} of {len(run.results)} queries answered (kept)")
+        return EXIT_INTERRUPTED
     if run.stopped is not None and run.stopped in _STOP_EXIT:
         first = next((r for r in run.failed if r.failure is run.stopped), None)
         detail = f" ({first.message})" if first is not None and first.message else ""

@@ -38,6 +38,7 @@ class Failure(enum.StrEnum):
     REJECTED = "rejected"  # other 4xx, e.g. a query Shodan does not accept
     BAD_RESPONSE = "bad_response"  # not the expected JSON, or too large
     SKIPPED = "skipped"  # not sent because the census stopped
+    INTERRUPTED = "interrupted"  # the user pressed Ctrl-C: the census stopped
 
     @property
     def fatal(self) -> bool:

@@ -2,8 +2,8 @@
 
 A failure of one query (timeout or server error after retries, a rejected query) is recorded
 and the census goes on; a *fatal* failure (invalid key, plan or quota limit, network unreachable)
-or several failures in a row stop it, and the queries not sent are recorded as skipped. The
-counts already obtained are always kept.
+or several failures in a row stop it, and so does Ctrl-C; the queries not sent are recorded as
+skipped. The counts already obtained are always kept.
 
 Must not import: rich, matplotlib, ``requests``/``shodan`` (the counter is passed in).
 """
@@ -63,6 +63,10 @@ def run_census(
         except CensusApiError as exc:
             results[query] = QueryResult(query, None, exc.failure, exc.message)
             failure = exc.failure
+        except KeyboardInterrupt:  # keep what was counted; the CLI reports and exits 130
+            results[query] = QueryResult(query, None, Failure.INTERRUPTED, "interrupted")
+            stopped = Failure.INTERRUPTED
+            continue
         in_a_row += 1
         if failure.fatal or in_a_row >= max_failures_in_a_row:
             stopped = failure
