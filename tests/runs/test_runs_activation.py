@@ -213,7 +213,7 @@ def test_on_record_never_blocks_on_the_managers_lock(env: Env) -> None:
 
     def web() -> None:
         try:
-            for _ in range(150):
+            for _ in range(100):
                 env.manager.extend(run.id, 1)
                 env.manager.view(run.id, "")
         except BaseException as exc:
@@ -221,7 +221,7 @@ def test_on_record_never_blocks_on_the_managers_lock(env: Env) -> None:
 
     def mail() -> None:
         try:
-            for _ in range(150):
+            for _ in range(100):
                 c = env.shell.connect(BROWSER)
                 c.starttls()
                 c.login(name(env, run.code))

