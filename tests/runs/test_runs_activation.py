@@ -110,7 +110,10 @@ def test_login_address_is_bound_to_the_current_step(env: Env) -> None:
     assert [(r["step"], r["address"], r["event"]) for r in records] == [(1, PHONE, auth["id"])]
     # the login itself was on an unbound connection: a mismatch, never PASS
     mismatch = env.store.query(run=run.id, types=["binding_mismatch"])
-    assert [(r["step"], r["event"], r["conn"]) for r in mismatch] == [(1, auth["id"], phone.conn)]
+    assert [(r["step"], r["event"], r["event_conn"]) for r in mismatch] == [
+        (1, auth["id"], phone.conn)
+    ]
+    assert env.store.query(conns=[phone.conn], types=["binding_mismatch"]) == []
     bound_conn = env.shell.connect(PHONE)
     assert bound_conn.binding is not None and bound_conn.binding.source == "login_address"
     bound_conn.starttls()  # (t1 strips STARTTLS; a blind one is enough for this check)

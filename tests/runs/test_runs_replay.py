@@ -156,3 +156,15 @@ def test_unusable_run_records_are_skipped(env: Env) -> None:
     env.restart()
     assert env.manager.get(run.id).step(1).state == "active"
     assert env.manager.binder(BROWSER) is not None
+
+
+def test_run_records_hold_addresses_only_under_the_address_keys(env: Env) -> None:
+    """The web app hides ``address``/``addresses`` of run records; nothing else may hold one."""
+    history(env)
+    from mailtls.runs.manager import RUN_RECORD_TYPES
+
+    for record in env.store.query(types=RUN_RECORD_TYPES):
+        rest = {k: v for k, v in record.items() if k not in ("address", "addresses")}
+        for address in (BROWSER, BROWSER_V6, PHONE, SHARED, "192.0.2.99"):
+            assert address not in repr(rest), record
+        assert "conn" not in record  # run records are not a connection's events

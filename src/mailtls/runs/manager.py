@@ -267,7 +267,6 @@ class RunManager:
                     "at": now,
                     "expires": now + self._settings.binding.ttl_seconds,
                     "addresses": addresses,
-                    "login_addresses": list(run.login_addresses),
                 }
             )
             self._record_collisions(run, step, collisions, now)
@@ -618,7 +617,7 @@ class RunManager:
                 "step": step.n,
                 "at": now,
                 "event": event_id,
-                "conn": conn,
+                "event_conn": conn,  # not "conn": this is a run record, not a connection's
             }
         )
 
@@ -749,8 +748,8 @@ class RunManager:
         step.state = StepState.ACTIVE
         step.started = step.started if step.started is not None else at
         step.expires = float(record["expires"])
-        logins = [a for a in record.get("login_addresses", ()) if isinstance(a, str)]
-        collisions = self._bind(run, step, logins, SOURCE_LOGIN, at, step.expires)
+        # the run's login addresses as known at this point of the journal (live and on replay)
+        collisions = self._bind(run, step, run.login_addresses, SOURCE_LOGIN, at, step.expires)
         collisions += self._bind(run, step, record["addresses"], SOURCE_ADDRESS, at, step.expires)
         self._table.set_expiry(run.id, step.n, step.expires, only_earlier=False)
         return collisions
@@ -801,7 +800,7 @@ class RunManager:
     def _apply_mismatch(
         self, run: Run, step: Step, record: Mapping[str, Any], at: float
     ) -> list[tuple[AddressBinding, str]]:
-        step.mismatches.append((int(record["event"]), record["conn"]))
+        step.mismatches.append((int(record["event"]), record["event_conn"]))
         return []
 
     _STEP_APPLY: Mapping[
