@@ -85,9 +85,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--top", type=int, default=10, help="values per facet (default 10)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--plot", type=Path, metavar="FILE", help="write a chart (.png or .svg)")
-    p.add_argument("--data-dir", type=Path, help="runs go to DIR/census/ (default ./var)")
-    p.add_argument("--key-file", type=Path, help=f"file holding the API key (else ${ENV_KEY})")
-    p.add_argument("--api-url", help="API base URL (default $SHODAN_API_URL or Shodan's)")
+    p.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="runs go to DIR/census/ (default ./var)"
+    )
+    p.add_argument("--key-file", type=Path, metavar="FILE", help=f"API key file (else ${ENV_KEY})")
+    p.add_argument(
+        "--api-url", metavar="URL", help="API base URL (default $SHODAN_API_URL or Shodan's)"
+    )
     p.add_argument("--rate", type=float, default=1.0, help="requests per second (default 1)")
     p.add_argument("--retries", type=int, default=3, help="retries on timeouts/5xx (default 3)")
     p.add_argument("--backoff", type=float, default=2.0, help="first retry delay, doubling")
@@ -108,7 +112,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     h.add_argument("--last", type=int, help="only the last N runs (default 10)")
     h.add_argument("--format", choices=("table", "json", "csv"))
     h.add_argument("--plot", type=Path, metavar="FILE", help="write a chart (.png or .svg)")
-    h.add_argument("--data-dir", type=Path)
+    h.add_argument("--data-dir", type=Path, metavar="DIR", help="default ./var")
     h.set_defaults(func=history_command)
 
 

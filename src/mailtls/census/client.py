@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import requests
 import shodan
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from mailtls.census.model import Count, Failure, MalformedResponse, parse_count
@@ -139,9 +140,8 @@ class _BoundedAdapter(HTTPAdapter):
         obs.retry_after = _retry_after(resp.headers.get("Retry-After"))
         try:
             body = resp.raw.read(self._max_bytes + 1, decode_content=True)
-        except Exception as exc:
-            resp.close()
-            timed_out = "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError)
             obs.failure = Failure.TIMEOUT if timed_out else Failure.UNREACHABLE
             obs.detail = "the response was cut off"
             raise requests.ConnectionError("reading the response failed") from None
