@@ -183,15 +183,15 @@ def render_text(findings: Sequence[Finding], console: Console, title: str) -> No
                 where = f.file + (f":{f.line}" if f.line else "")
             elif f.port:
                 where = f"port {f.port}"
-            what = f.reason
+            # escape each piece on its own: a newline we add must stay a line break
+            parts = [escape_markup(f.reason)]
             if f.setting:
-                what = f"{f.setting} = {f.effective_value or ''}\n{f.reason}"
-            if f.evidence:
-                what += "\n" + "\n".join(f"  > {e}" for e in f.evidence)
+                parts.insert(0, escape_markup(f"{f.setting} = {f.effective_value or ''}"))
+            parts += [escape_markup(f"  > {e}") for e in f.evidence]
             sev = str(f.severity)
             table.add_row(
                 f"[{_COLOUR[f.severity]}]{sev}[/]",
-                escape_markup(what),
+                "\n".join(parts),
                 escape_markup(where),
                 escape_markup(f.fix),
             )
