@@ -110,8 +110,8 @@ def step_instructions(scenario: str, testcase: str, protocol: str | None) -> lis
     out: list[str] = []
     if scenario == "immediate":
         out.append(
-            "Add the test account to your mail client now, using the settings above (let the "
-            "client detect them automatically if it offers to)."
+            "Add the test account to your mail app now (open 'Account settings' below; if your "
+            "app offers to detect the settings automatically, let it)."
         )
         out.append(f"Then {fetch} and send a test message to any address.")
     else:
