@@ -303,6 +303,9 @@ async def test_mutt_opens_inbox_and_sent_over_starttls(baseline: Server) -> None
     try:
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
         os.close(controller)
     journal = baseline.journal
     lines = [r["line"] for r in journal.of("command")]

@@ -28,7 +28,6 @@ MAX_DEPTH = 16  # nesting of parenthesised lists
 _LITERAL_SPEC = re.compile(rb"\{(\d{1,19})(\+?)\}\Z")
 # ATOM-CHAR excludes "(" ")" "{" SP CTL "%" "*" quoted-specials and "]"; tags also exclude "+".
 _TAG = re.compile(r"[!#$&',\-./0-9:;<=>?@A-Z\[\]^_`a-z|}~]{1,64}\Z")
-_ATOM_STOP = frozenset(b' ()"{')
 
 
 # --- tokens ------------------------------------------------------------------------------------
@@ -285,91 +284,84 @@ class _Syntax(Exception):
     """Internal: a syntax error at the scanner's position (never escapes ``parse_command``)."""
 
 
+_SPACES = re.compile(rb" *")
+# an atom: no CTL, SP, "(", ")", '"', "{"; a "[" opens a section that may hold spaces and lists
+_ATOM = re.compile(rb'(?:[^\x00-\x20\x7f()"{\[]|\[[^\]\x00-\x1f\x7f]*\])+')
+_QUOTED = re.compile(rb'"((?:[^"\\\x00\r\n]|\\["\\])*)"')
+_UNESCAPE = re.compile(rb"\\([\"\\])")
+
+
 class _Scanner:
-    __slots__ = ("_li", "_lines", "_literals", "_pos")
+    """Tokens of one assembled command; regular expressions do the byte-level work."""
+
+    __slots__ = ("_li", "_line", "_lines", "_literals", "_pos")
 
     def __init__(self, raw: RawCommand) -> None:
         self._lines = raw.lines
         self._literals = raw.literals
         self._li = 0
+        self._line = raw.lines[0]
         self._pos = 0
-
-    @property
-    def _line(self) -> bytes:
-        return self._lines[self._li]
-
-    def peek(self) -> int | None:
-        line = self._line
-        return line[self._pos] if self._pos < len(line) else None
-
-    def at_end(self) -> bool:
-        return self.peek() is None
-
-    def skip_spaces(self) -> bool:
-        start = self._pos
-        line = self._line
-        while self._pos < len(line) and line[self._pos] == 0x20:
-            self._pos += 1
-        return self._pos > start
 
     def tokens(self, depth: int = 0, closing: bool = False) -> tuple[Token, ...]:
         items: list[Token] = []
         while True:
-            self.skip_spaces()
-            ch = self.peek()
-            if ch is None:
+            pos = _SPACES.match(self._line, self._pos).end()  # type: ignore[union-attr]
+            self._pos = pos
+            if pos >= len(self._line):
                 if closing:
                     raise _Syntax("unbalanced parentheses")
                 return tuple(items)
+            ch = self._line[pos]
             if ch == 0x29:  # ")"
                 if not closing:
                     raise _Syntax("unbalanced parentheses")
-                self._pos += 1
+                self._pos = pos + 1
                 return tuple(items)
-            items.append(self.token(depth))
-            nxt = self.peek()
-            if nxt is not None and nxt not in (0x20, 0x29):
+            if ch == 0x28:  # "("
+                if depth >= MAX_DEPTH:
+                    raise _Syntax("lists nested too deeply")
+                self._pos = pos + 1
+                items.append(Group(self.tokens(depth + 1, closing=True)))
+            elif ch == 0x22:  # '"'
+                items.append(self.quoted())
+            elif ch == 0x7B:  # "{"
+                items.append(self.literal())
+            else:
+                items.append(self.atom())
+            if self._pos < len(self._line) and self._line[self._pos] not in (0x20, 0x29):
                 raise _Syntax("missing space between arguments")
 
-    def token(self, depth: int) -> Token:
-        ch = self.peek()
-        if ch == 0x28:  # "("
-            if depth >= MAX_DEPTH:
-                raise _Syntax("lists nested too deeply")
-            self._pos += 1
-            return Group(self.tokens(depth + 1, closing=True))
-        if ch == 0x22:  # '"'
-            return self.quoted()
-        if ch == 0x7B:  # "{"
-            return self.literal()
-        return self.atom()
-
     def quoted(self) -> String:
-        line = self._line
-        out = bytearray()
-        pos = self._pos + 1
+        match = _QUOTED.match(self._line, self._pos)
+        if match is None:
+            raise _Syntax(self._quoted_error())
+        self._pos = match.end()
+        value = match[1]
+        return String(_UNESCAPE.sub(rb"\1", value) if b"\\" in value else value)
+
+    def _quoted_error(self) -> str:
+        line, pos = self._line, self._pos + 1
         while pos < len(line):
             ch = line[pos]
             if ch == 0x22:
-                self._pos = pos + 1
-                return String(bytes(out))
-            if ch == 0x5C:  # backslash: only \\ and \" are quoted-specials
+                break
+            if ch == 0x5C:
                 if pos + 1 >= len(line) or line[pos + 1] not in (0x22, 0x5C):
-                    raise _Syntax("bad escape in quoted string")
+                    return "bad escape in quoted string"
                 pos += 1
-                ch = line[pos]
             elif ch in (0x00, 0x0D, 0x0A):
-                raise _Syntax("control character in quoted string")
-            out.append(ch)
+                return "control character in quoted string"
             pos += 1
-        raise _Syntax("unterminated quoted string")
+        return "unterminated quoted string"
 
     def literal(self) -> String:
-        match = _LITERAL_SPEC.search(self._line, self._pos)
-        if match is None or match.start() != self._pos or self._li >= len(self._literals):
+        match = _LITERAL_SPEC.match(self._line, self._pos)
+        if match is None or self._li >= len(self._literals):
             raise _Syntax("bad literal")
         lit = self._literals[self._li]
         self._li += 1
+        self._line = self._lines[self._li]
         self._pos = 0
         if lit.data is None:
             return String(b"", literal=True, size=lit.size, discarded=True)
@@ -378,26 +370,18 @@ class _Scanner:
         return String(lit.data, literal=True, size=lit.size)
 
     def atom(self) -> Atom:
-        line = self._line
-        start = pos = self._pos
-        depth = 0
-        while pos < len(line):
-            ch = line[pos]
+        match = _ATOM.match(self._line, self._pos)
+        end = match.end() if match is not None else self._pos
+        if end < len(self._line):
+            ch = self._line[end]
+            if ch == 0x5B:
+                raise _Syntax("unbalanced brackets")
             if ch < 0x20 or ch == 0x7F:
                 raise _Syntax("control character")
-            if depth == 0 and ch in _ATOM_STOP:
-                break
-            if ch == 0x5B:  # "[" opens a section (BODY[HEADER.FIELDS (FROM)]): spaces allowed
-                depth += 1
-            elif ch == 0x5D and depth:
-                depth -= 1
-            pos += 1
-        if depth:
-            raise _Syntax("unbalanced brackets")
-        if pos == start:
+        if match is None:
             raise _Syntax("unexpected character")
-        self._pos = pos
-        return Atom(line[start:pos].decode("utf-8", "replace"))
+        self._pos = end
+        return Atom(match[0].decode("utf-8", "replace"))
 
 
 def parse_command(raw: RawCommand) -> Command | BadCommand:
