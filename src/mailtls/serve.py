@@ -9,6 +9,7 @@ synced); SIGHUP reloads the TLS certificate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -95,7 +96,8 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         server_header=False,
     )
     web = uvicorn.Server(config)
-    web.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # this process owns SIGINT/SIGTERM/SIGHUP (below); uvicorn must not capture them
+    web.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

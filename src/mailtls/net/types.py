@@ -15,7 +15,7 @@ CoreFactory = Callable[[SessionContext], Core]
 Binder = Callable[[str, tuple[str, int]], Binding | None]
 """``binder(client_ip, (local_ip, local_port))``: the run step a new connection belongs to."""
 
-Sink = Callable[[dict[str, Any]], None]
+Sink = Callable[[dict[str, Any]], object]
 """Takes one event record (the store journals it synchronously and assigns its ``id``)."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Body, HTTPException, Request, Response
@@ -74,7 +74,17 @@ class Manager(Protocol):
 
 
 class EventSource(Protocol):
-    def query(self, **kwargs: Any) -> list[dict[str, Any]]: ...
+    def query(
+        self,
+        *,
+        run: str | None = None,
+        step: int | None = None,
+        conns: Iterable[str] | None = None,
+        code: str | None = None,
+        types: Iterable[str] | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]: ...
     def subscribe(self, fn: Any) -> Any: ...
 
 
