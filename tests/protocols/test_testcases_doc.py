@@ -28,6 +28,7 @@ import pytest
 from mailtls.net.listeners import MailServer
 from mailtls.net.pki import ensure_certificates
 from mailtls.net.types import ListenerSpec
+from mailtls.observations import AuthAttempted
 from mailtls.protocols.base import (
     AuthDecision,
     ClientHelloReceived,
@@ -40,6 +41,7 @@ from mailtls.protocols.base import (
     Kicked,
     PortRole,
     ReadClientHello,
+    Record,
     Send,
     SendRaw,
     SessionContext,
@@ -253,6 +255,60 @@ def test_timing_table_matches_the_settings_defaults() -> None:
 def test_default_block_style_is_the_documented_one() -> None:
     documented = re.search(r"`(\w+)` \(default", doc())
     assert documented and documented[1] == Settings().tls.blocked_style.value
+
+
+# --- prose claims about the disrupted state ------------------------------------------------------
+
+PLAIN = "AHRlc3QtYWJjMTIzAHNlY3JldA=="
+STARTTLS_LINE = {"smtp": "STARTTLS", "imap": "a1 STARTTLS", "pop3": "STLS"}
+LOGIN_LINES = {
+    "smtp": f"AUTH PLAIN {PLAIN}\r\n",
+    "imap": "a3 LOGIN test-abc123 secret\r\n",
+    "pop3": "USER test-abc123\r\nPASS secret\r\n",
+}
+IMAP_T4_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="imap.py keeps tls=True for plaintext after the t4 raw line (the shell has abandoned "
+    "TLS by then); remove this marker when the IMAP core is fixed",
+)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "testcase"),
+    [
+        *[(p, tc) for p in ("smtp", "pop3") for tc in ("t2", "t4")],
+        ("imap", "t2"),
+        pytest.param("imap", "t4", marks=IMAP_T4_BUG),
+    ],
+)
+def test_plaintext_login_in_the_disrupted_state_is_in_the_clear(
+    protocol: str, testcase: str
+) -> None:
+    """The page says: a plaintext AUTH/LOGIN/PASS in the disrupted state is recorded as a login
+    whose secret was sent in the clear (after t4 the shell reads raw TCP, TLS is abandoned)."""
+    r = Replay(Transcript(protocol, testcase, False, (), 0))
+
+    def feed(event: Event) -> None:
+        r.out.clear()
+        r.feed(event)
+
+    feed(Connected())
+    if protocol == "smtp":
+        feed(DataReceived(b"EHLO client.example\r\n"))
+    feed(DataReceived(STARTTLS_LINE[protocol].encode() + b"\r\n"))
+    if testcase == "t2":
+        feed(ClientHelloReceived(517, True))
+    else:
+        feed(TlsEstablished(TLS))
+        feed(DataReceived(b"a2 NOOP\r\n" if protocol == "imap" else b"NOOP\r\n"))
+    feed(DataReceived(LOGIN_LINES[protocol].encode()))
+    assert not r.out, "the disrupted state answered"
+    attempts = [
+        c.observation
+        for c in r.seen
+        if isinstance(c, Record) and isinstance(c.observation, AuthAttempted)
+    ]
+    assert [(a.secret_in_clear, a.outcome) for a in attempts] == [(True, "disrupted")]
 
 
 # --- implicit-TLS ports, through the real I/O shell --------------------------------------------
