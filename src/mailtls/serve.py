@@ -82,7 +82,12 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         core_factories={"smtp": SmtpCore, "imap": ImapCore, "pop3": Pop3Core},
     )
     manager.set_kicker(server.kick_run)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        store.close()
+        print(f"mailtls: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
     app = create_app(settings, manager, store, mail_server=server)
     config = uvicorn.Config(
