@@ -40,7 +40,8 @@ class Reply:
     status: int = 200
     body: bytes | None = None  # None: the computed count
     headers: tuple[tuple[str, str], ...] = ()
-    delay: float = 0.0
+    delay: float = 0.0  # before the answer
+    drip: float = 0.0  # between 16-byte pieces of the body (a slow-drip server)
 
 
 def _tokens(text: str) -> list[str]:
@@ -96,7 +97,7 @@ class FakeShodan:
     requests: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
 
-    def reply_for(self, path: str, params: dict[str, str]) -> tuple[int, bytes, list[Any], float]:
+    def reply_for(self, path: str, params: dict[str, str]) -> tuple[int, bytes, list[Any], Reply]:
         self.requests.append({"path": path, **params})
         reply = (
             (self.script.popleft() if self.script else None)
@@ -105,12 +106,12 @@ class FakeShodan:
             or Reply()
         )
         if path != "/shodan/host/count":
-            return 404, b'{"error": "No information available"}', [], 0.0
+            return 404, b'{"error": "No information available"}', [], Reply()
         body = reply.body
         if body is None:
             doc = count_response(self.corpus, params.get("query", ""), params.get("facets", ""))
             body = json.dumps(doc).encode()
-        return reply.status, body, list(reply.headers), reply.delay
+        return reply.status, body, list(reply.headers), reply
 
     @property
     def queries(self) -> list[str]:
@@ -123,9 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         params = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        status, body, headers, delay = self.server.fake.reply_for(parts.path, params)
-        if delay:
-            time.sleep(delay)
+        status, body, headers, reply = self.server.fake.reply_for(parts.path, params)
+        if reply.delay:
+            time.sleep(reply.delay)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -133,7 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in headers:
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if not reply.drip:
+                self.wfile.write(body)
+            for i in range(0, len(body), 16) if reply.drip else ():
+                self.wfile.write(body[i : i + 16])
+                self.wfile.flush()
+                time.sleep(reply.drip)
         except OSError:
             pass  # the client gave up (timeout tests)
 

@@ -134,6 +134,16 @@ def test_timeout_is_retried_then_reported(fake: FakeShodan) -> None:
     assert len(fake.requests) == 3
 
 
+def test_slow_drip_body_hits_the_whole_body_deadline(fake: FakeShodan) -> None:
+    body = json.dumps({"total": 1, "pad": "x" * 300}).encode()  # about 20 pieces, 0.1 s apart
+    fake.always = Reply(200, body, drip=0.1)
+    retry = RetryPolicy(attempts=0)
+    slow = counter(fake.url, retry=retry, timeout=(1.0, 0.3))
+    with slow as c, pytest.raises(CensusApiError) as err:
+        c.count("port:25")
+    assert err.value.failure is Failure.TIMEOUT
+
+
 def test_unreachable_is_not_retried() -> None:
     sleeps = Sleeps()
     with counter(closed_port_url(), sleeps) as c, pytest.raises(CensusApiError) as err:

@@ -139,7 +139,7 @@ class _BoundedAdapter(HTTPAdapter):
         obs.status = resp.status_code
         obs.retry_after = _retry_after(resp.headers.get("Retry-After"))
         try:
-            body = resp.raw.read(self._max_bytes + 1, decode_content=True)
+            body = self._read_body(resp)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError)
             obs.failure = Failure.TIMEOUT if timed_out else Failure.UNREACHABLE
@@ -156,6 +156,21 @@ class _BoundedAdapter(HTTPAdapter):
         if resp.status_code != 200:
             obs.server_message = _error_field(body)
         return resp
+
+    def _read_body(self, resp: requests.Response) -> bytes:
+        """At most ``max_bytes + 1`` bytes, within a whole-body deadline (not just per read)."""
+        deadline = time.monotonic() + 2 * self._timeout[1]
+        chunks: list[bytes] = []
+        size = 0
+        while size <= self._max_bytes:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the response took too long")
+            chunk = resp.raw.read(min(65536, self._max_bytes + 1 - size), decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
 
 
 def _describe_connection_error(exc: BaseException) -> str:
