@@ -754,6 +754,25 @@ def test_append_over_the_message_limit_is_refused_before_the_body() -> None:
     assert sent(commands) == b"a2 NO [TOOBIG] Message too large\r\n"
 
 
+def test_append_before_login_gets_no_continuation_for_a_big_body() -> None:
+    s = Session()
+    s.connect()
+    commands = s.data(f"a1 APPEND INBOX {{{LIMITS.literal_bytes + 1}}}\r\n".encode())
+    assert sent(commands) == b"a1 BAD Please log in first\r\n"
+    small = s.data(b"a2 APPEND INBOX {3+}\r\nabc\r\n")
+    assert sent(small) == b"a2 BAD Please log in first\r\n"
+    assert records(small, obs.MessageReceived) == []
+
+
+def test_a_command_cut_short_while_waiting_for_a_literal_is_recorded() -> None:
+    s = Session()
+    s.connect()
+    assert sent(s.data(b"a1 LOGIN {11}\r\n")) == b"+ Ready for literal\r\n"
+    timeout = s.event(Timeout())
+    assert lines(timeout) == ["a1 LOGIN <redacted, 4 bytes>"]
+    assert sent(timeout) == b"* BYE Autologout; idle for too long\r\n"
+
+
 def test_append_to_a_missing_mailbox_asks_to_create_it() -> None:
     s = Session()
     s.login()

@@ -364,6 +364,7 @@ class ImapCore:
             case Timeout():
                 self._on_timeout(turn)
             case Closed():
+                self._record_partial(turn)
                 self._end_flow(turn)
                 self._close(turn)
             case Kicked(reason=reason):
@@ -400,17 +401,26 @@ class ImapCore:
         self._enter_disrupted(turn)
 
     def _on_timeout(self, turn: _Turn) -> None:
+        self._record_partial(turn)
         if self._mode in _READING and not self._quiet_since_refusal:
             self._end_flow(turn)
             turn.send(BYE_TIMEOUT)
         self._close(turn)
 
     def _on_kicked(self, reason: str, turn: _Turn) -> None:
+        self._record_partial(turn)
         self._end_flow(turn)
         turn.record(SessionKicked(_clean(reason)))
         if self._mode in _READING:
             turn.send(f"* BYE {_clean(reason) or 'Server shutting down'}")
         self._close(turn)
+
+    def _record_partial(self, turn: _Turn) -> None:
+        """A command cut short while it waited for a literal still appears in the transcript."""
+        if self._mode is Mode.COMMAND and self._reader.busy:
+            text = _redact_partial(self._reader.partial())
+            turn.record(CommandReceived(truncate(text), self._is_tls))
+            self._reader.abort()
 
     def _close(self, turn: _Turn) -> None:
         if self._mode is Mode.DISRUPTED and self._sniffer is not None:
@@ -491,6 +501,8 @@ class ImapCore:
             turn.record(ProtocolError("literal_too_big", BYE_LITERAL))
             turn.send(BYE_LITERAL)
             self._close(turn)
+        elif item.verb in COMMANDS and self._state not in COMMANDS[item.verb][1]:
+            self._bad(turn, item.tag, "bad_state", "Please log in first")
         elif item.verb == "APPEND" and item.synchronizing:
             turn.send(f"{item.tag or '*'} NO [TOOBIG] Message too large")
         else:
@@ -540,7 +552,7 @@ class ImapCore:
             shown = f"{tag} AUTHENTICATE"
             if rest:
                 shown += " " + mechanism_label(decode(rest[0]).upper())
-            initial = sum(len(w) for w in rest[1:]) + sum(lit.size for lit in raw.literals)
+            initial = sum(lit.size for lit in raw.literals) or sum(len(w) for w in rest[1:])
             return shown + (" " + redacted_line(initial) if len(rest) > 1 else "")
         if b"LOGIN" in first:
             size = sum(len(line) for line in raw.lines) + sum(lit.size for lit in raw.literals)
@@ -686,6 +698,7 @@ class ImapCore:
     def _auth_result(self, turn: _Turn, tag: str, ok: bool) -> None:
         if ok:
             self._state = State.AUTHENTICATED
+            self._reader.allow_messages = True
             turn.send(f"{tag} OK [CAPABILITY {self._capabilities(turn)}] {LOGGED_IN}")
             return
         self._auth_failures += 1

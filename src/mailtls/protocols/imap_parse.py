@@ -149,7 +149,7 @@ class CommandReader:
     """Assemble IMAP commands (lines + literals) from a ``LineBuffer`` owned by the core."""
 
     __slots__ = (
-        "_discarding",
+        "allow_messages",
         "_keep",
         "_kept",
         "_lines",
@@ -163,6 +163,7 @@ class CommandReader:
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
+        self.allow_messages = False  # APPEND bodies beyond literal_bytes: only once logged in
         self._reset()
 
     def _reset(self) -> None:
@@ -174,7 +175,6 @@ class CommandReader:
         self._keep = True
         self._kept = 0
         self._skipping = False  # a refused non-synchronizing literal: swallow the command
-        self._discarding = False
 
     @property
     def busy(self) -> bool:
@@ -242,7 +242,9 @@ class CommandReader:
             return None
         budget = self._limits.literal_bytes - self._kept
         fits_kept = size <= budget
-        fits_counted = verb == "APPEND" and size <= self._limits.message_bytes
+        fits_counted = (
+            self.allow_messages and verb == "APPEND" and size <= self._limits.message_bytes
+        )
         if len(self._literals) >= MAX_SEGMENTS or not (fits_kept or fits_counted):
             partial = self.partial()
             fatal = not synchronizing and size > self._limits.message_bytes
