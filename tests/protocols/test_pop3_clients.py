@@ -307,3 +307,62 @@ async def test_fetchmail_sends_a_blind_stls_under_t1_and_gives_up(tmp_path: Path
         assert lab_.of("starttls_requested")[0]["advertised"] is False
         assert lab_.of("starttls_refused")[0]["reason"] == "not_advertised"
         assert not lab_.of("auth")
+
+
+def getmail_rc(tmp_path: Path, lab_: Lab) -> Path:
+    rc = tmp_path / "getmailrc"
+    rc.write_text(
+        "[retriever]\n"
+        "type = SimplePOP3SSLRetriever\n"
+        f"server = 127.0.0.1\nport = {lab_.tls_port}\n"
+        f"username = {ACCOUNT}\npassword = {PASSWORD}\n"
+        f"ca_certs = {lab_.ca}\ntimeout = 5\n"
+        "[destination]\ntype = MDA_external\npath = /bin/true\n"
+        "[options]\nread_all = false\ndelete = false\nverbose = 2\n"
+    )
+    rc.chmod(0o600)
+    return rc
+
+
+async def run_getmail(tmp_path: Path, rc: Path) -> tuple[int, str]:
+    getmail = require_tool("getmail")
+    home = tmp_path / "getmail"
+    home.mkdir(exist_ok=True)
+    env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = await asyncio.create_subprocess_exec(
+        getmail, "--rcfile", str(rc), "--getmaildir", str(home),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.system
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("testcase", ["baseline", "t1", "t4"])
+async def test_getmail_on_the_implicit_tls_port(tmp_path: Path, testcase: str) -> None:
+    """getmail6 speaks POP3 over implicit TLS only: baseline logs in inside TLS; t1 (port
+    blocked) and t4 (cleartext line inside TLS) stop it before any credential is sent."""
+    async with lab(tmp_path, testcase) as lab_:
+        code, output = await run_getmail(tmp_path, getmail_rc(tmp_path, lab_))
+        await lab_.settle("connection_closed")
+        if testcase == "baseline":
+            assert code == 0, output
+            (auth,) = lab_.of("auth")
+            assert (auth["tls"], auth["outcome"]) == (True, "success")
+        else:
+            assert code != 0, output
+            assert not lab_.of("auth")
+        if testcase == "t1":
+            assert lab_.of("implicit_tls_blocked")[0]["style"] == "silence"
+        if testcase == "t4":
+            assert lab_.of("starttls_disrupted")[0]["stage"] == "session"
+        assert_no_secret(lab_.records)
