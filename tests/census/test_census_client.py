@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -223,6 +224,14 @@ def test_api_url_check(url: str, ok: bool) -> None:
     else:
         with pytest.raises(ValueError):
             check_api_url(url)
+
+
+def test_log_filter_lives_as_long_as_the_client(fake: FakeShodan) -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    before = list(logger.filters)
+    with counter(fake.url):
+        assert len(logger.filters) == len(before) + 1
+    assert logger.filters == before
 
 
 def test_redactor_hides_key_and_key_parameters() -> None:
