@@ -439,6 +439,15 @@ def test_t4_disrupts_the_first_command_inside_tls_with_a_cleartext_line() -> Non
     assert s.event(Closed()) == [Close()]
 
 
+def test_t4_credentials_pipelined_behind_the_first_command_count_as_tls() -> None:
+    s = Session("t4")
+    s.starttls()
+    commands = s.data(f"a2 CAPABILITY\r\na3 LOGIN {USER} {CANARY}\r\n".encode())
+    assert lines(commands) == ["a2 CAPABILITY"] and raw(commands) == BREAK.encode()
+    attempt = only(commands, obs.AuthAttempted)
+    assert (attempt.tls, attempt.secret_in_clear, attempt.outcome) == (True, False, "disrupted")
+
+
 def test_t4_on_implicit_tls_greets_then_disrupts_the_first_command() -> None:
     s = Session("t4", implicit=True)
     greeting = s.connect(TLS)

@@ -635,8 +635,11 @@ class ImapCore:
     def _disrupt_session(self, turn: _Turn) -> None:
         """t4: answer the first command inside TLS with a cleartext line outside TLS."""
         self._disrupt_pending = False
-        self._buf.take_rest()
+        rest = self._buf.take_rest()
         self._reader.abort()
+        if rest:  # pipelined behind the first command, inside TLS as well
+            for observation in SecretScanner(self._ctx, self._is_tls, "disrupted").scan(rest):
+                turn.record(observation)
         line = UNTAGGED_TLS_NOT_AVAILABLE
         turn.record(StarttlsDisrupted("session", 0, True, line))
         turn.add(SendRaw((line + "\r\n").encode()))
