@@ -81,7 +81,10 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         sink=store.append,
         core_factories={"smtp": SmtpCore, "imap": ImapCore, "pop3": Pop3Core},
     )
-    manager.set_kicker(server.kick_run)
+    loop = asyncio.get_running_loop()
+    # Kicks happen after the current reply went out (activation is decided inside the store
+    # subscriber, mid-reply) and always on the loop thread (API handlers run in a thread pool).
+    manager.set_kicker(lambda run_id, why: loop.call_soon_threadsafe(server.kick_run, run_id, why))
     try:
         await server.start()
     except OSError as exc:
@@ -105,7 +108,6 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     web.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
