@@ -44,8 +44,8 @@ _STOP_EXIT = {
 _STOP_ADVICE = {
     Failure.INVALID_KEY: "Shodan refused the API key: check SHODAN_API_KEY or the --key-file.",
     Failure.LIMIT: (
-        "Shodan refused for a plan, query-credit or rate limit: facets and filters need a paid "
-        "plan; try later, lower --rate, or drop --facets."
+        "Shodan refused for a plan, query-credit or rate limit: filters and facets may need a "
+        "paid plan; try later, lower --rate, or drop --facets."
     ),
     Failure.UNREACHABLE: "Shodan could not be reached: check the network, proxy or --api-url.",
 }
