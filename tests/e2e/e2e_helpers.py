@@ -1,0 +1,366 @@
+"""End-to-end test kit: a real ``mailtls serve`` subprocess, its JSON API and reference clients.
+
+- ``serve_module(factory, name, config_extra, limits)``: start a server for a test module. It uses
+  ``conftest.start_serve``; settings of the ``[limits]`` table (which ``start_serve`` always writes
+  itself) go through ``start_serve_with_limits``, a thin wrapper that writes the whole file.
+- ``Api``: create a run, start/finish a step, read the run, its events, its SSE stream, its result
+  page and exports. Runs are created from rotating 127.0.x.y source addresses because creation is
+  rate limited per address; steps are always started from 127.0.0.1, the address the clients
+  connect from (newest binding wins, so every test starts its own step before its clients run).
+- Reference clients from the standard library (``smtplib``, ``imaplib``, ``poplib``): an
+  opportunistic one (STARTTLS only when advertised) and a strict one (always STARTTLS, stop when
+  it fails), each bounded by socket timeouts.
+
+Imports only the standard library, httpx, pytest and the shared ``conftest``; never ``mailtls``
+internals (the server is a black box here, except the store's ``rebuild`` used by one test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import itertools
+import json
+import os
+import poplib
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import PORT_NAMES, ServeInstance, free_ports, start_serve
+
+HOST = "127.0.0.1"
+CLIENT_TIMEOUT = 8.0
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+def start_serve_with_limits(
+    data_dir: Path,
+    limits: dict[str, float | int],
+    config_extra: str = "",
+    ports: dict[str, int] | None = None,
+) -> ServeInstance:
+    """Like ``conftest.start_serve`` but with more ``[limits]`` keys (the fixture writes that
+    table itself, and TOML forbids a second one)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if ports is None:
+        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    port_lines = "\n".join(f"{k} = {v}" for k, v in ports.items())
+    limit_lines = "\n".join(f"{k} = {v}" for k, v in {"auth_fail_delay": 0.05, **limits}.items())
+    config = data_dir / "mailtls.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\nfsync = false\n{config_extra}\n'
+        f"[ports]\n{port_lines}\n[limits]\n{limit_lines}\n"
+    )
+    log = data_dir / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailtls", "serve", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    inst = ServeInstance(data_dir, ports, proc, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mailtls serve exited early:\n{inst.output()}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(inst.url + "/api/openapi.json", timeout=2) as resp,
+        ):
+            if resp.status == 200:
+                return inst
+        time.sleep(0.1)
+    inst.stop(signal.SIGKILL)
+    raise RuntimeError(f"mailtls serve did not become ready:\n{inst.output()}")
+
+
+@contextlib.contextmanager
+def serving(
+    data_dir: Path, config_extra: str = "", limits: dict[str, float | int] | None = None
+) -> Iterator[ServeInstance]:
+    """A running server for the block; stopped (SIGTERM) afterwards."""
+    if limits:
+        inst = start_serve_with_limits(data_dir, limits, config_extra)
+    else:
+        inst = start_serve(data_dir, config_extra)
+    try:
+        yield inst
+    finally:
+        inst.stop()
+
+
+# --- the JSON API ---------------------------------------------------------------------------
+
+_sources = itertools.count(os.getpid() % 200)
+
+
+@dataclass
+class Run:
+    id: str
+    code: str
+    username: str
+    password: str
+    result_url: str
+    view: dict[str, Any]
+
+
+class Api:
+    """The JSON API of one server, as a lab script would use it."""
+
+    def __init__(self, inst: ServeInstance) -> None:
+        self.inst = inst
+        self.base = inst.url + "/api"
+        self.http = httpx.Client(timeout=15.0)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def create(self, *steps: tuple[str, str]) -> Run:
+        n = next(_sources)
+        source = f"127.0.{1 + (n // 250) % 250}.{1 + n % 250}"
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(transport=transport, timeout=15.0) as client:
+            resp = client.post(
+                self.base + "/runs",
+                json={"steps": [{"scenario": s, "testcase": t} for s, t in steps]},
+            )
+        assert resp.status_code == 201, resp.text
+        view = resp.json()
+        return Run(
+            id=view["id"],
+            code=view["code"],
+            username=view["account"]["username"],
+            password=view["account"]["password"],
+            result_url=view["links"]["result"],
+            view=view,
+        )
+
+    def _post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        resp = self.http.post(self.base + path, json=body)
+        assert resp.status_code == 200, resp.text
+        data: dict[str, Any] = resp.json()
+        return data
+
+    def start(self, run: Run, n: int = 1) -> dict[str, Any]:
+        """Bind 127.0.0.1 (this client's address) to step ``n``; returns the step."""
+        return step_of(self._post(f"/runs/{run.id}/steps/{n}/start"), n)
+
+    def finish(self, run: Run, n: int = 1) -> dict[str, Any]:
+        """Finish step ``n``; returns the step with its verdict."""
+        return self._post(f"/runs/{run.id}/steps/{n}/finish")
+
+    def get(self, run: Run) -> dict[str, Any]:
+        resp = self.http.get(f"{self.base}/runs/{run.id}")
+        assert resp.status_code == 200, resp.text
+        data: dict[str, Any] = resp.json()
+        return data
+
+    def step(self, run: Run, n: int = 1) -> dict[str, Any]:
+        return step_of(self.get(run), n)
+
+    def events(self, run: Run) -> list[dict[str, Any]]:
+        resp = self.http.get(f"{self.base}/runs/{run.id}/events")
+        assert resp.status_code == 200, resp.text
+        events: list[dict[str, Any]] = resp.json()["events"]
+        return events
+
+    def wait_events(
+        self, run: Run, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Poll the events until ``pred`` holds (the server writes some after the reply)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events(run)
+            if pred(events) or time.monotonic() > deadline:
+                return events
+            time.sleep(0.1)
+
+    def sse_text(self, run: Run, seconds: float = 1.5) -> str:
+        """What the live stream sends in ``seconds`` (the past events come first)."""
+        chunks: list[str] = []
+        deadline = time.monotonic() + seconds
+        timeout = httpx.Timeout(seconds + 5, read=seconds)
+        with (
+            contextlib.suppress(httpx.ReadTimeout),
+            httpx.stream(
+                "GET",
+                f"{self.base}/runs/{run.id}/events",
+                headers={"accept": "text/event-stream"},
+                timeout=timeout,
+            ) as resp,
+        ):
+            assert resp.status_code == 200
+            for chunk in resp.iter_text():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    break
+        return "".join(chunks)
+
+    def texts(self, run: Run) -> dict[str, str]:
+        """Every API and page response about the run, by name (for secret scans)."""
+        out = {
+            "run": json.dumps(self.get(run)),
+            "events": json.dumps(self.events(run)),
+            "sse": self.sse_text(run),
+        }
+        for suffix, name in (("", "result_page"), (".json", "json"), (".csv", "csv")):
+            resp = self.http.get(run.result_url + suffix)
+            assert resp.status_code == 200, (name, resp.status_code)
+            out[name] = resp.text
+        resp = self.http.get(run.result_url + ".json", params={"share": "true"})
+        out["json_share"] = resp.text
+        resp = self.http.get(f"{self.inst.url}/run/{run.id}")
+        if resp.status_code == 200:
+            out["run_page"] = resp.text
+        return out
+
+
+def step_of(view: dict[str, Any], n: int) -> dict[str, Any]:
+    step: dict[str, Any] = next(s for s in view["steps"] if s["n"] == n)
+    return step
+
+
+def verdict(step: dict[str, Any]) -> tuple[str, str | None]:
+    return step["verdict"], step["reason"]
+
+
+def tags(step: dict[str, Any]) -> set[str]:
+    return {str(f["tag"]) for f in step.get("findings") or []}
+
+
+# --- reference clients from the standard library -------------------------------------------
+
+
+def tls_context(inst: ServeInstance) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(inst.ca))
+
+
+CLIENT_ERRORS = (OSError, ssl.SSLError, smtplib.SMTPException, imaplib.IMAP4.error, poplib.error_proto)
+
+
+def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
+    """Submission client; returns what happened ("tls-login", "plain-login", "stopped: ...")."""
+    ctx = tls_context(inst)
+    try:
+        with smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=CLIENT_TIMEOUT) as s:
+            s.ehlo()
+            tls = False
+            if always_starttls or s.has_extn("starttls"):
+                try:
+                    s.starttls(context=ctx)
+                    s.ehlo()
+                    tls = True
+                except CLIENT_ERRORS as exc:
+                    return f"stopped: {exc!r}"
+            s.login(user, password)
+            return "tls-login" if tls else "plain-login"
+    except CLIENT_ERRORS as exc:
+        return f"error: {exc!r}"
+
+
+def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
+    ctx = tls_context(inst)
+    try:
+        m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=CLIENT_TIMEOUT)
+    except CLIENT_ERRORS as exc:
+        return f"error: {exc!r}"
+    try:
+        tls = False
+        if always_starttls or "STARTTLS" in m.capabilities:
+            try:
+                m.starttls(ssl_context=ctx)
+                tls = True
+            except CLIENT_ERRORS as exc:
+                return f"stopped: {exc!r}"
+        m.login(user, password)
+        with contextlib.suppress(*CLIENT_ERRORS):
+            m.logout()
+        return "tls-login" if tls else "plain-login"
+    except CLIENT_ERRORS as exc:
+        return f"error: {exc!r}"
+    finally:
+        with contextlib.suppress(OSError):
+            m.shutdown()
+
+
+def pop3_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
+    ctx = tls_context(inst)
+    try:
+        p = poplib.POP3(HOST, inst.ports["pop3"], timeout=CLIENT_TIMEOUT)
+    except CLIENT_ERRORS as exc:
+        return f"error: {exc!r}"
+    try:
+        tls = False
+        try:
+            caps = p.capa()
+        except poplib.error_proto:
+            caps = {}
+        if always_starttls or "STLS" in caps:
+            try:
+                p.stls(context=ctx)
+                tls = True
+            except CLIENT_ERRORS as exc:
+                return f"stopped: {exc!r}"
+        p.user(user)
+        p.pass_(password)
+        with contextlib.suppress(*CLIENT_ERRORS):
+            p.quit()
+        return "tls-login" if tls else "plain-login"
+    except CLIENT_ERRORS as exc:
+        return f"error: {exc!r}"
+    finally:
+        with contextlib.suppress(OSError):
+            p.close()
+
+
+CLIENTS: dict[str, Callable[[ServeInstance, str, str, bool], str]] = {
+    "smtp": smtp_client,
+    "imap": imap_client,
+    "pop3": pop3_client,
+}
+
+
+# --- raw sockets ------------------------------------------------------------------------------
+
+
+def connect(port: int, timeout: float = CLIENT_TIMEOUT, source: str = HOST) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=timeout, source_address=(source, 0))
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, limit: int = 1 << 16) -> bytes:
+    """Read until ``marker`` appears, EOF, the socket timeout, or ``limit`` bytes."""
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        while marker not in data and len(data) < limit:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def read_all(sock: socket.socket, limit: int = 1 << 16) -> bytes:
+    """Read until EOF, the socket timeout or ``limit`` bytes."""
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        while len(data) < limit:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data

@@ -1,0 +1,107 @@
+"""The standard library's clients as known references against a real ``mailtls serve``.
+
+An opportunistic script (``smtplib``/``imaplib``/``poplib`` calling STARTTLS only when it is
+advertised, then logging in) is the textbook vulnerable client: t1 strips STARTTLS and it sends
+its password in the clear -> FAIL. A strict script (always STARTTLS, stop when it fails) never
+gets FAIL; the observed verdicts are the documented secure outcome (DESIGN §8):
+INCONCLUSIVE ``aborted_after_downgrade``, with ``starttls_disrupted`` when the handshake or the
+TLS session was broken (t2, t4). Baseline -> PASS with ``tls_auth``.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ServeInstance
+from e2e_helpers import CLIENTS, HOST, Api, serving, tags, tls_context, verdict
+
+
+@pytest.fixture(scope="module")
+def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
+    with serving(tmp_path_factory.mktemp("e2e-stdlib") / "var") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(inst: ServeInstance) -> Iterator[Api]:
+    client = Api(inst)
+    yield client
+    client.close()
+
+
+PROTOCOLS = ("smtp", "imap", "pop3")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_opportunistic_client_fails_under_t1(inst: ServeInstance, api: Api, protocol: str) -> None:
+    run = api.create(("immediate", "t1"))
+    api.start(run)
+    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", False)
+    assert outcome == "plain-login"
+    step = api.finish(run)
+    assert verdict(step) == ("FAIL", "plaintext_auth")
+    assert "plaintext_auth" in tags(step)
+    assert step["protocols"][protocol]["verdict"] == "FAIL"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_opportunistic_client_passes_in_baseline(
+    inst: ServeInstance, api: Api, protocol: str
+) -> None:
+    run = api.create(("immediate", "baseline"))
+    api.start(run)
+    assert CLIENTS[protocol](inst, run.username, "canary-pw", False) == "tls-login"
+    step = api.finish(run)
+    assert verdict(step) == ("PASS", "tls_auth")
+    assert tags(step) == {"tls_auth"}
+
+
+# what the strict client observably gets in each attack (the same for all three protocols)
+STRICT_EXPECTED = {
+    "t1": ("INCONCLUSIVE", "aborted_after_downgrade", set()),
+    "t2": ("INCONCLUSIVE", "aborted_after_downgrade", {"starttls_disrupted"}),
+    "t3": ("INCONCLUSIVE", "aborted_after_downgrade", set()),
+    "t4": ("INCONCLUSIVE", "aborted_after_downgrade", {"starttls_disrupted"}),
+}
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("testcase", sorted(STRICT_EXPECTED))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_strict_client_never_fails(
+    inst: ServeInstance, api: Api, protocol: str, testcase: str
+) -> None:
+    run = api.create(("immediate", testcase))
+    api.start(run)
+    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", True)
+    # t4 lets the handshake finish: poplib's first command inside TLS is USER, which breaks
+    assert outcome.startswith("error:" if (protocol, testcase) == ("pop3", "t4") else "stopped:")
+    step = api.finish(run)
+    expected_verdict, expected_reason, expected_tags = STRICT_EXPECTED[testcase]
+    assert verdict(step) == (expected_verdict, expected_reason)
+    assert tags(step) == expected_tags
+    assert step["protocols"][protocol]["verdict"] == "INCONCLUSIVE"
+
+
+@pytest.mark.timeout(30)
+def test_client_that_goes_on_after_a_refused_starttls_fails_under_t3(
+    inst: ServeInstance, api: Api
+) -> None:
+    """t3 refuses STARTTLS (454) and the session continues; a client that shrugs and logs in
+    anyway (what "opportunistic" means in many MTAs) leaks its password."""
+    run = api.create(("immediate", "t3"))
+    api.start(run)
+    with smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=8) as s:
+        s.ehlo()
+        assert s.has_extn("starttls")
+        with pytest.raises(smtplib.SMTPResponseException) as refused:
+            s.starttls(context=tls_context(inst))
+        assert refused.value.smtp_code == 454
+        s.login(run.username, "canary-pw")
+    step = api.finish(run)
+    assert verdict(step) == ("FAIL", "plaintext_auth")
