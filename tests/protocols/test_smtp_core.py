@@ -846,9 +846,11 @@ def test_mx_accepts_only_its_own_domain() -> None:
     assert reply == R.S550_RELAY_DENIED and reply.startswith(b"550 5.7.1")
     assert s.line("DATA") == R.S554_NO_VALID_RCPTS
     assert s.line("RCPT TO:<Test-ABC123@MailTLS.test>") == R.S250_RCPT_OK
+    assert s.line("RCPT TO:<Postmaster>") == R.S250_RCPT_OK
+    assert s.line("RCPT TO:<someone@mailtls.test.evil.example>") == R.S550_RELAY_DENIED
     assert s.line("DATA") == R.S354_START_DATA
     commands = s.data(b"hello\r\n.\r\n")
-    assert only(commands, obs.MessageReceived) == obs.MessageReceived(7, 1, False)
+    assert only(commands, obs.MessageReceived) == obs.MessageReceived(7, 2, False)
 
 
 def test_mx_still_offers_auth() -> None:

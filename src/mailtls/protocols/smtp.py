@@ -704,13 +704,18 @@ class SmtpCore:
         elif (
             self._ctx.role is PortRole.MX
             and self._auth is None
-            and not parsed[0].lower().endswith(self._domain_suffix)
+            and not self._local_recipient(parsed[0])
         ):
             self._rejected += 1
             self._error(R.S550_RELAY_DENIED, None)
         else:
             self._rcpts += 1
             self._out.reply(R.S250_RCPT_OK)
+
+    def _local_recipient(self, address: str) -> bool:
+        """An address of our own domain, or the bare ``postmaster`` (RFC 5321 4.5.1)."""
+        address = address.lower()
+        return address.endswith(self._domain_suffix) or address == "postmaster"
 
     def _cmd_data(self, arg: str) -> None:
         if arg.strip():
