@@ -787,6 +787,7 @@ def test_append_to_a_missing_mailbox_asks_to_create_it() -> None:
     s.login()
     commands = s.data(b"a2 APPEND Archive {3+}\r\nabc\r\n")
     assert sent(commands) == b"a2 NO [TRYCREATE] Mailbox doesn't exist\r\n"
+    assert lines(commands) == ["a2 APPEND Archive {3+}"]  # literal contents never shown
     assert only(commands, obs.MessageReceived).nbytes == 3
 
 
@@ -938,6 +939,9 @@ def test_list_lsub_status_create_delete_subscribe() -> None:
     s = Session()
     s.login()
     assert s.line('a1 LIST "" ""') == '* LIST (\\Noselect) "/" ""\r\na1 OK LIST completed\r\n'
+    assert s.line('a0 LIST "Archive/2024" ""') == (
+        '* LIST (\\Noselect) "/" Archive/\r\na0 OK LIST completed\r\n'
+    )
     assert s.line('a2 LIST "" "inbox"') == (
         '* LIST (\\HasNoChildren) "/" INBOX\r\na2 OK LIST completed\r\n'
     )
