@@ -37,8 +37,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name in SUBCOMMANDS.items():
-        if wanted is not None and wanted != name:
-            # register a light placeholder so --help lists every command
+        if wanted != name:
+            # a light placeholder: `mailtls --help` lists every command without importing it
             sub.add_parser(name, help=_HELP.get(name, ""), add_help=False)
             continue
         module = importlib.import_module(module_name)
