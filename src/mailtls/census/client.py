@@ -152,7 +152,7 @@ class _BoundedAdapter(HTTPAdapter):
             obs.detail = f"the response is larger than {self._max_bytes} bytes"
             raise requests.ConnectionError("response too large")
         resp._content = body  # the body is already read: hand it to requests
-        resp._content_consumed = True  # type: ignore[attr-defined]
+        resp._content_consumed = True
         if resp.status_code != 200:
             obs.server_message = _error_field(body)
         return resp
