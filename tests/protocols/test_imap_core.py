@@ -572,6 +572,7 @@ def test_malformed_login_is_bad_and_never_shows_its_arguments(line: str) -> None
     assert " BAD " in reply and reply.startswith(("a1 ", "* "))
     shown = only(commands, obs.CommandReceived).line
     assert USER not in shown and "redacted" in shown
+    assert shown.startswith(("a1 LOGIN <redacted, ", "* LOGIN <redacted, "))
     assert records(commands, obs.AuthAttempted) == []
 
 

@@ -546,7 +546,8 @@ class ImapCore:
                 return f"{parsed.tag} LOGIN {turn.login.display} {redacted_line(len(password))}"
         words = raw.lines[0].rstrip(b" ").split(b" ")
         first = [w.upper() for w in words[:2]]
-        tag = parsed.tag or "*"
+        untagged = bool(first) and first[0] in (b"LOGIN", b"AUTHENTICATE")
+        tag = "*" if untagged else parsed.tag or "*"
         if b"AUTHENTICATE" in first:
             rest = words[first.index(b"AUTHENTICATE") + 1 :]
             shown = f"{tag} AUTHENTICATE"
