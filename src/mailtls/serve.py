@@ -57,6 +57,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     from mailtls.net.listeners import MailServer, raise_nofile_limit
     from mailtls.net.pki import ensure_certificates
     from mailtls.protocols.imap import ImapCore
+    from mailtls.retention import prune_periodically
     from mailtls.protocols.pop3 import Pop3Core
     from mailtls.protocols.smtp import SmtpCore
     from mailtls.runs.keys import load_or_create_key
@@ -119,12 +120,14 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
             log.exception("TLS reload failed; keeping the previous certificate")
 
     loop.add_signal_handler(signal.SIGHUP, reload_tls)
+    pruner = asyncio.create_task(prune_periodically(store, settings.retention_days))
     web_task = asyncio.create_task(web.serve())
     await asyncio.sleep(0)
     _print_banner(settings, server, certs, loop_kind)
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({web_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
+    pruner.cancel()
     await server.close()
     web.should_exit = True
     if not web_task.done():

@@ -1,0 +1,120 @@
+"""Retention: raw identifiers are pruned after ``settings.retention_days`` (DESIGN §9).
+
+Verdicts and findings stay (they are recomputed from the pruned events, which keep every fact a
+verdict needs: types, TLS state, connection ids, outcomes); what goes is what identifies a
+person: client addresses are cut to their network (/24 or /48), client ports dropped, EHLO and
+IMAP ID strings, transcript arguments and keyed-hash usernames removed, the addresses in run
+records removed. A pruned record carries ``"pruned": true``; pruning it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger("mailtls.retention")
+
+DROP_KEYS = ("cport", "addresses", "address", "login_addresses")
+REPLACE_KEYS = ("value",)  # EHLO/HELO names, IMAP ID fields
+DAY = 86400.0
+
+
+class Prunable(Protocol):
+    def prune(self, older_than: float, transform: Any) -> int: ...
+
+
+def _network(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "<pruned>"
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+IMAP_VERBS = frozenset(
+    [
+        "CAPABILITY",
+        "NOOP",
+        "LOGOUT",
+        "STARTTLS",
+        "AUTHENTICATE",
+        "LOGIN",
+        "SELECT",
+        "EXAMINE",
+        "CREATE",
+        "DELETE",
+        "RENAME",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "LIST",
+        "LSUB",
+        "STATUS",
+        "APPEND",
+        "CHECK",
+        "CLOSE",
+        "EXPUNGE",
+        "SEARCH",
+        "FETCH",
+        "STORE",
+        "COPY",
+        "MOVE",
+        "UID",
+        "ID",
+        "ENABLE",
+        "IDLE",
+        "NAMESPACE",
+        "UNSELECT",
+    ]
+)
+
+
+def _verb_only(line: str) -> str:
+    """Keep the command verb (after an IMAP tag, the tag and verb); drop every argument."""
+    words = line.split(" ", 2)
+    if len(words) > 1 and words[1].upper() in IMAP_VERBS:
+        return f"{words[0]} {words[1]}"
+    return words[0]
+
+
+def scrub(record: dict[str, Any]) -> dict[str, Any]:
+    """The pruned form of one record (pure)."""
+    if record.get("pruned"):
+        return record
+    out = {k: v for k, v in record.items() if k not in DROP_KEYS}
+    if isinstance(out.get("client"), str):
+        out["client"] = _network(out["client"])
+    for key in REPLACE_KEYS:
+        if key in out:
+            out[key] = "<pruned>"
+    if isinstance(out.get("line"), str):
+        out["line"] = _verb_only(out["line"])
+    if isinstance(out.get("username"), str) and out["username"].startswith("h:"):
+        out["username"] = "<pruned>"
+    out["pruned"] = True
+    return out
+
+
+def prune_once(store: Prunable, retention_days: float, now: float | None = None) -> int:
+    cutoff = (time.time() if now is None else now) - retention_days * DAY
+    changed = store.prune(cutoff, scrub)
+    if changed:
+        log.info(
+            "retention: pruned identifiers from %d record(s) older than %g days",
+            changed,
+            retention_days,
+        )
+    return changed
+
+
+async def prune_periodically(store: Prunable, retention_days: float, every: float = DAY) -> None:
+    """Prune at start and then daily, in a worker thread (compaction reads the journal)."""
+    while True:
+        try:
+            await asyncio.to_thread(prune_once, store, retention_days)
+        except OSError:
+            log.exception("retention pruning failed; will retry")
+        await asyncio.sleep(every)

@@ -1,0 +1,58 @@
+"""Retention pruning: identifiers go, verdict facts stay, pruning is idempotent, real store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mailtls.retention import prune_once, scrub
+from mailtls.store import Store
+
+
+def test_scrub_removes_identifiers_and_keeps_facts() -> None:
+    record = {
+        "id": 7,
+        "ts": 1.0,
+        "type": "command",
+        "conn": "c1",
+        "client": "198.51.100.23",
+        "cport": 50000,
+        "line": "MAIL FROM:<alice@example.org>",
+        "tls": None,
+        "run": "R",
+        "step": 2,
+    }
+    out = scrub(record)
+    assert out["client"] == "198.51.100.0/24"
+    assert "cport" not in out
+    assert out["line"] == "MAIL"
+    assert (out["conn"], out["run"], out["step"], out["type"]) == ("c1", "R", 2, "command")
+    assert scrub(out) == out
+
+
+def test_scrub_imap_tag_ehlo_usernames_and_run_records() -> None:
+    assert scrub({"line": "a1 LOGIN h:abcd <redacted, 8 bytes>"})["line"] == "a1 LOGIN"
+    assert scrub({"type": "client_identified", "value": "laptop.home"})["value"] == "<pruned>"
+    assert scrub({"type": "auth", "username": "h:0011223344556677"})["username"] == "<pruned>"
+    assert scrub({"type": "auth", "username": "test-abc@x"})["username"] == "test-abc@x"
+    assert "addresses" not in scrub({"type": "step_started", "addresses": ["192.0.2.1"]})
+    assert scrub({"client": "2001:db8:1:2::5"})["client"] == "2001:db8:1::/48"
+
+
+def test_prune_once_rewrites_only_old_records(tmp_path: Path) -> None:
+    store = Store(tmp_path, fsync=False)
+    try:
+        now = time.time()
+        store.append(
+            {"ts": now - 40 * 86400, "type": "command", "client": "192.0.2.9", "conn": "a"}
+        )
+        store.append({"ts": now, "type": "command", "client": "192.0.2.10", "conn": "b"})
+        assert prune_once(store, 30, now=now) == 1
+        old, new = store.query(types=["command"])
+        assert old["client"] == "192.0.2.0/24" and old["pruned"]
+        assert new["client"] == "192.0.2.10"
+        assert prune_once(store, 30, now=now) == 0
+    finally:
+        store.close()
+    journal = (tmp_path / "events.jsonl").read_text()
+    assert "192.0.2.9" not in journal
