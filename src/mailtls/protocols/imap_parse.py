@@ -308,8 +308,8 @@ class _Scanner:
     def tokens(self, depth: int = 0, closing: bool = False) -> tuple[Token, ...]:
         items: list[Token] = []
         while True:
-            pos = _SPACES.match(self._line, self._pos).end()  # type: ignore[union-attr]
-            self._pos = pos
+            spaces = _SPACES.match(self._line, self._pos)
+            pos = self._pos = spaces.end() if spaces else self._pos
             if pos >= len(self._line):
                 if closing:
                     raise _Syntax("unbalanced parentheses")
