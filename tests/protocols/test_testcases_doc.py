@@ -266,19 +266,12 @@ LOGIN_LINES = {
     "imap": "a3 LOGIN test-abc123 secret\r\n",
     "pop3": "USER test-abc123\r\nPASS secret\r\n",
 }
-IMAP_T4_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="imap.py keeps tls=True for plaintext after the t4 raw line (the shell has abandoned "
-    "TLS by then); remove this marker when the IMAP core is fixed",
-)
 
 
 @pytest.mark.parametrize(
     ("protocol", "testcase"),
     [
-        *[(p, tc) for p in ("smtp", "pop3") for tc in ("t2", "t4")],
-        ("imap", "t2"),
-        pytest.param("imap", "t4", marks=IMAP_T4_BUG),
+        *[(p, tc) for p in ("smtp", "imap", "pop3") for tc in ("t2", "t4")],
     ],
 )
 def test_plaintext_login_in_the_disrupted_state_is_in_the_clear(

@@ -644,6 +644,8 @@ class ImapCore:
         line = UNTAGGED_TLS_NOT_AVAILABLE
         turn.record(StarttlsDisrupted("session", 0, True, line))
         turn.add(SendRaw((line + "\r\n").encode()))
+        # the shell abandons the TLS session with the raw line: what arrives next is raw TCP
+        self._tls = None
         self._enter_disrupted(turn)
 
     def _enter_disrupted(self, turn: _Turn) -> None:
