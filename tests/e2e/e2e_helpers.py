@@ -249,7 +249,13 @@ def tls_context(inst: ServeInstance) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(inst.ca))
 
 
-CLIENT_ERRORS = (OSError, ssl.SSLError, smtplib.SMTPException, imaplib.IMAP4.error, poplib.error_proto)
+CLIENT_ERRORS = (
+    OSError,
+    ssl.SSLError,
+    smtplib.SMTPException,
+    imaplib.IMAP4.error,
+    poplib.error_proto,
+)
 
 
 def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:

@@ -1,0 +1,316 @@
+"""Real mail clients from Debian against a real ``mailtls serve`` (issue 2's client matrix).
+
+Each client exercises a different obligation of the servers:
+- ``curl`` (SMTP, IMAP, POP3): ``--ssl`` is opportunistic (STARTTLS when advertised, else go on
+  in the clear), ``--ssl-reqd`` strict. ``swaks`` (SMTP): ``-tlso`` optional, ``-tls`` strict.
+- ``mutt`` over IMAP in a pseudo-terminal: with its defaults (``ssl_starttls`` and
+  ``ssl_force_tls`` set in Mutt 2.2) it sends STARTTLS even when not advertised and stops when
+  refused; with ``ssl_force_tls=no`` it only trusts the greeting's capabilities and logs in.
+- ``fetchmail`` with ``no sslcertck``: after a disrupted handshake it reconnects by itself and
+  logs in without TLS on its second connection.
+- ``getmail6`` ``SimpleIMAPRetriever``: never tries STARTTLS at all.
+
+The server here holds disrupted connections (t2/t4) for 3 s instead of 10 s to keep the suite
+fast; nothing else differs from the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ServeInstance, require_tool
+from e2e_helpers import Api, Run, serving, tags, verdict
+
+pytestmark = pytest.mark.system
+
+DISRUPTED_SECONDS = 3
+
+
+@pytest.fixture(scope="module")
+def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
+    data = tmp_path_factory.mktemp("e2e-clients") / "var"
+    with serving(data, limits={"disrupted_seconds": DISRUPTED_SECONDS}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(inst: ServeInstance) -> Iterator[Api]:
+    client = Api(inst)
+    yield client
+    client.close()
+
+
+def new_step(api: Api, testcase: str, scenario: str = "immediate") -> Run:
+    run = api.create((scenario, testcase))
+    api.start(run)
+    return run
+
+
+def run_tool(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    return f"exit {proc.returncode}\n" + proc.stdout.decode("utf-8", "replace")
+
+
+def write_private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+# --- curl -------------------------------------------------------------------------------------
+
+CURL_URLS = {
+    "smtp": "smtp://127.0.0.1:{smtp_submission}",
+    "imap": "imap://127.0.0.1:{imap}/",
+    "pop3": "pop3://127.0.0.1:{pop3}/",
+}
+
+# (flag, test case) -> (verdict, reason); the same for all three protocols
+CURL_EXPECTED = {
+    ("--ssl", "baseline"): ("PASS", "tls_auth"),
+    ("--ssl", "t1"): ("FAIL", "plaintext_auth"),
+    ("--ssl", "t3"): ("FAIL", "plaintext_auth"),
+    ("--ssl-reqd", "baseline"): ("PASS", "tls_auth"),
+    ("--ssl-reqd", "t1"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("--ssl-reqd", "t2"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("--ssl-reqd", "t3"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("--ssl-reqd", "t4"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+}
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("flag", "testcase"), sorted(CURL_EXPECTED))
+@pytest.mark.parametrize("protocol", sorted(CURL_URLS))
+def test_curl(inst: ServeInstance, api: Api, protocol: str, flag: str, testcase: str) -> None:
+    curl = require_tool("curl")
+    run = new_step(api, testcase)
+    argv = [curl, "-sS", "--max-time", "15", flag, "--cacert", str(inst.ca)]
+    argv += [
+        "--user",
+        f"{run.username}:canary-pw",
+        "--url",
+        CURL_URLS[protocol].format(**inst.ports),
+    ]
+    if protocol == "smtp":
+        argv += ["--mail-from", "a@example.net", "--mail-rcpt", "b@mailtls.test", "-T", "/dev/null"]
+    out = run_tool(argv, timeout=30)
+    step = api.finish(run)
+    assert verdict(step) == CURL_EXPECTED[flag, testcase], out
+    assert step["protocols"][protocol]["verdict"] == step["verdict"]
+    if flag == "--ssl-reqd" and testcase != "baseline":
+        assert not out.startswith("exit 0"), out  # curl itself refused to go on
+    if testcase in ("t2", "t4"):
+        assert "starttls_disrupted" in tags(step)
+
+
+# --- swaks ------------------------------------------------------------------------------------
+
+# ``-tlso`` goes on in the clear also after a failed handshake (t2): FAIL as well. In t4 the
+# handshake succeeds, swaks' EHLO inside TLS is answered outside TLS and swaks gives up.
+SWAKS_EXPECTED = {
+    ("-tlso", "baseline"): ("PASS", "tls_auth"),
+    ("-tlso", "t1"): ("FAIL", "plaintext_auth"),
+    ("-tlso", "t2"): ("FAIL", "plaintext_auth"),
+    ("-tlso", "t3"): ("FAIL", "plaintext_auth"),
+    ("-tlso", "t4"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("-tls", "baseline"): ("PASS", "tls_auth"),
+    ("-tls", "t1"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("-tls", "t2"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("-tls", "t3"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("-tls", "t4"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+}
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("flag", "testcase"), sorted(SWAKS_EXPECTED))
+def test_swaks(inst: ServeInstance, api: Api, flag: str, testcase: str) -> None:
+    swaks = require_tool("swaks")
+    run = new_step(api, testcase)
+    argv = [swaks, "--server", "127.0.0.1", "--port", str(inst.ports["smtp_submission"])]
+    argv += [flag, "--tls-verify", "--tls-ca-path", str(inst.ca), "--timeout", "10"]
+    argv += ["-a", "PLAIN", "-au", run.username, "-ap", "canary-pw"]
+    argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]
+    out = run_tool(argv, timeout=30)
+    step = api.finish(run)
+    assert verdict(step) == SWAKS_EXPECTED[flag, testcase], out
+    if flag == "-tls" and testcase != "baseline":
+        assert not out.startswith("exit 0"), out
+
+
+# --- mutt in a pseudo-terminal --------------------------------------------------------------
+
+
+def run_in_pty(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    """Run ``argv`` on a new pseudo-terminal, draining its output; kill it after ``timeout``."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env, start_new_session=True
+        )
+    finally:
+        os.close(terminal)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: the terminal side is closed
+                    break
+                screen = (screen + chunk)[-65536:]
+        try:
+            proc.wait(timeout=max(0.5, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+            raise AssertionError(f"{argv[0]} did not quit in time: {screen[-2000:]!r}") from None
+    finally:
+        os.close(controller)
+    return proc.returncode, screen
+
+
+def mutt_session(inst: ServeInstance, run: Run, home: Path, settings: str) -> bytes:
+    mutt = require_tool("mutt")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "certs").write_text(inst.ca.read_text())
+    rc = write_private(
+        home / "muttrc",
+        f'set imap_user="{run.username}"\n'
+        'set imap_pass="canary-pw"\n'
+        f'set folder="imap://127.0.0.1:{inst.ports["imap"]}/" spoolfile="+INBOX"\n'
+        'set record="" header_cache="" message_cachedir=""\n'
+        f'set certificate_file="{home}/certs" ssl_verify_host=no\n'
+        "set imap_passive=yes timeout=1 connect_timeout=5 quit=yes\n" + settings,
+    )
+    env = {**os.environ, "TERM": "vt100", "HOME": str(home)}
+    code, screen = run_in_pty([mutt, "-n", "-F", str(rc), "-e", "push '<quit>'"], env, 25)
+    assert code == 0, screen[-2000:]
+    return screen
+
+
+@pytest.mark.timeout(40)
+def test_mutt_defaults_baseline_pass(inst: ServeInstance, api: Api, tmp_path: Path) -> None:
+    run = new_step(api, "baseline")
+    mutt_session(inst, run, tmp_path / "home", "")
+    step = api.finish(run)
+    assert verdict(step) == ("PASS", "tls_auth")
+
+
+@pytest.mark.timeout(40)
+def test_mutt_defaults_t1_not_pass(inst: ServeInstance, api: Api, tmp_path: Path) -> None:
+    """Mutt 2.2's defaults (ssl_starttls=yes, ssl_force_tls=yes) send STARTTLS although t1 does
+    not advertise it; the refusal makes mutt stop ("Encrypted connection unavailable")."""
+    run = new_step(api, "t1")
+    screen = mutt_session(inst, run, tmp_path / "home", "")
+    assert b"Encrypted connection unavailable" in screen
+    step = api.finish(run)
+    assert step["verdict"] != "PASS"
+    assert verdict(step) == ("INCONCLUSIVE", "aborted_after_downgrade")
+    events = api.events(run)
+    assert any(e["type"] == "starttls_requested" for e in events)
+    assert not any(e["type"] == "auth" for e in events)
+
+
+@pytest.mark.timeout(40)
+def test_mutt_without_force_tls_fails_under_t1(
+    inst: ServeInstance, api: Api, tmp_path: Path
+) -> None:
+    """``ssl_force_tls=no``: mutt reads the capabilities of the greeting only, sees no STARTTLS
+    and authenticates (AUTHENTICATE PLAIN with SASL-IR) in the clear."""
+    run = new_step(api, "t1")
+    mutt_session(inst, run, tmp_path / "home", "set ssl_force_tls=no\n")
+    step = api.finish(run)
+    assert verdict(step) == ("FAIL", "plaintext_auth")
+    events = api.events(run)
+    assert not any(e["type"] == "starttls_requested" for e in events)
+    auths = [e for e in events if e["type"] == "auth"]
+    assert auths and all(a["tls"] is False and a["secret_in_clear"] for a in auths)
+
+
+# --- fetchmail --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_fetchmail_reconnects_in_the_clear_under_t2(
+    inst: ServeInstance, api: Api, tmp_path: Path
+) -> None:
+    """fetchmail 6.4 with ``no sslcertck``: the failed handshake is only "trying to continue";
+    its next command is answered by nothing, and when the server closes the disrupted connection
+    fetchmail repolls at once and sends LOGIN without TLS ("server offered STARTTLS but sslproto
+    '' given"). Its ``timeout`` must exceed the server's hold of the disrupted connection
+    (``limits.disrupted_seconds``): a shorter one ends the poll with a socket error (status 2)
+    and no second connection."""
+    fetchmail = require_tool("fetchmail")
+    run = new_step(api, "t2")
+    home = tmp_path / "fetchmail"
+    home.mkdir()
+    rc = write_private(
+        home / "fetchmailrc",
+        "set no bouncemail\n"
+        f"poll 127.0.0.1 service {inst.ports['imap']} protocol IMAP auth password"
+        f" timeout {DISRUPTED_SECONDS + 10}\n"
+        f'  user "{run.username}" there with password "canary-pw" is "nobody" here\n'
+        '  no sslcertck keep fetchall mda "/bin/true"\n',
+    )
+    env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
+    argv = [fetchmail, "-v", "--nodetach", "--nosyslog", "-f", str(rc)]
+    argv += ["--idfile", str(home / "ids"), "--pidfile", str(home / "pid")]
+    out = run_tool(argv, timeout=45, env=env)
+    assert "opportunistic upgrade to TLS failed" in out, out
+    assert "Repoll immediately" in out, out
+    step = api.finish(run)
+    assert verdict(step) == ("FAIL", "plaintext_auth"), out
+    assert {"starttls_disrupted", "plaintext_auth"} <= tags(step)
+    assert step["protocols"]["imap"]["connections"] == 2
+    events = api.events(run)
+    opened = [e["conn"] for e in events if e["type"] == "connection_opened"]
+    auths = [e for e in events if e["type"] == "auth"]
+    assert len(opened) == 2 and len(auths) == 1
+    assert auths[0]["conn"] == opened[1] and auths[0]["secret_in_clear"] is True
+    assert any(e["type"] == "starttls_disrupted" and e["conn"] == opened[0] for e in events)
+
+
+# --- getmail6 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_getmail_plain_imap_fails_in_baseline(
+    inst: ServeInstance, api: Api, tmp_path: Path
+) -> None:
+    getmail = require_tool("getmail")
+    run = new_step(api, "baseline")
+    home = tmp_path / "getmail"
+    for sub in ("cur", "new", "tmp"):
+        (home / "Maildir" / sub).mkdir(parents=True)
+    rc = write_private(
+        home / "getmailrc",
+        "[retriever]\ntype = SimpleIMAPRetriever\nserver = 127.0.0.1\n"
+        f"port = {inst.ports['imap']}\nusername = {run.username}\npassword = canary-pw\n"
+        f"timeout = 10\n\n[destination]\ntype = Maildir\npath = {home}/Maildir/\n\n"
+        "[options]\nverbose = 2\nread_all = false\ndelete = false\n",
+    )
+    env = {**os.environ, "HOME": str(home)}
+    out = run_tool([getmail, "--getmaildir", str(home), "--rcfile", str(rc)], timeout=30, env=env)
+    assert out.startswith("exit 0"), out
+    step = api.finish(run)
+    assert verdict(step) == ("FAIL", "plaintext_auth"), out
+    assert "starttls_not_attempted" in tags(step)
+    events = api.events(run)
+    assert not any(e["type"] == "starttls_requested" for e in events)
