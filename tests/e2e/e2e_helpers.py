@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from conftest import PORT_NAMES, ServeInstance, free_ports, start_serve
 
 HOST = "127.0.0.1"

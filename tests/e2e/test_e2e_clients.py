@@ -25,8 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServeInstance, require_tool
 from e2e_helpers import Api, Run, serving, tags, verdict
+
+from conftest import ServeInstance, require_tool
 
 pytestmark = pytest.mark.system
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import smtplib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import ServeInstance
 from e2e_helpers import CLIENTS, HOST, Api, serving, tags, tls_context, verdict
+
+from conftest import ServeInstance
 
 
 @pytest.fixture(scope="module")
