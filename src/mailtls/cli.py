@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "audit": "mailtls.audit.cli",
     "probe": "mailtls.probe.cli",
     "census": "mailtls.census.cli",
+    "export": "mailtls.export_cli",
 }
 
 
@@ -52,6 +53,7 @@ _HELP = {
     "audit": "audit Postfix and Dovecot configuration for plaintext auth and optional TLS",
     "probe": "check a live mail server the way an attacker sees it",
     "census": "count Internet mail services that advertise plaintext auth (Shodan)",
+    "export": "export the event journal (all, or one run) as JSONL",
 }
 
 

@@ -208,6 +208,20 @@ def build_router(ctx: ApiContext) -> APIRouter:
             )
         return JSONResponse({"events": ctx.events_for(run, after)})
 
+    @router.get(
+        "/runs/{run_id}/export.jsonl",
+        summary="The run's events as JSONL (the same records as /events)",
+        response_class=Response,
+    )
+    def export_run(run_id: str) -> Response:
+        run = ctx.run_or_404(run_id)
+        lines = [json.dumps(r, separators=(",", ":"), default=str) for r in ctx.events_for(run)]
+        return Response(
+            "".join(line + "\n" for line in lines),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": 'attachment; filename="mailtls-run.jsonl"'},
+        )
+
     return router
 
 
