@@ -1,0 +1,354 @@
+"""Per-port orchestration and ``probe_host``: the few connections the probe makes to each port.
+
+For a STARTTLS port: (1) a plaintext session: greeting, capabilities, the dummy login, and for
+SMTP ``MAIL FROM:<>`` (is TLS required?); (2) a TLS session: STARTTLS with an injected second
+command, handshake with chain verification (again without verification when the chain fails, to
+go on), listen for an unasked answer, capabilities after TLS; (3) one connection per legacy
+version (TLS 1.0, 1.1) the local OpenSSL can offer. An implicit-TLS port skips (1) and the
+injection. Ports run in parallel threads; each has its own deadline. Every failure becomes a
+per-port status, never an exception out of ``probe_host`` (except DNS: ``ProbeFailure('dns')``).
+Imports the dialogues, ``conn``, ``tlscheck``, ``injection`` and ``checks``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import secrets
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from mailtls.findings import Finding
+from mailtls.probe.classify import Caps
+from mailtls.probe.conn import Conn, Deadline, ProbeFailure
+from mailtls.probe.dialogue import Dialogue, DummyCredentials, LoginResult, StarttlsReply
+from mailtls.probe.imap import ImapDialogue
+from mailtls.probe.injection import InjectionResult, starttls_with_injection
+from mailtls.probe.pop3 import Pop3Dialogue
+from mailtls.probe.smtp import SmtpDialogue
+from mailtls.probe.targets import Target, normalise
+from mailtls.probe.tlscheck import (
+    LEGACY_VERSIONS,
+    CertFacts,
+    Legacy,
+    can_offer,
+    cert_facts,
+    legacy_context,
+    lenient_context,
+    verifying_context,
+)
+
+DIALOGUES: dict[str, Callable[[], Dialogue]] = {
+    "smtp": SmtpDialogue,
+    "imap": ImapDialogue,
+    "pop3": Pop3Dialogue,
+}
+LOGIN_WAIT_MIN = 16.0  # Dovecot delays failed logins by up to 15 s
+INJECTION_WAIT_MAX = 1.5
+
+
+@dataclass(frozen=True)
+class TlsResult:
+    mode: str  # starttls | implicit
+    established: bool
+    version: str = ""
+    cipher: str = ""
+    error: str | None = None
+    starttls_reply: str | None = None
+    verify_error: str | None = None
+    cert: CertFacts | None = None
+    caps_after: Caps | None = None
+    legacy: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PortResult:
+    target: Target
+    address: str
+    status: str  # ok | refused | timeout | tls | closed | protocol | network
+    error: str | None = None
+    banner: str = ""
+    caps_before: Caps | None = None
+    login: LoginResult | None = None
+    tls_required: bool | None = None
+    tls: TlsResult | None = None
+    injection: InjectionResult | None = None
+    source_is_target: bool = False
+    transcript: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def where(self) -> str:
+        addr = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{addr}:{self.target.port}"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    host: str
+    addresses: tuple[str, ...]
+    ports: tuple[PortResult, ...]
+    findings: tuple[Finding, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def reachable(self) -> int:
+        return sum(1 for p in self.ports if p.status == "ok")
+
+
+@dataclass(frozen=True)
+class Options:
+    host: str
+    timeout: float
+    cafile: str | None
+    login_attempt: bool
+
+    @property
+    def sni(self) -> str | None:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return self.host
+        return None
+
+    @property
+    def login_wait(self) -> float:
+        return max(self.timeout, LOGIN_WAIT_MIN)
+
+    @property
+    def port_budget(self) -> float:
+        return 6 * self.timeout + self.login_wait
+
+
+def dummy_credentials() -> DummyCredentials:
+    return DummyCredentials(f"mailtls-probe-{secrets.token_hex(4)}", secrets.token_urlsafe(18))
+
+
+def resolve(host: str) -> list[tuple[int, str]]:
+    """One address per family (IPv4 first), as (family, address)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ProbeFailure("dns", f"cannot resolve {host!r}: {exc}") from None
+    chosen: dict[int, str] = {}
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and family not in chosen:
+            chosen[family] = str(sockaddr[0])
+    if not chosen:
+        raise ProbeFailure("dns", f"{host!r} has no IPv4 or IPv6 address")
+    return sorted(chosen.items(), key=lambda kv: kv[0] != socket.AF_INET)
+
+
+class PortProbe:
+    """The connections made to one (address, port); collects facts into a ``PortResult``."""
+
+    def __init__(self, opts: Options, family: int, address: str, target: Target) -> None:
+        self.opts = opts
+        self.family = family
+        self.address = address
+        self.target = target
+        self.deadline = Deadline.after(opts.port_budget)
+        self.transcript: list[str] = []
+        self.notes: list[str] = []
+        self.source_is_target = False
+        self.banner = ""
+
+    def connect(self) -> Conn:
+        conn = Conn.open(
+            (self.address, self.target.port), self.family, self.deadline, self.opts.timeout
+        )
+        conn.transcript = self.transcript
+        conn.note(f"-- connected to {self.address} port {self.target.port}")
+        if conn.local_address() == conn.peer_address():
+            self.source_is_target = True
+        return conn
+
+    def dialogue(self) -> Dialogue:
+        return DIALOGUES[self.target.protocol]()
+
+    def run(self) -> PortResult:
+        base = PortResult(self.target, self.address, "ok")
+        try:
+            if self.target.implicit_tls:
+                result = self.run_implicit(base)
+            else:
+                result = self.run_starttls(base)
+        except ProbeFailure as exc:
+            result = PortResult(self.target, self.address, exc.kind, error=exc.message)
+        return replace(
+            result,
+            source_is_target=self.source_is_target,
+            transcript=tuple(self.transcript),
+            notes=tuple(self.notes),
+        )
+
+    # --- STARTTLS ports ----------------------------------------------------------------------
+    def run_starttls(self, base: PortResult) -> PortResult:
+        conn = self.connect()  # a failure here is the port's status
+        dlg = self.dialogue()
+        login: LoginResult | None = None
+        required: bool | None = None
+        try:
+            banner = dlg.greet(conn)
+            caps = dlg.capabilities(conn)
+        except ProbeFailure:
+            conn.close()
+            raise
+        try:
+            if self.opts.login_attempt:
+                login = dlg.login(conn, caps, dummy_credentials(), self.opts.login_wait)
+            required = dlg.requires_tls(conn)
+            dlg.quit(conn)
+        except ProbeFailure as exc:
+            self.notes.append(f"plaintext session ended early: {exc.message}")
+        finally:
+            conn.close()
+        tls: TlsResult | None = None
+        injection: InjectionResult | None = None
+        if caps.starttls:
+            tls, injection = self.tls_session(starttls=True)
+        return replace(
+            base,
+            banner=banner,
+            caps_before=caps,
+            login=login,
+            tls_required=required,
+            tls=tls,
+            injection=injection,
+        )
+
+    # --- implicit TLS ports ------------------------------------------------------------------
+    def run_implicit(self, base: PortResult) -> PortResult:
+        tls, _ = self.tls_session(starttls=False)
+        return replace(base, banner=self.banner, tls=tls)
+
+    # --- the TLS session ---------------------------------------------------------------------
+    def tls_session(self, starttls: bool) -> tuple[TlsResult, InjectionResult | None]:
+        mode = "starttls" if starttls else "implicit"
+        verify_error: str | None = None
+        try:
+            first = self._tls_once(starttls, verifying_context(self.opts.cafile))
+        except ssl.SSLCertVerificationError as exc:
+            verify_error = str(exc.verify_message or exc.reason or exc)
+            self.transcript.append(f"-- certificate not trusted: {verify_error}; again without")
+            try:
+                first = self._tls_once(starttls, lenient_context())
+            except ssl.SSLCertVerificationError as again:  # cannot happen without verification
+                raise ProbeFailure("tls", str(again)) from None
+            except ProbeFailure as exc2:
+                return TlsResult(mode, False, error=exc2.message, verify_error=verify_error), None
+        except ProbeFailure as exc:
+            if exc.connecting and not starttls:
+                raise
+            return TlsResult(mode, False, error=exc.message), None
+        except OSError as exc:  # e.g. a bad --cafile found late
+            return TlsResult(mode, False, error=str(exc)), None
+        reply, injection, version, cipher, der, caps_after = first
+        if reply is not None and not reply.accepted:
+            return TlsResult(
+                mode, False, error="STARTTLS refused", starttls_reply=reply.reply
+            ), None
+        facts = cert_facts(der, self.opts.host, dt.datetime.now(dt.UTC)) if der else None
+        legacy = {name: self.legacy(starttls, ver).value for name, ver in LEGACY_VERSIONS.items()}
+        tls = TlsResult(
+            mode,
+            True,
+            version,
+            cipher,
+            starttls_reply=reply.reply if reply else None,
+            verify_error=verify_error,
+            cert=facts,
+            caps_after=caps_after,
+            legacy=legacy,
+        )
+        return tls, injection
+
+    def _tls_once(
+        self, starttls: bool, ctx: ssl.SSLContext
+    ) -> tuple[StarttlsReply | None, InjectionResult | None, str, str, bytes | None, Caps | None]:
+        conn = self.connect()
+        dlg = self.dialogue()
+        try:
+            reply: StarttlsReply | None = None
+            injection: InjectionResult | None = None
+            if starttls:
+                dlg.greet(conn)
+                dlg.capabilities(conn)
+                wait = min(self.opts.timeout, INJECTION_WAIT_MAX)
+                reply, injection = starttls_with_injection(conn, dlg, ctx, self.opts.sni, wait)
+                if not reply.accepted:
+                    return reply, None, "", "", None, None
+            else:
+                conn.upgrade(ctx, self.opts.sni)
+                self.banner = dlg.greet(conn)
+            version, cipher, der = conn.tls_version(), conn.tls_cipher(), conn.peer_certificate()
+            caps_after: Caps | None = None
+            try:
+                caps_after = dlg.capabilities(conn)
+                dlg.quit(conn)
+            except ProbeFailure as exc:
+                self.notes.append(f"after TLS: {exc.message}")
+            return reply, injection, version, cipher, der, caps_after
+        finally:
+            conn.close()
+
+    def legacy(self, starttls: bool, version: ssl.TLSVersion) -> Legacy:
+        if not can_offer(version):
+            return Legacy.NOT_TESTED
+        try:
+            conn = self.connect()
+        except ProbeFailure:
+            return Legacy.NOT_TESTED
+        dlg = self.dialogue()
+        try:
+            if starttls:
+                dlg.greet(conn)
+                dlg.capabilities(conn)
+                if not dlg.starttls(conn, inject=False).accepted:
+                    return Legacy.NOT_TESTED
+            conn.upgrade(legacy_context(version), self.opts.sni)
+            ok = conn.tls_version() == version.name.replace("_", ".")
+            if not starttls:
+                dlg.greet(conn)
+            return Legacy.ACCEPTED if ok else Legacy.REFUSED
+        except ProbeFailure as exc:
+            return Legacy.REFUSED if exc.kind in ("tls", "closed") else Legacy.NOT_TESTED
+        except ssl.SSLError:
+            return Legacy.REFUSED
+        finally:
+            conn.close()
+
+
+def probe_host(
+    host: str,
+    ports: Sequence[Target | int | str] | None = None,
+    timeout: float = 10.0,
+    cafile: str | None = None,
+    login_attempt: bool = True,
+) -> ProbeResult:
+    """Probe ``host`` on ``ports`` (default: the seven well-known mail ports).
+
+    Raises ``ProbeFailure('dns', ...)`` when the name does not resolve and ``ValueError`` for a
+    bad port specification; every per-port failure is a ``PortResult`` status instead."""
+    from mailtls.probe.checks import findings_for, host_notes
+    from mailtls.probe.targets import DEFAULT_PORTS, parse_ports
+
+    targets = parse_ports(DEFAULT_PORTS) if ports is None else normalise(ports)
+    opts = Options(host, timeout, cafile, login_attempt)
+    addresses = resolve(host)
+    jobs = [PortProbe(opts, fam, addr, t) for fam, addr in addresses for t in targets]
+    with ThreadPoolExecutor(max_workers=min(16, len(jobs))) as pool:
+        results = list(pool.map(lambda job: job.run(), jobs))
+    findings: list[Finding] = []
+    for r in results:
+        findings.extend(findings_for(r, host))
+    return ProbeResult(
+        host,
+        tuple(a for _, a in addresses),
+        tuple(results),
+        tuple(findings),
+        tuple(host_notes(results)),
+    )
