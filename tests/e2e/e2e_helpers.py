@@ -260,23 +260,34 @@ CLIENT_ERRORS = (
 
 
 def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
-    """Submission client; returns what happened ("tls-login", "plain-login", "stopped: ...")."""
+    """Submission client; returns what happened ("tls-login", "plain-login", "stopped: ...").
+
+    The outcome is fixed when the login is answered: the server may close the connection right
+    after it (two_phase activation closes the run's connections), so QUIT errors do not count.
+    """
     ctx = tls_context(inst)
     try:
-        with smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=CLIENT_TIMEOUT) as s:
-            s.ehlo()
-            tls = False
-            if always_starttls or s.has_extn("starttls"):
-                try:
-                    s.starttls(context=ctx)
-                    s.ehlo()
-                    tls = True
-                except CLIENT_ERRORS as exc:
-                    return f"stopped: {exc!r}"
-            s.login(user, password)
-            return "tls-login" if tls else "plain-login"
+        s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
+    try:
+        s.ehlo()
+        tls = False
+        if always_starttls or s.has_extn("starttls"):
+            try:
+                s.starttls(context=ctx)
+                s.ehlo()
+                tls = True
+            except CLIENT_ERRORS as exc:
+                return f"stopped: {exc!r}"
+        s.login(user, password)
+        with contextlib.suppress(*CLIENT_ERRORS):
+            s.quit()
+        return "tls-login" if tls else "plain-login"
+    except CLIENT_ERRORS as exc:
+        return f"error: {exc!r}"
+    finally:
+        s.close()
 
 
 def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
