@@ -21,14 +21,16 @@ def token_for(request: Request) -> str:
     existing = request.cookies.get(COOKIE, "")
     if len(existing) >= 32:
         return existing
-    token: str = request.state.__dict__.get("csrf_new") or secrets.token_urlsafe(32)
-    request.state.csrf_new = token
+    token = getattr(request.state, "csrf_new", None)
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        request.state.csrf_new = token
     return token
 
 
 def set_cookie(request: Request, response: Response) -> None:
-    token = request.state.__dict__.get("csrf_new")
-    if token:
+    token = getattr(request.state, "csrf_new", None)
+    if isinstance(token, str):
         response.set_cookie(
             COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https"
         )

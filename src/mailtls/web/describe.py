@@ -18,6 +18,10 @@ def _where(ev: dict[str, Any]) -> str:
     return f"{proto} on port {port}" if port else proto
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def describe(ev: dict[str, Any]) -> str | None:
     t = ev.get("type")
     where = _where(ev)
@@ -29,8 +33,8 @@ def describe(ev: dict[str, Any]) -> str | None:
         if ev.get("tls"):
             return None
         if ev.get("starttls_offered"):
-            return f"{where.capitalize()} offered encryption (STARTTLS)."
-        return f"{where.capitalize()} did NOT offer encryption (the attacker removed it)."
+            return f"{_cap(where)} offered encryption (STARTTLS)."
+        return f"{_cap(where)} did NOT offer encryption (the attacker removed it)."
     if t == "starttls_requested":
         if ev.get("advertised"):
             return "Your client asked to switch on encryption."
@@ -70,7 +74,7 @@ def describe(ev: dict[str, Any]) -> str | None:
     if t == "session_kicked":
         return "The server closed an open connection so that your client reconnects."
     if t == "step_started":
-        return "Step started: the attack for this step is now armed for your address."
+        return "Step started: connections from your address now count for this step."
     if t == "step_activated":
         return "Your client logged in securely: the attack is now active."
     if t == "step_finished":

@@ -3,7 +3,16 @@
 Works without JavaScript (plain forms and links; every state change is a POST with a CSRF token
 followed by a redirect); ``static/app.js`` adds live progress over Server-Sent Events, copy
 buttons and the TTL countdown. Jinja2 autoescaping is on for every template, so strings that
-came from mail clients are shown as text.
+came from mail clients are shown as text. No template has an inline script, inline style or
+``style=`` attribute (the Content-Security-Policy forbids them).
+
+Pages: ``/`` (landing), ``/run/{id}`` (the run: account, steps), ``/run/{id}/step/{n}`` (one
+step: instructions, live progress, the user's answers), ``/r/{token}`` (the owner's permanent
+result page, also ``.json``/``.csv``/``?print=1``), ``/s/{token}`` (the shareable view: no
+addresses, client names or user names). Account auto-configuration (Mozilla autoconfig,
+Autodiscover, Apple profile) lives here too.
+
+Must not import ``mailtls.net``; talks to the run manager and the store through the API context.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,7 @@ from mailtls.settings import Settings
 from mailtls.web import csrf, guide
 from mailtls.web.api import ApiContext
 from mailtls.web.autoconfig import (
+    MAX_AUTODISCOVER_BYTES,
     AutodiscoverError,
     ServerSet,
     autodiscover_response,
@@ -31,10 +43,17 @@ from mailtls.web.autoconfig import (
     mozilla_autoconfig,
     parse_autodiscover_request,
 )
+from mailtls.web.lookup import RunIndex, share_token
 from mailtls.web.transcript import visible_events
 
 HERE = Path(__file__).parent
 ATTACKS = ("t1", "t2", "t3", "t4")
+STEP_ACTIONS = ("start", "extend", "report", "skip", "finish")
+PRIVATE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Robots-Tag": "noindex, nofollow",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _servers(settings: Settings) -> ServerSet:
@@ -51,28 +70,48 @@ def _servers(settings: Settings) -> ServerSet:
     )
 
 
+def clock_text(epoch: Any) -> str:
+    """``12:34 UTC`` for an epoch time (the page shows it without JavaScript)."""
+    if not isinstance(epoch, int | float):
+        return "—"
+    return time.strftime("%H:%M UTC", time.gmtime(epoch))
+
+
+def minutes_left(epoch: Any, now: float | None = None) -> int:
+    if not isinstance(epoch, int | float):
+        return 0
+    now = time.time() if now is None else now
+    return max(0, int((epoch - now + 59) // 60))
+
+
+def make_templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals.update(guide=guide)
+    templates.env.filters.update(clock=clock_text, minutes_left=minutes_left)
+    return templates
+
+
 def register(app: FastAPI, ctx: ApiContext) -> None:
     settings: Settings = app.state.settings
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(guide=guide, settings=settings)
+    templates = make_templates()
+    templates.env.globals.update(settings=settings)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     manager: Any = ctx.manager
+    index = RunIndex(ctx.store, manager)
 
-    def render(request: Request, name: str, status: int = 200, **data: Any) -> Response:
+    def render(
+        request: Request, name: str, status: int = 200, private: bool = True, **data: Any
+    ) -> Response:
         data["csrf_token"] = csrf.token_for(request)
         response = templates.TemplateResponse(request, name, data, status_code=status)
         csrf.set_cookie(request, response)
+        if private:
+            response.headers.update(PRIVATE_HEADERS)
         return response
 
     def run_view(run_id: str) -> tuple[Any, dict[str, Any]]:
         run = ctx.run_or_404(run_id)
         return run, manager.view(run_id, ctx.base_url)
-
-    def step_of(view: dict[str, Any], n: int) -> dict[str, Any]:
-        for step in view["steps"]:
-            if step["n"] == n:
-                return dict(step)
-        raise HTTPException(status_code=404, detail="no such step")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -81,8 +120,8 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
         return render(request, "error.html", status=exc.status_code, message=str(exc.detail))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request) -> Response:
-        return render(request, "index.html", testcases=guide.TESTCASE_TITLE)
+    def landing(request: Request) -> Response:
+        return render(request, "index.html", private=False, testcases=guide.TESTCASE_TITLE)
 
     @app.post("/start", include_in_schema=False)
     async def start(request: Request) -> Response:
@@ -91,15 +130,21 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
         protocol = str(form.get("protocol", "imap"))
         if protocol not in ("imap", "pop3"):
             raise HTTPException(status_code=400, detail="Choose IMAP or POP3.")
-        if not ctx.create_limiter.allow(ctx.client_ip(request)):
-            raise HTTPException(status_code=429, detail="Too many tests from your address. Wait.")
         mode = str(form.get("mode", "guided"))
+        steps: list[tuple[str, str]] | None = None
         if mode == "single":
             scenario = str(form.get("scenario", ""))
             testcase = str(form.get("testcase", ""))
             if scenario not in ("immediate", "two_phase") or testcase not in guide.TESTCASE_TITLE:
                 raise HTTPException(status_code=400, detail="Choose a scenario and a test case.")
-            run = manager.create_run(steps=[(scenario, testcase)], protocol=protocol)
+            steps = [(scenario, testcase)]
+        if not ctx.create_limiter.allow(ctx.client_ip(request)):
+            raise HTTPException(
+                status_code=429,
+                detail="Too many tests were started from your address. Wait a few minutes.",
+            )
+        if steps is not None:
+            run = manager.create_run(steps=steps, protocol=protocol)
         else:
             run = manager.create_run(plan="guided", protocol=protocol)
         return RedirectResponse(f"/run/{run.id}", status_code=303)
@@ -107,39 +152,42 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/run/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     def run_page(request: Request, run_id: str) -> Response:
         run, view = run_view(run_id)
-        nxt = next((s for s in view["steps"] if s["state"] in ("pending", "active")), None)
+        nxt = guide.next_step(view["steps"])
         return render(request, "run.html", run=run, view=view, next_step=nxt)
 
     @app.get("/run/{run_id}/step/{n}", response_class=HTMLResponse, include_in_schema=False)
     def step_page(request: Request, run_id: str, n: int) -> Response:
         run, view = run_view(run_id)
-        step = step_of(view, n)
+        step = guide.step_of(view, n)
+        if step is None:
+            raise HTTPException(status_code=404, detail="This test has no such step.")
         events = ctx.events_for(run)
-        may_finish, seen, missing = guide.milestones(step, events, view.get("protocol"))
-        implicit_only = _implicit_only(view, events)
+        progress = guide.milestones(step, events, view.get("protocol"))
         return render(
             request,
             "step.html",
             run=run,
             view=view,
             step=step,
-            events=[e for e in events if e.get("step") == n and e.get("summary")],
-            may_finish=may_finish,
-            seen=seen,
-            missing=missing,
+            events=guide.live_lines(events, n),
+            progress=progress,
             instructions=guide.step_instructions(
                 step["scenario"], step["testcase"], view.get("protocol")
             ),
-            suggest_skip=implicit_only
-            and step["scenario"] == "two_phase"
-            and step["testcase"] in ("t1", "t2", "t3"),
+            cannot_apply=guide.cannot_apply(step, view, events),
+            next_step=guide.next_step(view["steps"], after=n),
+            now=time.time(),
         )
 
     @app.post("/run/{run_id}/step/{n}/{action}", include_in_schema=False)
     async def step_action(request: Request, run_id: str, n: int, action: str) -> Response:
         await csrf.verify(request)
-        _run, view = run_view(run_id)
-        step_of(view, n)
+        if action not in STEP_ACTIONS:
+            raise HTTPException(status_code=404, detail="Unknown action.")
+        run, view = run_view(run_id)
+        step = guide.step_of(view, n)
+        if step is None:
+            raise HTTPException(status_code=404, detail="This test has no such step.")
         form = await request.form()
         try:
             if action == "start":
@@ -155,18 +203,25 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
                 )
             elif action == "skip":
                 manager.skip(run_id, n)
-            elif action == "finish":
-                manager.finish(run_id, n)
             else:
-                raise HTTPException(status_code=404, detail="unknown action")
+                progress = guide.milestones(step, ctx.events_for(run), view.get("protocol"))
+                if step["state"] == "active" and not progress.may_finish:
+                    raise HTTPException(
+                        status_code=409,
+                        detail="This step cannot finish yet. Still needed: "
+                        + "; ".join(progress.missing)
+                        + ".",
+                    )
+                manager.finish(run_id, n)
         except ValueError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
-        if action in ("skip", "finish"):
-            later = [s for s in view["steps"] if s["n"] > n and s["state"] == "pending"]
-            if later:
-                return RedirectResponse(f"/run/{run_id}/step/{later[0]['n']}", status_code=303)
+        if action == "skip":
+            nxt = guide.next_step(view["steps"], after=n)
+            if nxt is not None:
+                return RedirectResponse(f"/run/{run_id}/step/{nxt['n']}", status_code=303)
             return RedirectResponse(f"/run/{run_id}", status_code=303)
-        return RedirectResponse(f"/run/{run_id}/step/{n}", status_code=303)
+        anchor = "#verdict" if action == "finish" else ""
+        return RedirectResponse(f"/run/{run_id}/step/{n}{anchor}", status_code=303)
 
     @app.post("/run/{run_id}/delete", include_in_schema=False)
     async def delete_run(request: Request, run_id: str) -> Response:
@@ -183,110 +238,172 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
         return Response(
             body,
             media_type="application/x-apple-aspen-config",
-            headers={"Content-Disposition": 'attachment; filename="mailtls.mobileconfig"'},
+            headers={
+                "Content-Disposition": 'attachment; filename="mailtls.mobileconfig"',
+                **PRIVATE_HEADERS,
+            },
         )
 
-    def result_view(token: str) -> tuple[Any, dict[str, Any]]:
-        run = manager.find_by_result_token(token)
+    _register_results(app, ctx, render, index)
+    _register_autoconfig(app, ctx, settings, index)
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def _register_results(
+    app: FastAPI, ctx: ApiContext, render: Callable[..., Response], index: RunIndex
+) -> None:
+    manager: Any = ctx.manager
+
+    def owner_view(token: str) -> tuple[Any, dict[str, Any]]:
+        run = manager.find_by_result_token(token) if len(token) <= 64 else None
         if run is None or getattr(run, "deleted", False):
-            raise HTTPException(status_code=404, detail="No result at this address.")
+            raise HTTPException(status_code=404, detail="There is no result at this address.")
         return run, manager.view(run.id, ctx.base_url)
 
-    @app.get("/r/{token}.json", include_in_schema=False)
-    def result_json(token: str, share: bool = False) -> Response:
-        run, view = result_view(token)
-        events = visible_events(_run_records(ctx, run), run.code, share=share)
-        data = _public(view, share) | {"events": events}
-        return Response(
-            json.dumps(data, indent=2, default=str),
-            media_type="application/json",
-            headers={"Content-Disposition": 'attachment; filename="mailtls-result.json"'},
-        )
+    def shared_view(token: str) -> tuple[Any, dict[str, Any]]:
+        run_id = index.run_id_for_share(token)
+        if run_id is None:
+            raise HTTPException(status_code=404, detail="There is no result at this address.")
+        run = ctx.run_or_404(run_id)
+        return run, manager.view(run.id, ctx.base_url)
 
-    @app.get("/r/{token}.csv", include_in_schema=False)
-    def result_csv(token: str) -> Response:
-        _run, view = result_view(token)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["n", "scenario", "testcase", "verdict", "reason", "findings"])
-        for s in view["steps"]:
-            tags = " ".join(str(f.get("tag")) for f in s.get("findings") or [])
-            writer.writerow(
-                [
-                    s["n"],
-                    s["scenario"],
-                    s["testcase"],
-                    s.get("verdict") or "",
-                    s.get("reason") or "",
-                    tags,
-                ]
-            )
-        return PlainTextResponse(
-            out.getvalue(),
-            media_type="text/csv",
-            headers={"Content-Disposition": 'attachment; filename="mailtls-result.csv"'},
-        )
-
-    @app.get("/r/{token}", response_class=HTMLResponse, include_in_schema=False)
-    def result_page(request: Request, token: str, share: bool = False) -> Response:
-        run, view = result_view(token)
+    def page(request: Request, run: Any, view: dict[str, Any], share: bool, token: str) -> Response:
         events = visible_events(_run_records(ctx, run), run.code, share=share)
-        by_step: dict[int, list[dict[str, Any]]] = {}
-        for e in events:
-            if isinstance(e.get("step"), int) and e.get("conn"):
-                by_step.setdefault(e["step"], []).append(e)
         return render(
             request,
             "result.html",
             run=run,
             view=_public(view, share),
+            run_id=None if share else run.id,
             share=share,
             token=token,
-            by_step=by_step,
+            share_link=f"/s/{share_token(token)}" if not share else None,
+            printing=request.query_params.get("print") == "1",
+            rows=guide.result_rows(view["steps"], guide.transcripts(events)),
+            summary=guide.summary(view["steps"]),
         )
 
-    # --- account auto-configuration --------------------------------------------------------
+    def json_export(run: Any, view: dict[str, Any], share: bool) -> Response:
+        events = visible_events(_run_records(ctx, run), run.code, share=share)
+        data = _public(view, share) | {"events": events}
+        return Response(
+            json.dumps(data, indent=2, default=str),
+            media_type="application/json",
+            headers={
+                "Content-Disposition": 'attachment; filename="mailtls-result.json"',
+                **PRIVATE_HEADERS,
+            },
+        )
 
-    def autoconfig_allowed(email: str) -> bool:
+    @app.get("/r/{token}.json", include_in_schema=False)
+    def result_json(token: str, share: bool = False) -> Response:
+        run, view = owner_view(token)
+        return json_export(run, view, share)
+
+    @app.get("/s/{token}.json", include_in_schema=False)
+    def shared_json(token: str) -> Response:
+        run, view = shared_view(token)
+        return json_export(run, view, True)
+
+    def csv_export(view: dict[str, Any]) -> Response:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["n", "scenario", "testcase", "verdict", "reason", "findings"])
+        for s in view["steps"]:
+            tags = " ".join(str(f.get("tag")) for f in s.get("findings") or [])
+            row = [s["n"], s["scenario"], s["testcase"], s.get("verdict") or s["state"]]
+            writer.writerow([*row, s.get("reason") or "", tags])
+        return PlainTextResponse(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={
+                "Content-Disposition": 'attachment; filename="mailtls-result.csv"',
+                **PRIVATE_HEADERS,
+            },
+        )
+
+    @app.get("/r/{token}.csv", include_in_schema=False)
+    def result_csv(token: str) -> Response:
+        return csv_export(owner_view(token)[1])
+
+    @app.get("/s/{token}.csv", include_in_schema=False)
+    def shared_csv(token: str) -> Response:
+        return csv_export(shared_view(token)[1])
+
+    @app.get("/r/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def result_page(request: Request, token: str, share: bool = False) -> Response:
+        run, view = owner_view(token)
+        if share:
+            return RedirectResponse(f"/s/{share_token(token)}", status_code=303)
+        return page(request, run, view, False, token)
+
+    @app.get("/s/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def shared_page(request: Request, token: str) -> Response:
+        run, view = shared_view(token)
+        return page(request, run, view, True, token)
+
+
+# --- account auto-configuration ---------------------------------------------------------------
+
+
+def _register_autoconfig(
+    app: FastAPI, ctx: ApiContext, settings: Settings, index: RunIndex
+) -> None:
+    manager: Any = ctx.manager
+
+    def allowed(email: str) -> bool:
         """During an active immediate t1–t4 step autoconfig answers 404, as an attacker would."""
         code = parse_code(email)
-        if not code:
+        run_id = index.run_id_for_code(code) if code else None
+        if run_id is None:
             return True
-        find = getattr(manager, "find_by_code", None)
-        run = find(code) if find else None
-        if run is None:
+        try:
+            run = manager.get(run_id)
+        except LookupError:
             return True
         return not any(
-            s.state == "active" and s.scenario == "immediate" and s.testcase in ATTACKS
+            str(s.state) == "active" and s.scenario == "immediate" and s.testcase in ATTACKS
             for s in run.steps
         )
 
-    def autoconfig(request: Request, emailaddress: str = "") -> Response:
-        if emailaddress and not autoconfig_allowed(emailaddress):
-            return PlainTextResponse("not found", status_code=404)
+    def not_found() -> Response:
+        return PlainTextResponse("not found", status_code=404)
+
+    def autoconfig(emailaddress: str = "") -> Response:
+        if len(emailaddress) > 320:
+            return PlainTextResponse("address too long", status_code=400)
+        if emailaddress and not allowed(emailaddress):
+            return not_found()
         return Response(
-            mozilla_autoconfig(_servers(settings), emailaddress), media_type="application/xml"
+            mozilla_autoconfig(_servers(settings), emailaddress),
+            media_type="application/xml",
+            headers={"Cache-Control": "no-store"},
         )
 
-    app.add_api_route("/mail/config-v1.1.xml", autoconfig, include_in_schema=False)
-    app.add_api_route(
-        "/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig, include_in_schema=False
-    )
+    for path in ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml"):
+        app.add_api_route(path, autoconfig, include_in_schema=False)
 
     async def autodiscover(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_AUTODISCOVER_BYTES:
+            return PlainTextResponse("request too large", status_code=413)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > 16 * 1024:
+            if len(body) > MAX_AUTODISCOVER_BYTES:
                 return PlainTextResponse("request too large", status_code=413)
         try:
             email = parse_autodiscover_request(bytes(body))
         except AutodiscoverError as exc:
             return PlainTextResponse(str(exc), status_code=400)
-        if not autoconfig_allowed(email):
-            return PlainTextResponse("not found", status_code=404)
+        if not allowed(email):
+            return not_found()
         return Response(
-            autodiscover_response(_servers(settings), email), media_type="application/xml"
+            autodiscover_response(_servers(settings), email),
+            media_type="application/xml",
+            headers={"Cache-Control": "no-store"},
         )
 
     for path in ("/autodiscover/autodiscover.xml", "/Autodiscover/Autodiscover.xml"):
@@ -298,22 +415,14 @@ def _run_records(ctx: ApiContext, run: Any) -> list[dict[str, Any]]:
 
 
 def _public(view: dict[str, Any], share: bool) -> dict[str, Any]:
-    """The result data; the shareable view drops the account secrets and the run id."""
+    """The result data; the shareable view also drops the run id, links and session code."""
     data = dict(view)
     data.pop("account", None)
     if share:
         data.pop("id", None)
         data.pop("links", None)
         data.pop("code", None)
+        data["steps"] = [
+            {k: v for k, v in s.items() if k != "collisions"} for s in view.get("steps", [])
+        ]
     return data
-
-
-def _implicit_only(view: dict[str, Any], events: list[dict[str, Any]]) -> bool:
-    """The client used only implicit-TLS ports in baseline (two_phase t1–t3 cannot apply)."""
-    baseline = {s["n"] for s in view["steps"] if s["testcase"] == "baseline"}
-    kinds = {
-        e.get("security")
-        for e in events
-        if e.get("type") == "connection_opened" and e.get("step") in baseline
-    }
-    return kinds == {"tls"}
