@@ -382,3 +382,61 @@ def read_all(sock: socket.socket, limit: int = 1 << 16) -> bytes:
                 break
             data += chunk
     return data
+
+
+class Wire:
+    """A raw line-oriented client connection that can switch to TLS (for scripted dialogues)."""
+
+    def __init__(self, port: int, timeout: float = CLIENT_TIMEOUT) -> None:
+        self.sock: socket.socket = connect(port, timeout)
+        self.buf = b""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        """One line with its ending; b"" at EOF or timeout; at most 64 KiB."""
+        while b"\n" not in self.buf and len(self.buf) < 1 << 16:
+            try:
+                chunk = self.sock.recv(4096)
+            except (TimeoutError, ConnectionError, ssl.SSLError):
+                chunk = b""
+            if not chunk:
+                out, self.buf = self.buf, b""
+                return out
+            self.buf += chunk
+        end = self.buf.find(b"\n") + 1 or len(self.buf)
+        out, self.buf = self.buf[:end], self.buf[end:]
+        return out
+
+    def smtp_reply(self) -> bytes:
+        """A whole (multi-line) SMTP reply."""
+        out = b""
+        while True:
+            line = self.line()
+            out += line
+            if not line or line[3:4] != b"-":
+                return out
+
+    def imap_reply(self, tag: bytes) -> bytes:
+        """Lines up to the tagged reply or a continuation request."""
+        out = b""
+        while True:
+            line = self.line()
+            out += line
+            if not line or line.startswith((tag + b" ", b"+")):
+                return out
+
+    def upgrade(self, ctx: ssl.SSLContext) -> None:
+        assert not self.buf, self.buf
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")

@@ -1,0 +1,267 @@
+"""No secret ever persists: canaries through every mechanism of every protocol, then a search.
+
+A canary password and a canary OAuth token travel through every way a client can send them
+(SMTP AUTH PLAIN/LOGIN/CRAM-MD5/XOAUTH2/OAUTHBEARER with and without initial response, IMAP
+LOGIN as atom, quoted string, synchronising and non-synchronising literal, AUTHENTICATE with and
+without SASL-IR, POP3 USER/PASS, APOP, AUTH ...; a malformed initial response; the run's
+account and an unknown user), both in the clear and after STARTTLS, against a real
+``mailtls serve``. Then neither canary, nor any base64 alignment of it, nor the exact base64
+blobs sent, nor the CRAM-MD5/APOP digests, appears in any file under the data folder (journal,
+SQLite index and its WAL, keys, the server log), before and after shutdown, nor in any API
+response about the run (run view, events JSON, the SSE stream, result page, JSON/CSV export).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from e2e_helpers import Api, Run, Wire, serving, tls_context
+
+from conftest import ServeInstance
+
+PASSWORD = "CanaryPw" + secrets.token_hex(12)
+TOKEN = "CanaryTok" + secrets.token_hex(12)
+
+Step = bytes | Callable[[bytes], bytes]
+
+
+def b64(data: str | bytes) -> bytes:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data)
+
+
+class Recorder:
+    """The secret-carrying blobs actually sent, to search for them verbatim afterwards."""
+
+    def __init__(self) -> None:
+        self.blobs: set[bytes] = set()
+
+    def cram(self, user: str) -> Callable[[bytes], bytes]:
+        def respond(challenge_line: bytes) -> bytes:
+            challenge = base64.b64decode(challenge_line.split()[-1])
+            digest = hmac.new(PASSWORD.encode(), challenge, hashlib.md5).hexdigest()
+            self.blobs.add(digest.encode())
+            answer = b64(f"{user} {digest}")
+            self.blobs.add(answer)
+            return answer
+
+        return respond
+
+    def secret(self, blob: bytes) -> bytes:
+        self.blobs.add(blob)
+        return blob
+
+
+def mechanisms(user: str, rec: Recorder) -> dict[str, tuple[bytes | None, list[Step]]]:
+    """name -> (initial response or None, later responses)."""
+    plain = rec.secret(b64(f"\0{user}\0{PASSWORD}"))
+    xoauth2 = rec.secret(b64(f"user={user}\x01auth=Bearer {TOKEN}\x01\x01"))
+    oauthbearer = rec.secret(b64(f"n,a={user},\x01auth=Bearer {TOKEN}\x01\x01"))
+    login_pw = rec.secret(b64(PASSWORD))
+    return {
+        "PLAIN+ir": (plain, []),
+        "PLAIN": (None, [plain]),
+        "LOGIN+ir": (b64(user), [login_pw]),
+        "LOGIN": (None, [b64(user), login_pw]),
+        "CRAM-MD5": (None, [rec.cram(user)]),
+        "XOAUTH2+ir": (xoauth2, []),
+        "XOAUTH2": (None, [xoauth2]),
+        "OAUTHBEARER+ir": (oauthbearer, []),
+        "OAUTHBEARER": (None, [oauthbearer]),
+        "PLAIN+garbage": (rec.secret(f"{PASSWORD}!{TOKEN}".encode()), []),
+    }
+
+
+def sasl(
+    wire: Wire,
+    start: bytes,
+    steps: list[Step],
+    reply: Callable[[], bytes],
+    is_continuation: Callable[[bytes], bool],
+) -> bytes:
+    """Send ``start``, answer continuations with ``steps``, then an empty response, then "*"."""
+    wire.send(start + b"\r\n")
+    answer = reply()
+    pending = list(steps)
+    for extra in (b"", b"*", b"*"):
+        if not is_continuation(answer):
+            break
+        while pending and is_continuation(answer):
+            step = pending.pop(0)
+            wire.send((step if isinstance(step, bytes) else step(answer)) + b"\r\n")
+            answer = reply()
+        if is_continuation(answer):
+            wire.send(extra + b"\r\n")
+            answer = reply()
+    return answer
+
+
+def smtp_session(
+    inst: ServeInstance, tls: bool, mech: str, ir: bytes | None, steps: list[Step]
+) -> None:
+    with Wire(inst.ports["smtp_submission"]) as w:
+        assert w.smtp_reply().startswith(b"220")
+        w.send(b"EHLO canary.test\r\n")
+        w.smtp_reply()
+        if tls:
+            w.send(b"STARTTLS\r\n")
+            assert w.smtp_reply().startswith(b"220")
+            w.upgrade(tls_context(inst))
+            w.send(b"EHLO canary.test\r\n")
+            w.smtp_reply()
+        name = mech.split("+")[0].encode()
+        start = b"AUTH " + name + (b" " + ir if ir is not None else b"")
+        sasl(w, start, steps, w.smtp_reply, lambda r: r.startswith(b"334"))
+        w.send(b"QUIT\r\n")
+        w.smtp_reply()
+
+
+def imap_open(inst: ServeInstance, tls: bool) -> Wire:
+    w = Wire(inst.ports["imap"])
+    assert w.line().startswith(b"* OK")
+    if tls:
+        w.send(b"s STARTTLS\r\n")
+        assert w.imap_reply(b"s").startswith(b"s OK")
+        w.upgrade(tls_context(inst))
+    return w
+
+
+def imap_sasl(
+    inst: ServeInstance, tls: bool, mech: str, ir: bytes | None, steps: list[Step]
+) -> None:
+    with imap_open(inst, tls) as w:
+        name = mech.split("+")[0].encode()
+        start = b"a AUTHENTICATE " + name + (b" " + ir if ir is not None else b"")
+        sasl(w, start, steps, lambda: w.imap_reply(b"a"), lambda r: r.startswith(b"+"))
+        w.send(b"z LOGOUT\r\n")
+        w.imap_reply(b"z")
+
+
+def imap_logins(inst: ServeInstance, tls: bool, user: str) -> None:
+    pw = PASSWORD.encode()
+    u = user.encode()
+    forms = [
+        b"a LOGIN " + u + b" " + pw + b"\r\n",
+        b'a LOGIN "' + u + b'" "' + pw + b'"\r\n',
+        b"a LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(u), u, len(pw), pw),
+    ]
+    for form in forms:
+        with imap_open(inst, tls) as w:
+            w.send(form)
+            w.imap_reply(b"a")
+    with imap_open(inst, tls) as w:  # synchronising literals: wait for each "+"
+        w.send(b"a LOGIN {%d}\r\n" % len(u))
+        assert w.imap_reply(b"a").startswith(b"+")
+        w.send(u + b" {%d}\r\n" % len(pw))
+        assert w.imap_reply(b"a").startswith(b"+")
+        w.send(pw + b"\r\n")
+        w.imap_reply(b"a")
+
+
+def pop3_open(inst: ServeInstance, tls: bool) -> Wire:
+    w = Wire(inst.ports["pop3"])
+    assert w.line().startswith(b"+OK")
+    if tls:
+        w.send(b"STLS\r\n")
+        assert w.line().startswith(b"+OK")
+        w.upgrade(tls_context(inst))
+    return w
+
+
+def pop3_sasl(
+    inst: ServeInstance, tls: bool, mech: str, ir: bytes | None, steps: list[Step]
+) -> None:
+    with pop3_open(inst, tls) as w:
+        name = mech.split("+")[0].encode()
+        start = b"AUTH " + name + (b" " + ir if ir is not None else b"")
+        sasl(w, start, steps, w.line, lambda r: r.startswith(b"+ ") or r.rstrip() == b"+")
+        w.send(b"QUIT\r\n")
+        w.line()
+
+
+def pop3_user_pass(inst: ServeInstance, tls: bool, user: str, rec: Recorder) -> None:
+    with pop3_open(inst, tls) as w:
+        w.send(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())  # pipelined
+        w.line()
+        w.line()
+    with pop3_open(inst, tls) as w:
+        digest = rec.secret(hashlib.md5(f"<1.2@x>{PASSWORD}".encode()).hexdigest().encode())
+        w.send(b"APOP " + user.encode() + b" " + digest + b"\r\n")
+        w.line()
+
+
+def forms_of(canary: str) -> list[bytes]:
+    """The canary and every base64 alignment of it (as found inside any longer blob)."""
+    raw = canary.encode()
+    out = [raw, raw.hex().encode(), b64(raw)]
+    for shift in range(3):
+        encoded = b64(b"\0" * shift + raw)
+        out.append(encoded[4 if shift else 0 : -4])
+        out.append(base64.urlsafe_b64encode(b"\0" * shift + raw)[4 if shift else 0 : -4])
+    return out
+
+
+def leaks(haystack: bytes, needles: list[bytes]) -> list[bytes]:
+    low = haystack.lower()
+    return [n for n in needles if n in haystack or n.lower() in low]
+
+
+def scan_files(root: Path, needles: list[bytes]) -> dict[str, list[bytes]]:
+    found: dict[str, list[bytes]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        hits = leaks(path.read_bytes(), needles)
+        if hits:
+            found[str(path.relative_to(root))] = hits
+    return found
+
+
+def exercise_everything(inst: ServeInstance, user: str, rec: Recorder, tls_too: bool) -> None:
+    for tls in (False, True) if tls_too else (False,):
+        for mech, (ir, steps) in mechanisms(user, rec).items():
+            smtp_session(inst, tls, mech, ir, steps)
+            imap_sasl(inst, tls, mech, ir, steps)
+            pop3_sasl(inst, tls, mech, ir, steps)
+        imap_logins(inst, tls, user)
+        pop3_user_pass(inst, tls, user, rec)
+
+
+@pytest.mark.timeout(120)
+def test_canaries_never_persist_or_show(tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    rec = Recorder()
+    with serving(data) as inst:
+        api = Api(inst)
+        run: Run = api.create(("immediate", "baseline"), ("immediate", "t1"))
+        for n in (1, 2):  # baseline: in the clear and after STARTTLS; t1: in the clear only
+            api.start(run, n)
+            exercise_everything(inst, run.username, rec, tls_too=n == 1)
+            exercise_everything(inst, "somebody-else@example.org", rec, tls_too=n == 1)
+            api.finish(run, n)
+        needles = forms_of(PASSWORD) + forms_of(TOKEN) + sorted(rec.blobs)
+        # the alignments alone find every base64 blob that carried a canary (the search works)
+        for blob in rec.blobs:
+            try:
+                decoded = base64.b64decode(blob, validate=True)
+            except ValueError:
+                decoded = b""
+            if PASSWORD.encode() in decoded or TOKEN.encode() in decoded:
+                assert leaks(b"x" + blob, forms_of(PASSWORD) + forms_of(TOKEN)), blob
+        events = api.wait_events(run, lambda ev: sum(e["type"] == "auth" for e in ev) >= 40)
+        auths = [e for e in events if e["type"] == "auth"]
+        assert len(auths) >= 40, len(auths)  # the sessions really authenticated
+        mechs = {a["mechanism"] for a in auths}
+        assert mechs >= {"PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER"}, mechs
+        assert any(a["tls"] for a in auths) and any(a["secret_in_clear"] for a in auths)
+        for name, text in api.texts(run).items():
+            assert not leaks(text.encode(), needles), name
+        assert not scan_files(data, needles)
+        api.close()
+    assert not scan_files(data, needles)  # also what shutdown flushed
+    log = inst.output()
+    assert "mailtls serving" in log
+    assert not leaks(log.encode(), needles)
