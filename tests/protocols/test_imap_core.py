@@ -690,6 +690,30 @@ def test_unknown_mechanism_name_is_never_shown() -> None:
     assert only(commands, obs.AuthAttempted).mechanism == "UNKNOWN"
 
 
+def test_line_without_a_command_name_is_shown_only_by_length() -> None:
+    """A password typed where a command goes (no tag, or no command name) is never shown."""
+    s = Session()
+    s.connect()
+    for line in (CANARY, f'"{CANARY}"', f"+{CANARY} x"):
+        commands = s.data(line.encode() + b"\r\n")
+        assert lines(commands) == [f"<unrecognised, {len(line)} bytes>"]
+        assert b"* BAD " in sent(commands)
+
+
+def test_idle_lines_other_than_done_are_redacted_like_commands() -> None:
+    s = Session()
+    s.login()
+    for line, shown in (
+        (CANARY, f"<unrecognised, {len(CANARY)} bytes>"),
+        (f"a9 LOGIN {USER} {CANARY}", f"a9 LOGIN {USER} <redacted, {len(CANARY)} bytes>"),
+        ("a9 NOOP", "a9 NOOP"),
+    ):
+        assert "+ idling" in s.line("i1 IDLE")
+        commands = s.data(line.encode() + b"\r\n")
+        assert lines(commands) == [shown]
+        assert b"i1 BAD Expected DONE" in sent(commands)
+
+
 def test_sasl_response_sent_out_of_turn_is_redacted() -> None:
     s = Session()
     s.connect()

@@ -561,6 +561,9 @@ class ImapCore:
             return f"{tag} LOGIN {redacted_line(max(size, 0))}"
         if len(raw.lines) == 1 and _BASE64_BLOB.match(raw.lines[0]):
             return redacted_line(len(raw.lines[0]))  # a SASL response sent out of turn
+        if isinstance(parsed, BadCommand) and (parsed.tag is None or not parsed.name):
+            # not a command at all: may be a password typed in the wrong place
+            return f"<unrecognised, {sum(len(line) for line in raw.lines)} bytes>"
         return raw.transcript()
 
     def _bad(self, turn: _Turn, tag: str | None, reason: str, text: str) -> None:
@@ -827,7 +830,8 @@ class ImapCore:
             turn.send(f"{self._idle_tag} OK Idle completed")
             return
         if isinstance(line, bytes):
-            shown = redacted_line(len(line)) if _BASE64_BLOB.match(line) else decode(line)
+            raw = RawCommand((line,), ())
+            shown = self._transcript(raw, parse_command(raw), turn)
             turn.record(CommandReceived(truncate(shown), self._is_tls))
         self._bad(turn, self._idle_tag, "syntax", "Expected DONE")
 
