@@ -3,9 +3,11 @@
 The probe sends the STARTTLS command and a harmless second command (SMTP ``NOOP``, IMAP tagged
 ``NOOP``, POP3 ``CAPA``) in one write. A correct server discards what was pipelined after
 STARTTLS; a vulnerable one keeps it and answers it inside TLS before the client has said anything
-there. An answer in plaintext before the handshake is a separate, lesser finding (the server
-processed a command it should have dropped, but outside the encrypted session). Imports only
-``conn`` and ``dialogue``.
+there. A server that hands the pipelined bytes to TLS and so aborts the handshake (Dovecot 2.3)
+is not injectable (``aborted``); the session then repeats STARTTLS without a second command to
+learn about TLS itself. An answer in plaintext before the handshake is a separate, lesser
+finding (the server processed a command it should have dropped, but outside the encrypted
+session). Imports only ``conn`` and ``dialogue``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from mailtls.probe.conn import Conn, show
+from mailtls.probe.conn import Conn, ProbeFailure, show
 from mailtls.probe.dialogue import Dialogue, StarttlsReply
 
 PLAINTEXT_WAIT = 0.3
@@ -24,6 +26,7 @@ class InjectionResult:
     tested: bool
     vulnerable: bool = False
     plaintext_reply: bool = False
+    aborted: bool = False
     evidence: tuple[str, ...] = ()
 
 
@@ -50,7 +53,18 @@ def starttls_with_injection(
     ]
     early = conn.pending(PLAINTEXT_WAIT) if conn.readable_now(PLAINTEXT_WAIT) else b""
     evidence += _lines("S (plaintext, before the handshake): ", early)
-    conn.upgrade(ctx, server_hostname)
+    try:
+        conn.upgrade(ctx, server_hostname)
+    except ProbeFailure as exc:
+        if exc.kind not in ("tls", "closed"):
+            raise
+        # Some servers (Dovecot 2.3) feed the pipelined bytes to TLS and abort the handshake:
+        # not injectable; the session tries again without the second command.
+        evidence.append(f"-- the handshake failed after the pipelined command: {exc.message}")
+        aborted = InjectionResult(
+            tested=True, plaintext_reply=bool(early.strip()), aborted=True, evidence=tuple(evidence)
+        )
+        return reply, aborted
     late = conn.pending(wait)
     evidence += _lines("S (inside TLS, before the client spoke): ", late)
     result = InjectionResult(

@@ -65,6 +65,20 @@ class TlsResult:
 
 
 @dataclass(frozen=True)
+class _Session:
+    """What one TLS connection showed."""
+
+    reply: StarttlsReply | None = None
+    injection: InjectionResult | None = None
+    established: bool = False
+    version: str = ""
+    cipher: str = ""
+    der: bytes | None = None
+    caps_after: Caps | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class PortResult:
     target: Target
     address: str
@@ -228,47 +242,62 @@ class PortProbe:
     # --- the TLS session ---------------------------------------------------------------------
     def tls_session(self, starttls: bool) -> tuple[TlsResult, InjectionResult | None]:
         mode = "starttls" if starttls else "implicit"
-        verify_error: str | None = None
         try:
-            first = self._tls_once(starttls, verifying_context(self.opts.cafile))
-        except ssl.SSLCertVerificationError as exc:
-            verify_error = str(exc.verify_message or exc.reason or exc)
-            self.transcript.append(f"-- certificate not trusted: {verify_error}; again without")
-            try:
-                first = self._tls_once(starttls, lenient_context())
-            except ssl.SSLCertVerificationError as again:  # cannot happen without verification
-                raise ProbeFailure("tls", str(again)) from None
-            except ProbeFailure as exc2:
-                return TlsResult(mode, False, error=exc2.message, verify_error=verify_error), None
+            session, verify_error = self._attempt(starttls, inject=starttls)
+            injection = session.injection
+            if injection is not None and injection.aborted:
+                session, verify_error = self._attempt(starttls, inject=False)
+                if not session.established:
+                    injection = replace(injection, tested=False)
         except ProbeFailure as exc:
             if exc.connecting and not starttls:
                 raise
             return TlsResult(mode, False, error=exc.message), None
         except OSError as exc:  # e.g. a bad --cafile found late
             return TlsResult(mode, False, error=str(exc)), None
-        reply, injection, version, cipher, der, caps_after = first
-        if reply is not None and not reply.accepted:
+        reply = session.reply
+        if not session.established:
+            error = "STARTTLS refused" if reply is not None and not reply.accepted else "failed"
             return TlsResult(
-                mode, False, error="STARTTLS refused", starttls_reply=reply.reply
-            ), None
+                mode,
+                False,
+                error=session.error or error,
+                starttls_reply=reply.reply if reply else None,
+                verify_error=verify_error,
+            ), injection
+        der = session.der
         facts = cert_facts(der, self.opts.host, dt.datetime.now(dt.UTC)) if der else None
         legacy = {name: self.legacy(starttls, ver).value for name, ver in LEGACY_VERSIONS.items()}
         tls = TlsResult(
             mode,
             True,
-            version,
-            cipher,
+            session.version,
+            session.cipher,
             starttls_reply=reply.reply if reply else None,
             verify_error=verify_error,
             cert=facts,
-            caps_after=caps_after,
+            caps_after=session.caps_after,
             legacy=legacy,
         )
         return tls, injection
 
-    def _tls_once(
-        self, starttls: bool, ctx: ssl.SSLContext
-    ) -> tuple[StarttlsReply | None, InjectionResult | None, str, str, bytes | None, Caps | None]:
+    def _attempt(self, starttls: bool, inject: bool) -> tuple[_Session, str | None]:
+        """One TLS session with chain verification; again without it when the chain fails."""
+        try:
+            return self._tls_once(starttls, verifying_context(self.opts.cafile), inject), None
+        except ssl.SSLCertVerificationError as exc:
+            verify_error = str(exc.verify_message or exc.reason or exc)
+        self.transcript.append(f"-- certificate not trusted: {verify_error}; again without")
+        try:
+            return self._tls_once(starttls, lenient_context(), inject), verify_error
+        except ssl.SSLCertVerificationError as exc:  # cannot happen without verification
+            raise ProbeFailure("tls", str(exc)) from None
+        except ProbeFailure as exc:
+            if exc.connecting:
+                raise
+            return _Session(error=exc.message), verify_error
+
+    def _tls_once(self, starttls: bool, ctx: ssl.SSLContext, inject: bool) -> _Session:
         conn = self.connect()
         dlg = self.dialogue()
         try:
@@ -277,21 +306,34 @@ class PortProbe:
             if starttls:
                 dlg.greet(conn)
                 dlg.capabilities(conn)
-                wait = min(self.opts.timeout, INJECTION_WAIT_MAX)
-                reply, injection = starttls_with_injection(conn, dlg, ctx, self.opts.sni, wait)
+                if inject:
+                    wait = min(self.opts.timeout, INJECTION_WAIT_MAX)
+                    reply, injection = starttls_with_injection(conn, dlg, ctx, self.opts.sni, wait)
+                    if injection.aborted:
+                        return _Session(reply, injection)
+                else:
+                    reply = dlg.starttls(conn, inject=False)
+                    if reply.accepted:
+                        conn.upgrade(ctx, self.opts.sni)
                 if not reply.accepted:
-                    return reply, None, "", "", None, None
+                    return _Session(reply)
             else:
                 conn.upgrade(ctx, self.opts.sni)
                 self.banner = dlg.greet(conn)
-            version, cipher, der = conn.tls_version(), conn.tls_cipher(), conn.peer_certificate()
-            caps_after: Caps | None = None
+            session = _Session(
+                reply,
+                injection,
+                established=True,
+                version=conn.tls_version(),
+                cipher=conn.tls_cipher(),
+                der=conn.peer_certificate(),
+            )
             try:
-                caps_after = dlg.capabilities(conn)
+                session = replace(session, caps_after=dlg.capabilities(conn))
                 dlg.quit(conn)
             except ProbeFailure as exc:
                 self.notes.append(f"after TLS: {exc.message}")
-            return reply, injection, version, cipher, der, caps_after
+            return session
         finally:
             conn.close()
 

@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import ipaddress
 import ssl
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -56,8 +57,10 @@ def lenient_context() -> ssl.SSLContext:
 def legacy_context(version: ssl.TLSVersion) -> ssl.SSLContext:
     ctx = lenient_context()
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    ctx.minimum_version = version
-    ctx.maximum_version = version
+    with warnings.catch_warnings():  # pinning a deprecated version is the point of this check
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = version
+        ctx.maximum_version = version
     return ctx
 
 
