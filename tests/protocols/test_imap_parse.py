@@ -179,6 +179,22 @@ def test_refused_non_synchronizing_literal_is_skipped_then_reading_resumes() -> 
     assert len(items) == 2 and command_of(items[1]).tag == "a2"
 
 
+def test_skipping_a_refused_literal_keeps_nothing_of_what_follows() -> None:
+    """A peer chaining ``{1+}`` literals behind a refused one must not grow the reader."""
+    limits = replace(LIMITS, literal_bytes=10)
+    buf = LineBuffer(limits.line_bytes)
+    reader = CommandReader(limits)
+    buf.feed(b"a1 FOO {50+}\r\n" + b"z" * 50)
+    assert isinstance(reader.next(buf), LiteralTooBig)
+    for _ in range(200):
+        buf.feed(b" " + b"y" * 3000 + b" {1+}\r\nz")
+        assert reader.next(buf) is None
+    assert reader.partial() == "a1 FOO {50+}"
+    buf.feed(b"\r\na2 NOOP\r\n")
+    item = reader.next(buf)
+    assert item is not None and command_of(item).tag == "a2"
+
+
 def test_non_synchronizing_literal_beyond_the_message_limit_is_fatal() -> None:
     (item,) = read_all(b"a1 APPEND INBOX {99999999999+}\r\n")
     assert isinstance(item, LiteralTooBig) and item.fatal

@@ -223,7 +223,8 @@ class CommandReader:
         return True
 
     def _on_line(self, line: bytes) -> ReaderItem | None:
-        self._lines.append(line)
+        if not self._skipping:  # the lines of a command being skipped are not kept
+            self._lines.append(line)
         match = _LITERAL_SPEC.search(line)
         if match is None:
             if self._skipping:
