@@ -1,0 +1,174 @@
+"""Durability of the event journal: ``kill -9`` during a burst of sessions, restart, compare.
+
+Several stdlib clients (SMTP, IMAP, POP3, in the clear and over STARTTLS) run concurrently
+against a real ``mailtls serve``; each remembers, by its local port, every greeting it received
+and every login the server accepted. The server is killed with SIGKILL in the middle of the
+burst, a torn last line is appended to the journal (a write cut short), and the server restarts
+on the same data folder. Then: the torn tail is cut off (and logged) and every line of the
+journal is JSON; for every greeting a client received there is a ``connection_opened`` event and
+for every accepted login an ``auth`` event (the journal line is handed to the kernel before the
+reply); the run and its step survive; and the SQLite index equals one rebuilt from the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import json
+import os
+import poplib
+import shutil
+import signal
+import smtplib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import CLIENT_ERRORS, HOST, Api, tags, tls_context
+
+from conftest import ServeInstance, start_serve
+from mailtls.store import INDEX_NAME, JOURNAL_NAME, rebuild
+
+Seen = list[tuple[str, int]]  # (protocol, client port)
+
+
+def one_session(
+    inst: ServeInstance, protocol: str, tls: bool, user: str, greeted: Seen, authed: Seen
+) -> None:
+    ctx = tls_context(inst)
+    if protocol == "smtp":
+        s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=5)
+        try:
+            greeted.append((protocol, s.sock.getsockname()[1]))
+            s.ehlo()
+            if tls:
+                s.starttls(context=ctx)
+                s.ehlo()
+            s.login(user, "pw")
+            authed.append((protocol, s.sock.getsockname()[1]))
+            s.quit()
+        finally:
+            s.close()
+    elif protocol == "imap":
+        m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=5)
+        try:
+            greeted.append((protocol, m.sock.getsockname()[1]))
+            if tls:
+                m.starttls(ssl_context=ctx)
+            m.login(user, "pw")
+            authed.append((protocol, m.sock.getsockname()[1]))
+            m.logout()
+        finally:
+            with contextlib.suppress(OSError):  # logout closed it already
+                m.shutdown()
+    else:
+        p = poplib.POP3(HOST, inst.ports["pop3"], timeout=5)
+        try:
+            greeted.append((protocol, p.sock.getsockname()[1]))
+            if tls:
+                p.stls(context=ctx)
+            p.user(user)
+            p.pass_("pw")
+            authed.append((protocol, p.sock.getsockname()[1]))
+            p.quit()
+        finally:
+            p.close()
+
+
+def table(db_path: Path) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute(
+            "SELECT id, ts, type, run, step, conn, code, record FROM events ORDER BY id"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_during_a_burst_loses_no_answered_event(tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    inst = start_serve(data)
+    try:
+        api = Api(inst)
+        run = api.create(("immediate", "baseline"))
+        api.start(run)
+        greeted: Seen = []
+        authed: Seen = []
+        stop = threading.Event()
+
+        def worker(k: int) -> None:
+            i = k
+            while not stop.is_set():
+                protocol = ("smtp", "imap", "pop3")[i % 3]
+                try:
+                    one_session(inst, protocol, (i // 3) % 2 == 1, run.username, greeted, authed)
+                except CLIENT_ERRORS:
+                    if inst.proc.poll() is not None:
+                        return
+                i += 1
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(authed) < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        inst.proc.send_signal(signal.SIGKILL)  # in the middle of the burst
+        inst.proc.wait(timeout=10)
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+        assert not any(t.is_alive() for t in threads)
+        api.close()
+        assert len(authed) >= 150 and {p for p, _ in authed} == {"smtp", "imap", "pop3"}
+    finally:
+        stop.set()
+        inst.stop(signal.SIGKILL)
+
+    journal = data / JOURNAL_NAME
+    with journal.open("ab") as f:  # a write cut short by the kill
+        f.write(b'{"id": 999999999, "type": "connection_opened", "conn": "tor')
+
+    again = start_serve(data, ports=inst.ports)
+    try:
+        api = Api(again)
+        step = api.step(run)
+        assert step["state"] == "active"
+        # the restarted server records on: one more session, then a verdict from all of them
+        one_session(again, "imap", True, run.username, [], [])
+        finished = api.finish(run)  # half the burst logged in without STARTTLS
+        assert (finished["verdict"], finished["reason"]) == ("FAIL", "plaintext_auth")
+        assert {"tls_auth", "starttls_not_attempted"} <= tags(finished)
+        api.close()
+    finally:
+        assert again.stop() == 0
+    assert "torn" in again.output()
+    lines = journal.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    records = [json.loads(line) for line in lines[:-1]]
+    ids = [r["id"] for r in records]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert 999999999 not in ids
+    # connections that never logged in are reduced in API views (no client port): use the record
+    opened = {(r["protocol"], r["cport"]) for r in records if r["type"] == "connection_opened"}
+    logins = {
+        (r["protocol"], r["cport"])
+        for r in records
+        if r["type"] == "auth" and r.get("outcome") == "success"
+    }
+    assert set(greeted) <= opened, set(greeted) - opened
+    assert set(authed) <= logins, set(authed) - logins
+
+    live = table(data / INDEX_NAME)
+    assert [row[0] for row in live] == ids
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns("store.lock"))
+    for name in os.listdir(copy):
+        if name.startswith(INDEX_NAME):
+            (copy / name).unlink()
+    rebuild(copy)
+    assert table(copy / INDEX_NAME) == live
