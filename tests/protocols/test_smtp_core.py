@@ -375,6 +375,17 @@ def test_t2_plaintext_instead_of_client_hello() -> None:
     assert s.event(Closed()) == [Record(obs.UsernameSent(USER, "abc123", False)), Close()]
 
 
+def test_t2_bytes_held_while_the_client_hello_is_read_are_bounded() -> None:
+    """A shell that hands the core data before ``ClientHelloReceived``: kept up to one line."""
+    s = Session("t2")
+    s.ready()
+    s.data(b"STARTTLS\r\n")
+    for _ in range(1000):
+        assert s.data(b"x" * 1000) == []
+    commands = s.event(ClientHelloReceived(0, False))
+    assert sum(c.nbytes for c in records(commands, obs.DataAfterDisruption)) <= LIMITS.line_bytes
+
+
 def test_t2_disrupted_state_is_bounded_and_kickable() -> None:
     s = t2_disrupted()
     closed = False

@@ -296,7 +296,9 @@ class SmtpCore:
     def _on_data(self, event: Event) -> None:
         assert isinstance(event, DataReceived)
         if self.state is State.CLIENT_HELLO:
-            self._held += event.data[: self._limits.line_bytes]
+            room = self._limits.line_bytes - len(self._held)
+            if room > 0:
+                self._held += event.data[:room]
             return
         if self.state is State.TLS_HANDSHAKE:
             return
