@@ -272,7 +272,9 @@ def _tls_was_available(conn: _Conn, before_id: int) -> bool:
 
 
 def _starttls_tried(conn: _Conn, before_id: int) -> bool:
-    return any(_int(e.get("id")) < before_id for e in conn.of_type("starttls_requested"))
+    """STARTTLS was requested, or TLS was up (implicit TLS), before ``before_id``."""
+    tried = conn.of_type("starttls_requested", "tls_established")
+    return any(_int(e.get("id")) < before_id for e in tried)
 
 
 class _ProtocolJudge:

@@ -777,6 +777,18 @@ def test_mismatch_finding_names_the_mode_of_that_connection() -> None:
     assert details == ["credentials sent without TLS (baseline, not bound to this step)"]
 
 
+def test_cleartext_after_a_t4_disruption_of_implicit_tls_is_not_starttls_not_attempted() -> None:
+    """The client did use TLS (implicit): the finding is the downgrade, not its configuration."""
+    log = Log()
+    c = log.conn("c1", testcase="t4")
+    c.add("tls_established", version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256", implicit=True)
+    c.disrupted(stage="session")
+    c.auth(tls=False)
+    result = judge(log, info(testcase="t4"))
+    assert result.verdict is Verdict.FAIL
+    assert "starttls_not_attempted" not in result.tags()
+
+
 def test_unrelated_unbound_connections_are_ignored() -> None:
     log = Log()
     t1_aborted(log)
