@@ -26,9 +26,9 @@ def describe(ev: dict[str, Any]) -> str | None:
     t = ev.get("type")
     where = _where(ev)
     if t == "connection_opened":
-        return f"Your client connected to {where}."
+        return f"Your app connected to {where}."
     if t == "implicit_tls_blocked":
-        return f"Your client tried the encrypted-only port of {where}; the attacker blocked it."
+        return f"Your app tried the encrypted-only port of {where}; the attacker blocked it."
     if t == "capabilities_sent":
         if ev.get("tls"):
             return None
@@ -37,8 +37,8 @@ def describe(ev: dict[str, Any]) -> str | None:
         return f"{_cap(where)} did NOT offer encryption (the attacker removed it)."
     if t == "starttls_requested":
         if ev.get("advertised"):
-            return "Your client asked to switch on encryption."
-        return "Your client asked for encryption even though it was not offered."
+            return "Your app asked to switch on encryption."
+        return "Your app asked for encryption even though it was not offered."
     if t == "starttls_refused":
         if ev.get("reason") == "testcase":
             return "The attacker refused the switch to encryption."
@@ -52,31 +52,31 @@ def describe(ev: dict[str, Any]) -> str | None:
     if t == "tls_failed":
         return "The encryption handshake failed."
     if t == "pipelined_after_starttls":
-        return "Your client sent commands before encryption was ready (they were discarded)."
+        return "Your app sent commands before encryption was ready (they were discarded)."
     if t == "auth":
         if ev.get("secret_in_clear"):
-            return "Your client sent its password WITHOUT encryption."
+            return "Your app sent its password WITHOUT encryption."
         if ev.get("secret_sent") and ev.get("tls"):
-            return "Your client logged in over an encrypted connection."
+            return "Your app logged in over an encrypted connection."
         if ev.get("outcome") == "cancelled":
-            return "Your client started to log in, then cancelled."
-        return "Your client tried to log in."
+            return "Your app started to log in, then cancelled."
+        return "Your app tried to log in."
     if t == "username_sent":
         if not ev.get("tls"):
-            return "Your client sent its user name without encryption (no password)."
+            return "Your app sent its user name without encryption (no password)."
         return None
     if t == "data_after_disruption":
-        return "Your client sent more data after the attack."
+        return "Your app sent more data after the attack."
     if t == "message_received":
-        return "Your client sent a test message (it was discarded)."
+        return "Your app sent a test message (it was discarded)."
     if t == "connection_closed":
         return f"The connection to {where} ended."
     if t == "session_kicked":
-        return "The server closed an open connection so that your client reconnects."
+        return "The server closed an open connection so that your app reconnects."
     if t == "step_started":
         return "Step started: connections from your address now count for this step."
     if t == "step_activated":
-        return "Your client logged in securely: the attack is now active."
+        return "Your app logged in securely: the attack is now active."
     if t == "step_finished":
         return "Step finished."
     return None

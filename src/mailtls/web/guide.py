@@ -103,9 +103,6 @@ REASON_TEXT = {
         "The attack never became active: your app did not log in securely first, or did not "
         "connect again afterwards."
     ),
-    "user_prompt": "You reported a security warning or prompt.",
-    "user_cannot_connect": "You reported that your app could not connect.",
-    "skipped": "",
 }
 FINDING_TEXT = {
     "plaintext_auth": "Password sent without encryption.",
@@ -320,7 +317,7 @@ def result_rows(
                 "verdict": s.get("verdict"),
                 "good": good,
                 "headline": headline,
-                "reason": None if good else REASON_TEXT.get(str(reason), reason),
+                "reason": None if good else REASON_TEXT.get(str(reason)),
                 "advice": advice,
                 "findings": [(t, FINDING_TEXT.get(t, t)) for t in dict.fromkeys(tags)],
                 "not_encrypted": "starttls_not_attempted" in tags,

@@ -1,0 +1,291 @@
+"""The guided web app in a real browser (Debian's chromium driven by Playwright).
+
+A real ``mailtls serve`` subprocess; the browser walks the pages like a user while scripted mail
+clients (stdlib imaplib/smtplib, the run's account) do what the page asks. Screenshots of the
+landing page, a live step and the result page at desktop and phone sizes go to
+``var/screenshots/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from web_kit import (
+    Tab,
+    imap_session,
+    launch_browser,
+    new_tab,
+    screenshot,
+    smtp_session,
+)
+
+from conftest import ServeInstance
+
+pytestmark = pytest.mark.timeout(110)
+
+XSS = '<script>alert("x")</script>\'quote"<img src=x onerror=alert(1)>'
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launch_browser() as b:
+        yield b
+
+
+def account(tab: Tab) -> tuple[str, str]:
+    page = tab.page
+    return page.inner_text("#acct-user").strip(), page.inner_text("#acct-pass").strip()
+
+
+def wait_finish_button(tab: Tab, live: bool = False) -> None:
+    """Wait for the finish button: pushed by the live view, or (``live=False``) after reloads."""
+    page = tab.page
+    for _ in range(1 if live else 20):
+        try:
+            page.wait_for_selector("#finish", timeout=8000 if live else 500)
+            return
+        except Exception:
+            if live:
+                raise
+            page.reload()
+    raise AssertionError(f"no finish button; page says: {page.inner_text('#finish-box')}")
+
+
+def finish(tab: Tab, expected: str) -> None:
+    wait_finish_button(tab)
+    tab.page.click("#finish")
+    tab.page.wait_for_selector("#verdict")
+    assert tab.page.inner_text("#verdict .verdict") == expected, tab.page.inner_text("#verdict")
+
+
+def start(tab: Tab, n: int) -> None:
+    page = tab.page
+    assert page.inner_text("h1").startswith(f"Step {n}:"), page.inner_text("h1")
+    page.click("#start")
+    page.wait_for_selector("#live")
+
+
+def answer(tab: Tab, prompt: bool = False, cannot_connect: bool = False) -> None:
+    page = tab.page
+    page.check(f"input[name=prompt_shown][value={'yes' if prompt else 'no'}]")
+    page.check(f"input[name=cannot_connect][value={'yes' if cannot_connect else 'no'}]")
+    page.click("#save-answers")
+    page.wait_for_selector("#answers-saved")
+
+
+def skip(tab: Tab, n: int) -> None:
+    page = tab.page
+    assert page.inner_text("h1").startswith(f"Step {n}:")
+    page.get_by_role("button", name="Skip this step").first.click()
+    page.wait_for_load_state()
+
+
+def no_horizontal_scroll(tab: Tab) -> None:
+    width = tab.page.evaluate("document.documentElement.scrollWidth")
+    viewport = tab.page.evaluate("window.innerWidth")
+    assert width <= viewport, f"{tab.page.url} scrolls sideways: {width} > {viewport}"
+
+
+def phone_shots(browser: Any, url: str, name: str) -> None:
+    for size, label in ((390, "phone"), (360, "phone360")):
+        tab = new_tab(browser, phone=True)
+        tab.page.set_viewport_size({"width": size, "height": 800})
+        tab.page.goto(url)
+        no_horizontal_scroll(tab)
+        if label == "phone":
+            screenshot(tab.page, f"{name}-phone")
+        tab.page.context.close()
+
+
+def test_guided_imap_run_end_to_end(browser: Any, serve: ServeInstance) -> None:
+    tab = new_tab(browser)
+    page = tab.page
+    page.goto(serve.url)
+    screenshot(page, "landing-desktop")
+    phone_shots(browser, serve.url, "landing")
+    page.check("input[name=protocol][value=imap]")
+    page.click("text=Start the guided test")
+    page.wait_for_url(re.compile(r"/run/[A-Za-z0-9_-]{20,}$"))
+    user, password = account(tab)
+    assert user.startswith("test-")
+    page.click("text=Begin with step 1")
+
+    # 1 baseline: a normal secure login; the live view shows it and offers "finish" by itself
+    start(tab, 1)
+    assert page.locator("#finish").count() == 0
+    assert imap_session(serve, user, password) == "tls-login"
+    assert smtp_session(serve, user, password) == "tls-login"
+    page.locator("#live").get_by_text("Your app connected to IMAP").first.wait_for()
+    page.locator("#live").get_by_text("logged in over an encrypted connection").first.wait_for()
+    wait_finish_button(tab, live=True)
+    screenshot(page, "step-live-desktop")
+    phone_shots(browser, page.url, "step-live")
+    finish(tab, "PASS")
+    page.click("#next")
+
+    # 2 immediate t1: the opportunistic client logs in without encryption
+    start(tab, 2)
+    assert imap_session(serve, user, password) == "plain-login"
+    page.locator("#live").get_by_text("WITHOUT encryption").first.wait_for()
+    finish(tab, "FAIL")
+    page.click("#next")
+
+    # 3 immediate t2: skipped
+    skip(tab, 3)
+
+    # 4 immediate t3: a strict client stops; the user reports a prompt
+    start(tab, 4)
+    assert imap_session(serve, user, password, strict=True).startswith("stopped")
+    answer(tab, prompt=True)
+    finish(tab, "WARN")
+    page.click("#next")
+
+    # 5 immediate t4: the app could not connect at all; that answer lets the user finish
+    start(tab, 5)
+    assert page.locator("#finish").count() == 0
+    assert "second IMAP connection" in page.inner_text("#missing")
+    answer(tab, cannot_connect=True)
+    finish(tab, "NOT_APPLICABLE")
+    page.click("#next")
+
+    # 6 two_phase t1: a secure login arms the attack, the next login goes out in the clear
+    start(tab, 6)
+    assert imap_session(serve, user, password) == "tls-login"
+    page.locator(".armed.on").wait_for(timeout=8000)
+    assert imap_session(serve, user, password) == "plain-login"
+    finish(tab, "FAIL")
+    page.click("#next")
+
+    # 7 two_phase t2: a strict client refuses to go on: the good INCONCLUSIVE
+    start(tab, 7)
+    # one try after the error is not enough: the step waits for the second
+    assert imap_session(serve, user, password, strict=True) == "tls-login"
+    assert imap_session(serve, user, password, strict=True).startswith("stopped")
+    page.reload()
+    assert page.locator("#finish").count() == 0
+    assert "second IMAP connection" in page.inner_text("#missing")
+    assert imap_session(serve, user, password, strict=True).startswith("stopped")
+    finish(tab, "INCONCLUSIVE")
+    assert "refused to continue without encryption" in page.inner_text("#verdict")
+    page.click("#next")
+
+    skip(tab, 8)
+    skip(tab, 9)
+    page.wait_for_url(re.compile(r"/run/[A-Za-z0-9_-]+$"))
+    page.click("text=See your results")
+    page.wait_for_selector("#results")
+    verdicts = {
+        int(row.get_attribute("id").split("-")[1]): row.locator(".verdict").inner_text()
+        for row in page.locator("#results tbody tr[id^=step-]").all()
+    }
+    assert verdicts == {
+        1: "PASS",
+        2: "FAIL",
+        3: "SKIPPED",
+        4: "WARN",
+        5: "NOT_APPLICABLE",
+        6: "FAIL",
+        7: "INCONCLUSIVE",
+        8: "SKIPPED",
+        9: "SKIPPED",
+    }
+    assert "plaintext_auth" in page.inner_text("#step-2")
+    assert "secure outcome" in page.inner_text("#step-7")
+    assert "Unsafe" in page.inner_text("#summary")
+    page.locator("#transcript-1 summary").click()
+    assert "encrypted" in page.inner_text("#transcript-1 .transcript")
+    screenshot(page, "result-desktop")
+    phone_shots(browser, page.url, "result")
+    assert tab.dialogs == []
+    page.context.close()
+
+
+def test_client_strings_are_shown_as_text(browser: Any, serve: ServeInstance) -> None:
+    tab = new_tab(browser)
+    page = tab.page
+    page.goto(serve.url)
+    page.select_option("#scenario", "immediate")
+    page.select_option("#testcase", "baseline")
+    page.click("text=Start a single test")
+    user, password = account(tab)
+    page.click("text=Begin with step 1")
+    start(tab, 1)
+    assert imap_session(serve, user, password, client_id=XSS) == "tls-login"
+    assert smtp_session(serve, user, password, ehlo=XSS.replace(" ", "")) == "tls-login"
+    # a username that carries the run's code and markup: attributed to the run, shown as text
+    assert smtp_session(serve, user.split("@")[0] + "@" + XSS, password) == "tls-login"
+    finish(tab, "PASS")
+    page.click("#next")
+    page.wait_for_selector("#results")
+    for details in page.locator("#results details").all():
+        details.locator("summary").click()
+    text = page.inner_text("#results")
+    assert XSS in text  # the IMAP ID value, literally
+    assert XSS.replace(" ", "") in text  # the EHLO name, literally
+    assert page.evaluate("document.querySelectorAll('script').length") == 1
+    assert page.evaluate("document.querySelectorAll('#results img').length") == 0
+    page.goto(page.url.split("#")[0])  # once more, fresh
+    assert tab.dialogs == []
+    page.context.close()
+
+
+def test_two_runs_from_one_address_keep_their_data_apart(
+    browser: Any, serve: ServeInstance
+) -> None:
+    tabs: list[Tab] = []
+    accounts: list[tuple[str, str]] = []
+    for _ in range(2):
+        tab = new_tab(browser)  # own context: own cookies, like two people behind one NAT
+        tab.page.goto(serve.url)
+        tab.page.select_option("#testcase", "baseline")
+        tab.page.click("text=Start a single test")
+        accounts.append(account(tab))
+        tab.page.click("text=Begin with step 1")
+        tabs.append(tab)
+    a, b = tabs
+    start(a, 1)
+    start(b, 1)  # newest binding wins: b took the address from a
+    a.page.reload()
+    assert "took over your network address" in a.page.inner_text("#collision")
+    assert "was running from your network address" in b.page.inner_text("#collision")
+    assert imap_session(serve, *accounts[1]) == "tls-login"
+    finish(b, "PASS")
+    a.page.click("text=Attach my address to this step again")
+    assert imap_session(serve, *accounts[0]) == "tls-login"
+    finish(a, "PASS")
+    for me, other in ((0, 1), (1, 0)):
+        page = tabs[me].page
+        page.click("#next")
+        page.wait_for_selector("#results")
+        page.locator("#results details summary").first.click()
+        text = page.inner_text("main")
+        assert accounts[me][0] in text
+        assert accounts[other][0] not in text
+        assert accounts[other][0].split("@")[0][len("test-") :] not in page.content()
+    for tab in tabs:
+        assert tab.dialogs == []
+        tab.page.context.close()
+
+
+def test_basic_flow_works_without_javascript(browser: Any, serve: ServeInstance) -> None:
+    tab = new_tab(browser, javascript=False)
+    page = tab.page
+    page.goto(serve.url)
+    page.click("text=Start the guided test")
+    user, password = account(tab)
+    page.click("text=Begin with step 1")
+    start(tab, 1)
+    assert imap_session(serve, user, password) == "tls-login"
+    finish(tab, "PASS")  # reloads until the server-rendered page offers "finish"
+    page.click("#next")
+    start(tab, 2)
+    answer(tab, cannot_connect=True)
+    finish(tab, "NOT_APPLICABLE")
+    page.goto(page.url.split("/step/")[0])
+    page.locator("summary", has_text="Delete my data").click()
+    page.click("text=Delete everything of this test")
+    assert "deleted" in page.inner_text("h1")
+    page.context.close()
