@@ -23,7 +23,7 @@ from typing import get_args
 
 import pytest
 
-from mailtls.observations import Observation
+from mailtls.observations import AuthAttempted, Observation
 from mailtls.protocols.base import (
     AuthDecision,
     ClientHelloReceived,
@@ -48,6 +48,7 @@ from mailtls.protocols.base import (
     TlsFailed,
     TlsInfo,
 )
+from mailtls.protocols.common import mechanism_label
 from mailtls.protocols.imap import ImapCore
 from mailtls.protocols.pop3 import Pop3Core
 from mailtls.protocols.smtp import SmtpCore
@@ -346,3 +347,27 @@ def test_cores_survive_pure_random_bytes(name: str) -> None:
             if rng.random() < 0.05:
                 _answer(h, h.event(rng.choice(STRAY_EVENTS)), rng)
         h.event(Closed())
+
+
+REFUSED_AUTH = {
+    "smtp": b"EHLO x\r\nAUTH {}\r\n",
+    "imap": b"a AUTHENTICATE {}\r\n",
+    "pop3": b"AUTH {}\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_AUTH))
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "GS2-KRB5", "NTLM", SECRET.upper()])
+def test_every_core_labels_a_refused_mechanism_alike(name: str, mechanism: str) -> None:
+    """One list of mechanism names that may be shown (``common.mechanism_label``) for all."""
+    factory, role, _ = PROTOCOLS[name]
+    ctx = SessionContext(TESTCASES["baseline"], role, "mail.example.test", DOMAIN, authenticator)
+    h = Harness(factory(ctx))
+    h.event(Connected())
+    data = REFUSED_AUTH[name].replace(b"{}", mechanism.encode())
+    attempts = [
+        c.observation
+        for c in h.event(DataReceived(data))
+        if isinstance(c, Record) and isinstance(c.observation, AuthAttempted)
+    ]
+    assert [a.mechanism for a in attempts] == [mechanism_label(mechanism)]

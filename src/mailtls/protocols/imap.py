@@ -79,6 +79,7 @@ from mailtls.protocols.common import (
     SaslFlow,
     looks_like_tls_record,
     mechanism_allowed,
+    mechanism_label,
     mechanisms,
     redacted_line,
 )
@@ -135,18 +136,6 @@ CONTINUE_IDLE: Final = "+ idling"
 SERVER_ID: Final = '* ID ("name" "mailtls")'
 MAX_ID_FIELDS: Final = 30
 
-# SASL mechanism names shown by name; any other client-supplied word is "UNKNOWN"
-KNOWN_MECHANISMS: Final = RECOGNISED | {
-    "ANONYMOUS",
-    "DIGEST-MD5",
-    "EXTERNAL",
-    "GSSAPI",
-    "NTLM",
-    "SCRAM-SHA-1",
-    "SCRAM-SHA-1-PLUS",
-    "SCRAM-SHA-256",
-    "SCRAM-SHA-256-PLUS",
-}
 _BASE64_BLOB = re.compile(rb"[A-Za-z0-9+/]{8,}={0,2}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -170,11 +159,6 @@ class Mode(enum.Enum):
 
 
 _READING: Final = (Mode.COMMAND, Mode.SASL, Mode.IDLE)
-
-
-def mechanism_label(mechanism: str) -> str:
-    """A client-supplied mechanism name is shown only when it is a real SASL mechanism."""
-    return mechanism if mechanism in KNOWN_MECHANISMS else "UNKNOWN"
 
 
 def _clean(text: str, limit: int = 200) -> str:

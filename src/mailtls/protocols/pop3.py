@@ -84,6 +84,7 @@ from mailtls.protocols.common import (
     SaslFlow,
     input_timer,
     mechanism_allowed,
+    mechanism_label,
     mechanisms,
     redacted_line,
 )
@@ -142,18 +143,6 @@ USER_MECHANISM: Final = "USER"  # USER/PASS in AuthAttempted (its RFC 2449 CAPA 
 CAPABILITIES: Final = ("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING")
 IMPLEMENTATION: Final = "IMPLEMENTATION mailtls"
 
-# SASL mechanism names a client may send that are shown by name; anything else is "UNKNOWN"
-_KNOWN_MECHANISMS: Final = RECOGNISED | {
-    "ANONYMOUS",
-    "DIGEST-MD5",
-    "EXTERNAL",
-    "GSSAPI",
-    "NTLM",
-    "SCRAM-SHA-1",
-    "SCRAM-SHA-1-PLUS",
-    "SCRAM-SHA-256",
-    "SCRAM-SHA-256-PLUS",
-}
 # verbs of other protocols shown by name when they reach this port (their arguments redacted)
 FOREIGN_VERBS: Final = frozenset(
     {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "STARTTLS", "LAST", "XTND", "HELP", "CAPABILITY",
@@ -192,11 +181,6 @@ def multiline(first: str, items: list[str]) -> bytes:
 
 def _redacted(head: str, nbytes: int) -> str:
     return f"{head} {redacted_line(nbytes)}"
-
-
-def _mechanism_label(mechanism: str) -> str:
-    """A client-supplied mechanism name is shown only when it is a real SASL mechanism."""
-    return mechanism if mechanism in _KNOWN_MECHANISMS else "UNKNOWN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +540,7 @@ class Pop3Core:
                 flow.start(initial)
                 refused = [Record(o) for o in flow.records("refused")]
             else:
-                attempt = self._attempt(_mechanism_label(mech), _NOBODY, False, "refused")
+                attempt = self._attempt(mechanism_label(mech), _NOBODY, False, "refused")
                 refused = [Record(attempt)]
             return [*refused, *self._error("auth_refused", ERR_AUTH_MECHANISM)]
         flow = SaslFlow(mech, self._tls, ctx.authenticator, ctx.hostname)
@@ -762,7 +746,7 @@ class Pop3Core:
         args = cmd.args
         if not args:
             return cmd.sent_verb
-        head = f"{cmd.sent_verb} {_mechanism_label(args[0].upper())}"
+        head = f"{cmd.sent_verb} {mechanism_label(args[0].upper())}"
         initial = cmd.raw_arg.strip().partition(b" ")[2]
         return _redacted(head, len(initial)) if initial else head
 
