@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,6 +90,18 @@ def make_pki(folder: Path, ips: tuple[str, ...], days: int = 30) -> Pki:
     return pki
 
 
+@contextlib.contextmanager
+def server_root() -> Iterator[Path]:
+    """A folder the daemons' unprivileged users can traverse (pytest's tmp is 0700), removed
+    afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="mailtls-probe-"))
+    os.chmod(root, 0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -112,7 +125,12 @@ def wait_listening(
 
 
 def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+    parts = [
+        p.read_text(errors="replace")[-3000:]
+        for p in (log, log.with_name("maillog"), log.with_name("stderr.log"))
+        if p.exists()
+    ]
+    return "\n".join(parts) or "(no log)"
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -234,7 +252,8 @@ def postfix_config(
     folder: Path, pki: Pki, ports: PostfixPorts, auth_socket: Path, secure: bool
 ) -> Path:
     """Insecure: submission with TLS optional and AUTH before STARTTLS; no port 465 service.
-    Secure: submission with smtpd_tls_security_level = encrypt, and implicit TLS (smtps)."""
+    Secure: submission with smtpd_tls_security_level = encrypt, implicit TLS (smtps), and
+    TLS 1.2 or newer."""
     etc = folder / "etc"
     queue = folder / "queue"
     data = folder / "data"
@@ -261,6 +280,8 @@ smtpd_banner = $myhostname ESMTP
 smtpd_tls_chain_files = {pki.key}, {pki.cert}
 smtpd_tls_security_level = may
 smtpd_tls_auth_only = {"yes" if secure else "no"}
+smtpd_tls_protocols = {">=TLSv1.2" if secure else "!SSLv2, !SSLv3"}
+smtpd_tls_mandatory_protocols = {">=TLSv1.2" if secure else "!SSLv2, !SSLv3"}
 smtpd_sasl_type = dovecot
 smtpd_sasl_path = {auth_socket}
 smtpd_sasl_auth_enable = yes

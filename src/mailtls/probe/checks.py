@@ -126,11 +126,12 @@ def check_auth_before_tls(r: PortResult) -> Iterable[Finding]:
     if login is None or r.target.implicit_tls:
         return
     before = "before TLS: " + caps_summary(r.caps_before, _starttls_word(r))
-    delay = (
-        f" (after {login.seconds:.1f} s: a delayed failure, as servers delay failed logins)"
-        if login.seconds >= SLOW_REPLY
-        else ""
-    )
+    delay = ""
+    if login.seconds >= SLOW_REPLY:
+        delay = f" (after {login.seconds:.1f} s"
+        if login.outcome is AuthOutcome.PROCESSED:
+            delay += ": a delayed failure, as servers delay failed logins"
+        delay += ")"
     evidence = [
         before,
         f"C: {login.mechanism} with a fake user and a random password (redacted)",
