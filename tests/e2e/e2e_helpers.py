@@ -440,3 +440,25 @@ class Wire:
     def upgrade(self, ctx: ssl.SSLContext) -> None:
         assert not self.buf, self.buf
         self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
+
+
+def journal(inst: ServeInstance, run: Run | None = None) -> list[dict[str, Any]]:
+    """The complete records of the server's journal (the record itself, unreduced), optionally
+    only those bound to ``run``. API views reduce connections that never showed the run's code."""
+    records = []
+    for line in (inst.data_dir / "events.jsonl").read_bytes().split(b"\n")[:-1]:
+        record: dict[str, Any] = json.loads(line)
+        if run is None or record.get("run") == run.id:
+            records.append(record)
+    return records
+
+
+def wait_journal(
+    inst: ServeInstance, run: Run, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 10
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        records = journal(inst, run)
+        if pred(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)

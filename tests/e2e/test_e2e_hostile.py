@@ -1,0 +1,378 @@
+"""Hostile input against a running ``mailtls serve``: every abuse ends in a protocol error or a
+timeout, and the server keeps serving everyone else.
+
+The server runs with short deadlines so the suite stays fast: ``limits.line_seconds = 2``
+(absolute deadline for one partial line), ``limits.max_errors = 5`` (error budget per
+connection), ``tls.handshake_seconds = 2`` and ``connections.per_ip = 30``. After every test a
+well-behaved client still completes a STARTTLS login (fixture ``still_serving``).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2e_helpers import (
+    Api,
+    Wire,
+    connect,
+    imap_client,
+    read_all,
+    read_until,
+    serving,
+    tls_context,
+    wait_journal,
+)
+
+from conftest import ServeInstance
+
+LINE_SECONDS = 2.0
+HANDSHAKE_SECONDS = 2.0
+MAX_ERRORS = 5
+PER_IP = 30
+GREETINGS = {"smtp_mx": b"220 ", "imap": b"* OK", "pop3": b"+OK"}
+ERRORS = {
+    "smtp_mx": (b"5", b"4"),
+    "imap": (b"* BAD", b"a BAD", b"* BYE", b"a NO"),
+    "pop3": (b"-ERR",),
+}
+
+
+@pytest.fixture(scope="module")
+def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
+    extra = f"[tls]\nhandshake_seconds = {HANDSHAKE_SECONDS}\n[connections]\nper_ip = {PER_IP}\n"
+    limits: dict[str, float | int] = {"line_seconds": LINE_SECONDS, "max_errors": MAX_ERRORS}
+    with serving(tmp_path_factory.mktemp("e2e-hostile") / "var", extra, limits) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(inst: ServeInstance) -> Iterator[Api]:
+    client = Api(inst)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def still_serving(inst: ServeInstance, api: Api) -> Iterator[None]:
+    yield
+    assert inst.proc.poll() is None, inst.output()[-3000:]
+    run = api.create(("immediate", "baseline"))
+    api.start(run)
+    started = time.monotonic()
+    assert imap_client(inst, run.username, "pw", False) == "tls-login"
+    assert time.monotonic() - started < 3
+    assert api.finish(run)["verdict"] == "PASS"
+
+
+def greeted(inst: ServeInstance, listener: str, timeout: float = 5) -> Wire:
+    w = Wire(inst.ports[listener], timeout=timeout)
+    first = w.smtp_reply() if listener.startswith("smtp") else w.line()
+    assert first.startswith(GREETINGS[listener]), first
+    return w
+
+
+def is_error(listener: str, data: bytes) -> bool:
+    return any(line.startswith(ERRORS[listener]) for line in data.splitlines() if line.strip())
+
+
+def ends_within(w: Wire, seconds: float) -> tuple[bytes, float]:
+    """Read until the server closes; return what came and how long it took (bounded)."""
+    started = time.monotonic()
+    w.sock.settimeout(seconds)
+    rest = w.buf + read_all(w.sock)
+    w.buf = b""
+    return rest, time.monotonic() - started
+
+
+pytestmark = pytest.mark.usefixtures("still_serving")
+
+LISTENERS = ("smtp_mx", "imap", "pop3")
+COMMAND = {"smtp_mx": b"NOOP", "imap": b"a NOOP", "pop3": b"CAPA"}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_over_long_line(inst: ServeInstance, listener: str) -> None:
+    with greeted(inst, listener) as w:
+        w.send(COMMAND[listener] + b" " + b"A" * 100_000 + b"\r\n")
+        reply = w.line()
+        assert is_error(listener, reply), reply[:300]
+        assert len(reply) < 512  # the line is not echoed back
+        w.send(COMMAND[listener] + b"\r\n")  # the rest of the long line was skipped
+        follow = w.smtp_reply() if listener.startswith("smtp") else w.line()
+        assert follow == b"" or not is_error(listener, follow), follow
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_nul_bytes_and_bare_line_endings(inst: ServeInstance, listener: str) -> None:
+    with greeted(inst, listener) as w:
+        w.send(COMMAND[listener] + b"\0\0garbage\r\n")
+        reply = w.line()
+        assert is_error(listener, reply), reply
+        w.send(COMMAND[listener] + b"\r")  # a bare CR is not a line end: nothing happens
+        w.sock.settimeout(0.5)
+        assert w.line() == b""
+        w.sock.settimeout(5)
+        w.send(b"\n")  # ... until the LF comes (CRLF or bare LF end a command line)
+        reply = w.smtp_reply() if listener.startswith("smtp") else w.line()
+        assert reply and not is_error(listener, reply), reply
+
+
+@pytest.mark.timeout(30)
+def test_smtp_smuggling_sequences_do_not_end_data(inst: ServeInstance, api: Api) -> None:
+    run = api.create(("immediate", "baseline"))
+    api.start(run)
+    with greeted(inst, "smtp_mx") as w:
+        w.send(b"EHLO smuggler.example\r\n")
+        assert w.smtp_reply().startswith(b"250")
+        w.send(b"MAIL FROM:<a@example.net>\r\n")
+        assert w.smtp_reply().startswith(b"250")
+        w.send(b"RCPT TO:<someone@mailtls.test>\r\n")
+        assert w.smtp_reply().startswith(b"250")
+        w.send(b"DATA\r\n")
+        assert w.smtp_reply().startswith(b"354")
+        smuggled = b"MAIL FROM:<smuggled@example.net>\r\nRCPT TO:<x@mailtls.test>\r\nDATA\r\n"
+        for ending in (
+            b"\n.\n",
+            b"\r.\r",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\r.\r\n",
+            b"\0.\r\n",
+        ):
+            w.send(b"text" + ending + smuggled + b"more\r\n")
+        w.sock.settimeout(1.0)
+        assert w.line() == b""  # still inside DATA: nothing was answered
+        w.sock.settimeout(5)
+        w.send(b"\r\n.\r\n")
+        assert w.smtp_reply().startswith(b"250")
+        w.send(b"QUIT\r\n")
+        assert w.smtp_reply().startswith(b"221")
+    closed = wait_journal(inst, run, lambda rs: any(r["type"] == "connection_closed" for r in rs))
+    lines = [str(r["line"]) for r in closed if r["type"] == "command"]
+    assert not any("smuggled" in line.lower() for line in lines), lines
+    assert sum(line.upper().startswith("MAIL FROM") for line in lines) == 1
+    api.finish(run)
+
+
+PIPELINED = {
+    "smtp_mx": (b"EHLO x\r\n", b"STARTTLS\r\nAUTH PLAIN AHVAcA==\r\n", b"220"),
+    "imap": (b"", b"s STARTTLS\r\na LOGIN injected pw\r\n", b"s OK"),
+    "pop3": (b"", b"STLS\r\nUSER injected\r\n", b"+OK"),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_commands_pipelined_after_starttls_are_discarded(
+    inst: ServeInstance, api: Api, listener: str
+) -> None:
+    run = api.create(("immediate", "baseline"))
+    api.start(run)
+    hello, burst, ready = PIPELINED[listener]
+    with greeted(inst, listener) as w:
+        if hello:
+            w.send(hello)
+            w.smtp_reply()
+        w.send(burst)
+        reply = w.smtp_reply() if listener.startswith("smtp") else w.imap_reply(b"s")
+        assert reply.startswith(ready), reply
+        w.upgrade(tls_context(inst))  # nothing pipelined is answered inside TLS
+        probe = {"smtp_mx": b"NOOP\r\n", "imap": b"n NOOP\r\n", "pop3": b"CAPA\r\n"}[listener]
+        w.send(probe)
+        answer = w.smtp_reply() if listener.startswith("smtp") else w.imap_reply(b"n")
+        assert answer.startswith((b"250", b"n OK", b"+OK")), answer
+    records = wait_journal(inst, run, lambda rs: any(r["type"] == "connection_closed" for r in rs))
+    types = [r["type"] for r in records]
+    assert "pipelined_after_starttls" in types
+    # a pipelined credential did cross the wire in the clear: recorded as such, never executed
+    for r in records:
+        if r["type"] == "auth":
+            assert (r["tls"], r["secret_in_clear"], r["outcome"]) == (False, True, "refused")
+        if r["type"] == "command" and r["tls"]:
+            assert r["line"].split()[-1].upper() in ("NOOP", "CAPA"), r
+    step = api.finish(run)
+    assert "pipelined_after_starttls" in {f["tag"] for f in step["findings"]}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("command", [b"a LOGIN {999999999}", b"a APPEND INBOX {999999999}"])
+def test_huge_imap_literal_is_refused(inst: ServeInstance, command: bytes) -> None:
+    with greeted(inst, "imap") as w:
+        w.send(command + b"\r\n")
+        reply = w.imap_reply(b"a")
+        assert not reply.startswith(b"+"), reply  # no go-ahead for a gigabyte
+        assert is_error("imap", reply) or reply == b"", reply
+        w.send(b"b NOOP\r\n")
+        assert b"b OK" in w.imap_reply(b"b") or reply == b""
+
+
+def starttls_wire(inst: ServeInstance, listener: str) -> Wire:
+    w = greeted(inst, listener)
+    if listener == "smtp_mx":
+        w.send(b"EHLO x\r\nSTARTTLS\r\n")
+        w.smtp_reply()
+        assert w.smtp_reply().startswith(b"220")
+    elif listener == "imap":
+        w.send(b"s STARTTLS\r\n")
+        assert w.imap_reply(b"s").startswith(b"s OK")
+    else:
+        w.send(b"STLS\r\n")
+        assert w.line().startswith(b"+OK")
+    return w
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_garbage_instead_of_a_client_hello(inst: ServeInstance, listener: str) -> None:
+    with starttls_wire(inst, listener) as w:
+        w.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(2000))
+        data, took = ends_within(w, HANDSHAKE_SECONDS + 5)
+        assert took < HANDSHAKE_SECONDS + 4
+        assert b"HTTP" not in data
+
+
+@pytest.mark.timeout(30)
+def test_garbage_on_the_implicit_tls_port(inst: ServeInstance) -> None:
+    with Wire(inst.ports["imap_tls"]) as w:
+        w.send(b"\x16\x03\x01\x00\x05hello" + os.urandom(500))
+        _data, took = ends_within(w, HANDSHAKE_SECONDS + 5)
+        assert took < HANDSHAKE_SECONDS + 4
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("partial", [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"])
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_stalled_handshake_is_cut_off(inst: ServeInstance, listener: str, partial: bytes) -> None:
+    with starttls_wire(inst, listener) as w:
+        w.send(partial)
+        _data, took = ends_within(w, HANDSHAKE_SECONDS + 6)
+        assert took < HANDSHAKE_SECONDS + 3, took
+
+
+@pytest.mark.timeout(30)
+def test_stalled_handshake_on_implicit_tls(inst: ServeInstance) -> None:
+    with Wire(inst.ports["pop3_tls"]) as w:
+        _data, took = ends_within(w, HANDSHAKE_SECONDS + 6)
+        assert took < HANDSHAKE_SECONDS + 3, took
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_one_byte_per_second_hits_the_line_deadline(inst: ServeInstance, listener: str) -> None:
+    """The deadline is absolute: bytes that keep trickling in do not extend it."""
+    with greeted(inst, listener) as w:
+        started = time.monotonic()
+        closed = False
+        for byte in COMMAND[listener] + b" and a very slow rest of the line\r\n":
+            try:
+                w.send(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            w.sock.settimeout(1.0)
+            try:
+                chunk = w.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+            if chunk == b"" or is_error(listener, chunk):
+                closed = True
+                break
+        took = time.monotonic() - started
+        assert closed, "the trickle was never cut off"
+        assert took < LINE_SECONDS + 3, took
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_error_budget_closes_the_connection(inst: ServeInstance, listener: str) -> None:
+    with greeted(inst, listener) as w:
+        bad = {"smtp_mx": b"XYZZY\r\n", "imap": b"a XYZZY\r\n", "pop3": b"XYZZY\r\n"}[listener]
+        w.send(bad * (MAX_ERRORS + 5))
+        data, took = ends_within(w, 5)
+        assert took < 4
+        replies = [line for line in data.splitlines() if line.strip()]
+        assert MAX_ERRORS <= len(replies) <= MAX_ERRORS + 1, replies  # then it hangs up
+        assert all(is_error(listener, line) for line in replies), replies
+
+
+@pytest.mark.timeout(30)
+def test_per_ip_connection_limit(inst: ServeInstance) -> None:
+    source = "127.0.77.1"
+    held: list[socket.socket] = []
+    try:
+        for _ in range(PER_IP):
+            sock = connect(inst.ports["pop3"], timeout=5, source=source)
+            held.append(sock)
+            assert read_until(sock, b"\r\n").startswith(b"+OK")
+        extra = connect(inst.ports["imap"], timeout=5, source=source)
+        held.append(extra)
+        extra_data = read_all(extra)  # refused: a short refusal or a bare close
+        assert not extra_data.startswith(b"* OK"), extra_data
+        other = connect(inst.ports["imap"], timeout=5, source="127.0.77.2")
+        held.append(other)
+        assert read_until(other, b"\r\n").startswith(b"* OK")  # others are served
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)  # the slots come back
+    again = connect(inst.ports["imap"], timeout=5, source=source)
+    with again:
+        assert read_until(again, b"\r\n").startswith(b"* OK")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(90)
+def test_thousand_idle_connections(inst: ServeInstance, api: Api) -> None:
+    count = 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1000), hard))
+    listeners = ("smtp_mx", "imap", "pop3", "imap_tls")
+    before = rss_kib(inst.proc.pid)
+    idle: list[socket.socket] = []
+    try:
+        for i in range(count):
+            source = f"127.0.{100 + i // 25}.{1 + i % 25}"  # 25 per address: below the limit
+            idle.append(connect(inst.ports[listeners[i % 4]], timeout=10, source=source))
+        for i, sock in enumerate(idle):
+            if listeners[i % 4] != "imap_tls":
+                assert read_until(sock, b"\r\n") != b"", i
+        tls_idle = [
+            tls_context(inst).wrap_socket(
+                connect(inst.ports["imap_tls"], timeout=10, source=f"127.0.99.{1 + i}"),
+                server_hostname="localhost",
+            )
+            for i in range(20)
+        ]
+        idle += tls_idle
+        grown = rss_kib(inst.proc.pid) - before
+        run = api.create(("immediate", "baseline"))
+        api.start(run)
+        started = time.monotonic()
+        assert imap_client(inst, run.username, "pw", False) == "tls-login"
+        assert time.monotonic() - started < 2  # a newcomer is served at once
+        assert api.finish(run)["verdict"] == "PASS"
+        assert grown < 48 * 1024, f"{grown} KiB for {count} idle connections"
+    finally:
+        for sock in idle:
+            sock.close()
+    assert isinstance(tls_idle[0], ssl.SSLSocket)
