@@ -29,6 +29,7 @@ from mailtls.protocols.common import (
     Disrupted,
     Outbox,
     SaslFlow,
+    ascii_number,
     first_verb,
     input_timer,
     looks_like_tls_record,
@@ -224,3 +225,22 @@ def test_disrupted_is_bounded() -> None:
     while d.handle(DataReceived(b"x" * 10))[-1] != Close():
         chunks += 1
         assert chunks < 64
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("42", 42),
+        ("007", 7),
+        ("9" * 40, 10**18),
+        ("", None),
+        ("\u00b2", None),
+        ("\u0663", None),
+        ("-1", None),
+        ("1 ", None),
+        ("1" + "0" * 5000, 10**18),
+    ],
+)
+def test_ascii_number(text: str, expected: int | None) -> None:
+    assert ascii_number(text) == expected

@@ -126,6 +126,7 @@ SMTP_LINES = [
     *SASL_LINES,
     "MAIL FROM:<a@example.org>",
     "MAIL FROM:<a@example.org> SIZE=99999999999",
+    "MAIL FROM:<a@example.org> SIZE=\u00b2",  # a digit to str.isdigit, not to int()
     f"RCPT TO:<x@{DOMAIN}>",
     "RCPT TO:<x@elsewhere.example>",
     "DATA",
@@ -196,6 +197,9 @@ POP3_LINES = [
     "RETR 1",
     "DELE 1",
     "TOP 1 5",
+    "RETR \u00b2",
+    "TOP \u00b9 \u00b2",
+    "LIST 1" + "0" * 5000,
     "NOOP",
     "RSET",
 ]

@@ -13,7 +13,7 @@ What is here, and why it is shared:
 - ``Disrupted``: the t2/t4 *disrupted* state (no replies; every chunk recorded as
   ``DataAfterDisruption``; secret-carrying plaintext lines found by a protocol's
   ``SecretScanner`` recorded as ``AuthAttempted(outcome="disrupted")``; bounded).
-- small helpers: ``looks_like_tls_record``, ``first_verb``, ``redacted_line``,
+- small helpers: ``looks_like_tls_record``, ``first_verb``, ``redacted_line``, ``ascii_number``,
   ``mechanism_label``, ``mechanisms``, ``mechanism_allowed``, ``set_timer`` (cached).
 
 Imports only ``mailtls.observations`` and sibling modules of ``mailtls.protocols`` (``base``,
@@ -158,6 +158,17 @@ def first_verb(data: bytes, known: frozenset[str]) -> str:
         return ""
     verb = word.decode("ascii").upper()
     return verb if verb in known else "?"
+
+
+def ascii_number(text: str) -> int | None:
+    """The value of a client's decimal number, ``None`` when it is not one.
+
+    Only ASCII digits count (``str.isdigit`` also accepts ``²``, which ``int`` refuses); more
+    than 18 digits count as ``10**18``, beyond every bound (``int`` refuses over 4300).
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text) if len(text) <= 18 else 10**18
 
 
 def mechanism_label(mechanism: str) -> str:

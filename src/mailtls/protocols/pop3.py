@@ -82,6 +82,7 @@ from mailtls.protocols.common import (
     SUCCESS,
     Disrupted,
     SaslFlow,
+    ascii_number,
     input_timer,
     mechanism_allowed,
     mechanism_label,
@@ -560,7 +561,7 @@ class Pop3Core:
 
     def _top(self, cmd: _Line) -> list[Command]:
         args = cmd.args
-        if len(args) != 2 or not args[1].isdigit():
+        if len(args) != 2 or ascii_number(args[1]) is None:
             return self._error("syntax", ERR_TOP_SYNTAX)
         return self._no_message(args, 2)
 
@@ -577,7 +578,8 @@ class Pop3Core:
 
     def _no_message(self, args: list[str], count: int) -> list[Command]:
         """The maildrop is empty: a well-formed message number names no message."""
-        if len(args) != count or not args[0].isdigit() or int(args[0]) < 1:
+        number = ascii_number(args[0]) if len(args) == count else None
+        if number is None or number < 1:
             return self._error("syntax", ERR_MESSAGE_NUMBER)
         return [Send(line(ERR_NO_SUCH_MESSAGE))]
 

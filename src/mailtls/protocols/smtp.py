@@ -68,6 +68,7 @@ from mailtls.protocols.common import (
     Disrupted,
     Outbox,
     SaslFlow,
+    ascii_number,
     input_timer,
     mechanism_allowed,
     mechanism_label,
@@ -685,9 +686,10 @@ class SmtpCore:
             key, _, value = param.partition("=")
             key = key.upper()
             if key == "SIZE":
-                if not value.isdigit():
+                size = ascii_number(value)
+                if size is None:
                     return R.S501_SYNTAX_MAIL
-                if int(value) > self._limits.message_bytes:
+                if size > self._limits.message_bytes:
                     return R.S552_TOO_BIG
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
