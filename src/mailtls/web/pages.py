@@ -49,6 +49,9 @@ from mailtls.web.transcript import visible_events
 HERE = Path(__file__).parent
 ATTACKS = ("t1", "t2", "t3", "t4")
 STEP_ACTIONS = ("start", "extend", "report", "skip", "finish")
+# Beyond what ``transcript.visible_events(share=True)`` hides: the run id (the capability to the
+# run page) and the session code travel in run records and events; the shareable view drops them.
+SHARE_DROPPED = frozenset({"run", "code", "username", "peer", "addresses", "address", "client"})
 PRIVATE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Robots-Tag": "noindex, nofollow",
@@ -270,7 +273,7 @@ def _register_results(
         return run, manager.view(run.id, ctx.base_url)
 
     def page(request: Request, run: Any, view: dict[str, Any], share: bool, token: str) -> Response:
-        events = visible_events(_run_records(ctx, run), run.code, share=share)
+        events = _events(ctx, run, share)
         return render(
             request,
             "result.html",
@@ -286,7 +289,7 @@ def _register_results(
         )
 
     def json_export(run: Any, view: dict[str, Any], share: bool) -> Response:
-        events = visible_events(_run_records(ctx, run), run.code, share=share)
+        events = _events(ctx, run, share)
         data = _public(view, share) | {"events": events}
         return Response(
             json.dumps(data, indent=2, default=str),
@@ -410,8 +413,12 @@ def _register_autoconfig(
         app.add_api_route(path, autodiscover, methods=["POST"], include_in_schema=False)
 
 
-def _run_records(ctx: ApiContext, run: Any) -> list[dict[str, Any]]:
-    return ctx.store.query(run=run.id) + ctx.store.query(code=run.code)
+def _events(ctx: ApiContext, run: Any, share: bool) -> list[dict[str, Any]]:
+    records = ctx.store.query(run=run.id) + ctx.store.query(code=run.code)
+    events = visible_events(records, run.code, share=share)
+    if share:
+        events = [{k: v for k, v in e.items() if k not in SHARE_DROPPED} for e in events]
+    return events
 
 
 def _public(view: dict[str, Any], share: bool) -> dict[str, Any]:
