@@ -4,6 +4,7 @@ deletion, rate limiting, and the guided flow's server-side rules."""
 
 from __future__ import annotations
 
+import imaplib
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from web_kit import form_token, imap_session, smtp_session
+from web_kit import form_token, imap_session, smtp_session, tls_context
 
 from conftest import ServeInstance
 
@@ -273,3 +274,22 @@ def test_run_creation_is_rate_limited(web: Browserless) -> None:
     assert codes[0] == 303
     assert 429 in codes
     assert "Too many tests" in web.post("/start", mode="guided").text
+
+
+def test_implicit_tls_client_is_told_to_skip_steps_that_cannot_apply(
+    web: Browserless, serve: ServeInstance
+) -> None:
+    run = web.create()
+    web.step(run, 1, "start")
+    with imaplib.IMAP4_SSL(
+        "127.0.0.1", serve.ports["imap_tls"], ssl_context=tls_context(serve), timeout=6
+    ) as m:
+        m.login(run.user, run.password)
+    assert web.step(run, 1, "finish").status_code == 303
+    assert web.verdict(run, 1) == "PASS"
+    for n in (2, 3, 4, 5):
+        web.step(run, n, "skip")
+    for n in (6, 7, 8):
+        page = web.http.get(f"/run/{run.id}/step/{n}").text
+        assert "cannot apply" in page and "Skip this step (recommended)" in page, n
+    assert "cannot apply" not in web.http.get(f"/run/{run.id}/step/9").text
