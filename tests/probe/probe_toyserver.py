@@ -10,8 +10,8 @@ Its STARTTLS handling is the point:
 - ``PLAINTEXT_REPLY``: answers the pipelined command in plaintext before the handshake.
 
 ``lines`` records every line received (to check that the dummy password never leaks into the
-probe's output); ``greeting`` can be replaced (hostile banners) and ``silent`` makes it accept
-and say nothing (timeouts).
+probe's output); ``greeting`` can be replaced (hostile banners), ``silent`` makes it accept
+and say nothing (timeouts) and ``offer_starttls = False`` drops STARTTLS from SMTP's EHLO.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class ToyServer:
     ctx: ssl.SSLContext
     greeting: bytes | None = None
     silent: bool = False
+    offer_starttls: bool = True
     lines: list[bytes] = field(default_factory=list)
     port: int = 0
 
@@ -56,7 +57,7 @@ class ToyServer:
         verb = text.split(" ", 1)[0].upper()
         if verb == "EHLO":
             caps = b"250-toy.test\r\n"
-            if not tls:
+            if not tls and self.offer_starttls:
                 caps += b"250-STARTTLS\r\n"
             return caps + b"250 AUTH PLAIN LOGIN\r\n", False
         if verb == "STARTTLS":

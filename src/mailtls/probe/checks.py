@@ -254,7 +254,7 @@ def check_implicit_tls_failed(r: PortResult) -> Iterable[Finding]:
     tls = r.tls
     if not r.target.implicit_tls or r.status != "ok" or tls is None or tls.established:
         return
-    plaintext = "wrong version number" in (tls.error or "").lower()
+    plaintext = "wrong version number" in (tls.error or "").lower().replace("_", " ")
     reason = f"Port {r.target.port} is an implicit-TLS port, but the TLS handshake failed"
     reason += " (the server speaks plaintext there)." if plaintext else f" ({tls.error})."
     fix = "Configure implicit TLS there (Postfix: -o smtpd_tls_wrappermode=yes; Dovecot:"
