@@ -21,7 +21,6 @@ from mailtls.findings import Finding, Severity
 
 DOC_23 = "https://doc.dovecot.org/2.3/settings/core/#core_setting-"
 DOC_24 = "https://doc.dovecot.org/latest/core/summaries/settings.html#"
-SSL_DOC = "https://doc.dovecot.org/2.3/configuration_manual/dovecot_ssl_configuration/"
 UPGRADE_DOC = "https://doc.dovecot.org/2.4.0/installation/upgrade/2.3-to-2.4.html"
 NON_PLAINTEXT_MECHS = (
     "cram-md5",
