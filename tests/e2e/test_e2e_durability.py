@@ -41,14 +41,16 @@ def one_session(
     ctx = tls_context(inst)
     if protocol == "smtp":
         s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=5)
+        assert s.sock is not None
+        cport = s.sock.getsockname()[1]
         try:
-            greeted.append((protocol, s.sock.getsockname()[1]))
+            greeted.append((protocol, cport))
             s.ehlo()
             if tls:
                 s.starttls(context=ctx)
                 s.ehlo()
             s.login(user, "pw")
-            authed.append((protocol, s.sock.getsockname()[1]))
+            authed.append((protocol, cport))
             s.quit()
         finally:
             s.close()
