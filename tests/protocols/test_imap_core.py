@@ -700,6 +700,16 @@ def test_line_without_a_command_name_is_shown_only_by_length() -> None:
         assert b"* BAD " in sent(commands)
 
 
+def test_unfinished_line_without_a_command_name_is_shown_only_by_length() -> None:
+    """A line cut short while waiting for its literal follows the rule of complete lines."""
+    s = Session()
+    s.connect()
+    line = f"{CANARY}{{5}}"
+    assert sent(s.data(line.encode() + b"\r\n")) == b"+ Ready for literal\r\n"
+    commands = s.event(Timeout())
+    assert lines(commands) == [f"<unrecognised, {len(line)} bytes>"]
+
+
 def test_idle_lines_other_than_done_are_redacted_like_commands() -> None:
     s = Session()
     s.login()

@@ -837,6 +837,8 @@ class ImapCore:
 def _redact_partial(text: str) -> str:
     """Transcript of an unfinished command: LOGIN/AUTHENTICATE arguments are never shown."""
     tag, verb = head(text.encode())
+    if tag is None or not verb.isalpha():  # not a command: may be a password
+        return f"<unrecognised, {len(text.encode())} bytes>"
     if verb in ("LOGIN", "AUTHENTICATE"):
         rest = text.split(" ", 2)[2] if text.count(" ") >= 2 else ""
         return f"{tag or '*'} {verb} {redacted_line(len(rest.encode()))}"
