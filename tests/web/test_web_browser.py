@@ -289,3 +289,31 @@ def test_basic_flow_works_without_javascript(browser: Any, serve: ServeInstance)
     page.click("text=Delete everything of this test")
     assert "deleted" in page.inner_text("h1")
     page.context.close()
+
+
+UNLABELLED = """() => Array.from(
+        document.querySelectorAll('input:not([type=hidden]), select, textarea'))
+    .filter((el) => el.labels.length === 0).map((el) => el.outerHTML)"""
+
+
+def test_keyboard_and_labels(browser: Any, serve: ServeInstance) -> None:
+    tab = new_tab(browser)
+    page = tab.page
+    page.goto(serve.url)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Start the guided test":
+            break
+    else:
+        raise AssertionError("the guided test button is not reachable with the keyboard")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/run/[A-Za-z0-9_-]{20,}$"))
+    assert page.evaluate(UNLABELLED) == []
+    page.click("text=Begin with step 1")
+    start(tab, 1)
+    assert page.evaluate(UNLABELLED) == []
+    page.goto(serve.url)
+    assert page.evaluate(UNLABELLED) == []
+    page.context.close()
