@@ -700,6 +700,18 @@ def test_line_without_a_command_name_is_shown_only_by_length() -> None:
         assert b"* BAD " in sent(commands)
 
 
+def test_unknown_command_arguments_are_never_shown() -> None:
+    """Garbage in front of a LOGIN makes it an unknown command: its arguments stay hidden."""
+    s = Session()
+    s.connect()
+    line = f"x a LOGIN {USER} {CANARY}"
+    commands = s.data(line.encode() + b"\r\n")
+    assert lines(commands) == [f"x A <redacted, {len(line) - 4} bytes>"]
+    assert lines(s.data(b"a2 GETQUOTAROOT\r\n")) == ["a2 GETQUOTAROOT"]
+    s.data(f"a3 FROB {CANARY}{{5}}\r\n".encode())
+    assert lines(s.event(Timeout())) == [f"a3 FROB <redacted, {len(CANARY) + 3} bytes>"]
+
+
 def test_unfinished_line_without_a_command_name_is_shown_only_by_length() -> None:
     """A line cut short while waiting for its literal follows the rule of complete lines."""
     s = Session()

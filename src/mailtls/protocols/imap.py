@@ -548,6 +548,8 @@ class ImapCore:
         if isinstance(parsed, BadCommand) and (parsed.tag is None or not parsed.name):
             # not a command at all: may be a password typed in the wrong place
             return f"<unrecognised, {sum(len(line) for line in raw.lines)} bytes>"
+        if parsed.name not in COMMANDS:
+            return _unknown_command(raw.transcript())
         return raw.transcript()
 
     def _bad(self, turn: _Turn, tag: str | None, reason: str, text: str) -> None:
@@ -842,7 +844,17 @@ def _redact_partial(text: str) -> str:
     if verb in ("LOGIN", "AUTHENTICATE"):
         rest = text.split(" ", 2)[2] if text.count(" ") >= 2 else ""
         return f"{tag or '*'} {verb} {redacted_line(len(rest.encode()))}"
+    if verb not in COMMANDS:
+        return _unknown_command(text)
     return text
+
+
+def _unknown_command(text: str) -> str:
+    """``tag VERB <redacted, N bytes>``: the arguments of a command we do not know may be
+    anything (garbage before a LOGIN turns it into an unknown command)."""
+    tag, verb, *rest = text.split(" ", 2)
+    shown = f"{tag} {verb.upper()}"
+    return f"{shown} {redacted_line(len(rest[0].encode()))}" if rest and rest[0] else shown
 
 
 Handler = Callable[[ImapCore, ImapCommand, _Turn], None]
