@@ -319,6 +319,7 @@ def test_per_ip_connection_limit(inst: ServeInstance) -> None:
         extra = connect(inst.ports["imap"], timeout=5, source=source)
         held.append(extra)
         extra_data = read_all(extra)  # refused: a short refusal or a bare close
+        print(f"connection {PER_IP + 1} from one address got {extra_data!r}")
         assert not extra_data.startswith(b"* OK"), extra_data
         other = connect(inst.ports["imap"], timeout=5, source="127.0.77.2")
         held.append(other)
@@ -371,8 +372,73 @@ def test_thousand_idle_connections(inst: ServeInstance, api: Api) -> None:
         assert imap_client(inst, run.username, "pw", False) == "tls-login"
         assert time.monotonic() - started < 2  # a newcomer is served at once
         assert api.finish(run)["verdict"] == "PASS"
+        print(f"server RSS grew by {grown} KiB for {count} plaintext + 20 TLS idle connections")
         assert grown < 48 * 1024, f"{grown} KiB for {count} idle connections"
     finally:
         for sock in idle:
             sock.close()
     assert isinstance(tls_idle[0], ssl.SSLSocket)
+
+
+def trickle_until_cut(w: Wire, data: bytes, listener: str, seconds: float) -> tuple[bool, float]:
+    """Send ``data`` one byte per second (none when empty: a stall) until the server answers
+    with an error or closes; return (cut, time taken), giving up after ``seconds``."""
+    started = time.monotonic()
+    pending = list(data)
+    w.sock.settimeout(1.0)
+    while time.monotonic() - started < seconds:
+        try:
+            if pending:
+                w.send(bytes([pending.pop(0)]))
+            chunk = w.sock.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            return True, time.monotonic() - started
+        if chunk == b"" or is_error(listener, chunk):
+            return True, time.monotonic() - started
+    return False, time.monotonic() - started
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "body", [b"a body line that never ends " * 2, b""], ids=["trickle", "stall"]
+)
+def test_smtp_data_partial_body_line_hits_the_line_deadline(
+    inst: ServeInstance, body: bytes
+) -> None:
+    """Inside DATA too, a body line that does not end within ``limits.line_seconds`` is cut off
+    (an absolute per-line deadline). Bug at the time of writing: the SMTP core re-arms
+    ``idle_seconds`` on every chunk received in DATA (``SmtpCore._on_data``), so a body trickling
+    in one byte per second holds the connection forever and a stalled partial body line waits
+    the whole idle timeout (300 s by default)."""
+    with greeted(inst, "smtp_mx") as w:
+        w.send(b"EHLO slow.example\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@mailtls.test>\r\n")
+        w.send(b"DATA\r\n")
+        for _ in range(3):
+            w.smtp_reply()
+        assert w.smtp_reply().startswith(b"354")
+        w.send(b"Subject: slow\r\n\r\npartial")
+        cut, took = trickle_until_cut(w, body, "smtp_mx", LINE_SECONDS + 6)
+        assert cut, f"a partial DATA line was still open after {took:.0f} s"
+        assert took < LINE_SECONDS + 3, took
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("after_login", [False, True], ids=["login-literal", "append-literal"])
+def test_imap_literal_trickle_hits_the_line_deadline(
+    inst: ServeInstance, api: Api, after_login: bool
+) -> None:
+    run = api.create(("immediate", "baseline"))
+    api.start(run)
+    with greeted(inst, "imap") as w:
+        if after_login:
+            w.send(f'l LOGIN "{run.username}" pw\r\n'.encode())
+            assert w.imap_reply(b"l").startswith(b"l OK")
+            w.send(b"a APPEND INBOX {1000}\r\n")
+        else:
+            w.send(b"a LOGIN {500}\r\n")
+        assert w.imap_reply(b"a").startswith(b"+")
+        cut, took = trickle_until_cut(w, b"x" * 30, "imap", LINE_SECONDS + 6)
+        assert cut and took < LINE_SECONDS + 3, took
+    api.finish(run)

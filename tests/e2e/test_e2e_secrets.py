@@ -257,7 +257,9 @@ def test_canaries_never_persist_or_show(tmp_path: Path) -> None:
         mechs = {a["mechanism"] for a in auths}
         assert mechs >= {"PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER"}, mechs
         assert any(a["tls"] for a in auths) and any(a["secret_in_clear"] for a in auths)
-        for name, text in api.texts(run).items():
+        texts = api.texts(run)
+        assert "event: auth" in texts["sse"] and "plaintext_auth" in texts["json"]
+        for name, text in texts.items():
             assert not leaks(text.encode(), needles), name
         assert not scan_files(data, needles)
         api.close()
