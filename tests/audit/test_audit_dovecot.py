@@ -78,6 +78,16 @@ def test_missing_include_is_an_error_but_include_try_is_not(tmp_path: Path) -> N
         parse_dovecot(read_text(tmp_path / "b.conf"), reader)
 
 
+def test_include_glob_without_matches_is_an_error_but_include_try_is_not(tmp_path: Path) -> None:
+    """As doveconf: ``!include conf.d/*.conf`` matching nothing is "No matches", a fatal error."""
+    reader = Reader(read=read_text, glob=expand_glob)
+    (tmp_path / "a.conf").write_text("!include_try none-*.conf\nx = 1\n")
+    assert parse_dovecot(read_text(tmp_path / "a.conf"), reader).assigns[0].key == "x"
+    (tmp_path / "b.conf").write_text("!include none-*.conf\n")
+    with pytest.raises(AuditError, match="no file matches"):
+        parse_dovecot(read_text(tmp_path / "b.conf"), reader)
+
+
 def test_doveconf_header_gives_the_version_and_hidden_values_parse() -> None:
     cfg = parse_dovecot(
         SourceText(

@@ -192,7 +192,9 @@ def _include(arg: str, optional: bool, origin: Origin, state: _State, depth: int
     base = os.path.dirname(origin.file)
     pattern = os.path.normpath(arg if os.path.isabs(arg) else os.path.join(base, arg))
     paths = state.reader.glob(pattern)
-    if not paths and not optional and not any(ch in arg for ch in "*?["):
+    if not paths and not optional:  # doveconf: "No matches" for a glob, fatal either way
+        if any(ch in arg for ch in "*?["):
+            raise AuditError(f"{origin}: no file matches the include {pattern}")
         raise AuditError(f"{origin}: included file {pattern} does not exist")
     for path in paths:
         try:
