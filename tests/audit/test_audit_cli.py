@@ -278,3 +278,22 @@ def test_runtime_dovecot_uses_doveconf(capsys: pytest.CaptureFixture[str], tmp_p
     broken.write_text("ssl = maybe\n")
     code, out, err = run(capsys, "--dovecot-config", str(broken), "--runtime")
     assert code == 3 and "doveconf" in err and out == ""
+
+
+def test_messages_from_config_files_are_escaped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A file name or line from a config under review never reaches the terminal raw."""
+    evil = tmp_path / "evil.conf"
+    evil.write_text("ssl = yes\n!include /nonexistent\x1b]0;pwned\x07.conf\n")
+    code, out, err = run(capsys, "--dovecot-config", str(evil))
+    assert code == 3 and "\\x1b]0;pwned\\x07" in err
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    noisy = tmp_path / "noisy\x1b[2J.conf"
+    noisy.write_text("ssl = required\nwhat is this\n")
+    (tmp_path / "main.conf").write_text(f"!include {noisy.name}\n")
+    for fmt in ("text", "json", "sarif"):
+        code, out, err = run(
+            capsys, "--dovecot-config", str(tmp_path / "main.conf"), "--format", fmt
+        )
+        assert "\x1b" not in out + err, fmt

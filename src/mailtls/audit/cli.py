@@ -14,6 +14,7 @@ from mailtls.audit.collect import Request, collect
 from mailtls.audit.model import AuditError
 from mailtls.audit.report import FORMATS, audit, render
 from mailtls.findings import EXIT_CANNOT_RUN, EXIT_USAGE, Severity, exit_code
+from mailtls.termsafe import escape_terminal
 
 EPILOG = """\
 With no source option the local system is audited (/etc/postfix, /etc/dovecot/dovecot.conf).
@@ -94,11 +95,11 @@ def run(args: argparse.Namespace) -> int:
         collected = collect(req)
         result = audit(collected, args.dovecot_version)
     except AuditError as exc:
-        print(f"mailtls audit: cannot audit: {exc}", file=sys.stderr)
+        print(f"mailtls audit: cannot audit: {escape_terminal(str(exc))}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     if result.audited == 0:
         for note in result.notes:
-            print(f"mailtls audit: {note}", file=sys.stderr)
+            print(f"mailtls audit: {escape_terminal(note)}", file=sys.stderr)
         print("mailtls audit: cannot audit: nothing could be read", file=sys.stderr)
         return EXIT_CANNOT_RUN
     render(result, args.format, sys.stdout, sys.stderr)

@@ -19,7 +19,7 @@ from mailtls.audit.collect import Collected
 from mailtls.audit.dovecot_effective import context_summary, contexts, detect_version
 from mailtls.audit.effective import service_summary, smtp_services
 from mailtls.findings import Finding, Severity, sort_findings, to_json, to_sarif
-from mailtls.termsafe import escape_markup
+from mailtls.termsafe import escape_markup, escape_terminal
 
 FORMATS = ("text", "json", "sarif")
 
@@ -83,7 +83,7 @@ def render(result: AuditResult, fmt: str, out: TextIO, err: TextIO) -> None:
     if fmt == "sarif":
         out.write(to_sarif(list(result.findings), "mailtls audit", __version__) + "\n")
         for note in result.notes:
-            err.write(f"mailtls audit: note: {note}\n")
+            err.write(f"mailtls audit: note: {escape_terminal(note)}\n")
         return
     console = Console(file=out, highlight=False)
     render_text_report(result, console)
