@@ -57,9 +57,9 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     from mailtls.net.listeners import MailServer, raise_nofile_limit
     from mailtls.net.pki import ensure_certificates
     from mailtls.protocols.imap import ImapCore
-    from mailtls.retention import prune_periodically
     from mailtls.protocols.pop3 import Pop3Core
     from mailtls.protocols.smtp import SmtpCore
+    from mailtls.retention import prune_periodically
     from mailtls.runs.keys import load_or_create_key
     from mailtls.runs.manager import RunManager
     from mailtls.store import Store
