@@ -4,8 +4,9 @@ A canary password and a canary OAuth token travel through every way a client can
 (SMTP AUTH PLAIN/LOGIN/CRAM-MD5/XOAUTH2/OAUTHBEARER with and without initial response, IMAP
 LOGIN as atom, quoted string, synchronising and non-synchronising literal, AUTHENTICATE with and
 without SASL-IR, POP3 USER/PASS, APOP, AUTH ...; a malformed initial response; the run's
-account and an unknown user), both in the clear and after STARTTLS, against a real
-``mailtls serve``. Then neither canary, nor any base64 alignment of it, nor the exact base64
+account and an unknown user), in the clear and after STARTTLS (baseline, t1), in the clear after
+a t2-disrupted handshake and as the first commands inside a t4-disrupted session, against a
+real ``mailtls serve``. Then neither canary, nor any base64 alignment of it, nor the exact base64
 blobs sent, nor the CRAM-MD5/APOP digests, appears in any file under the data folder (journal,
 SQLite index and its WAL, keys, the server log), before and after shutdown, nor in any API
 response about the run (run view, events JSON, the SSE stream, result page, JSON/CSV export).
@@ -14,9 +15,12 @@ response about the run (run view, events JSON, the SSE stream, result page, JSON
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
+import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,6 +199,64 @@ def pop3_user_pass(inst: ServeInstance, tls: bool, user: str, rec: Recorder) -> 
         w.line()
 
 
+def client_hello(inst: ServeInstance) -> bytes:
+    """The first flight of a real TLS client (what t2 reads before answering in cleartext)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_context(inst).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+STARTTLS = {
+    "smtp": b"EHLO canary.test\r\nSTARTTLS\r\n",
+    "imap": b"s STARTTLS\r\n",
+    "pop3": b"STLS\r\n",
+}
+PORTS = {"smtp": "smtp_submission", "imap": "imap", "pop3": "pop3"}
+
+
+def disrupted_lines(user: str, rec: Recorder) -> dict[str, list[list[bytes]]]:
+    """Secret-carrying lines a client may send after a disrupted STARTTLS (t2: in the clear,
+    t4: as its first commands inside TLS), per protocol."""
+    plain = rec.secret(b64(f"\0{user}\0{PASSWORD}"))
+    xoauth2 = rec.secret(b64(f"user={user}\x01auth=Bearer {TOKEN}\x01\x01"))
+    pw = PASSWORD.encode()
+    u = user.encode()
+    return {
+        "smtp": [
+            [b"AUTH PLAIN " + plain],
+            [b"AUTH LOGIN " + b64(u), b64(pw)],
+            [b"EHLO canary.test", b"AUTH XOAUTH2 " + xoauth2],
+        ],
+        "imap": [
+            [b"a AUTHENTICATE PLAIN " + plain],
+            [b'a LOGIN "' + u + b'" "' + pw + b'"'],
+            [b"i ID NIL", b"a LOGIN " + u + b" " + pw],
+        ],
+        "pop3": [[b"USER " + u, b"PASS " + pw], [b"AUTH PLAIN " + plain]],
+    }
+
+
+def disrupted_sessions(inst: ServeInstance, testcase: str, user: str, rec: Recorder) -> None:
+    hello = client_hello(inst)
+    for protocol, scripts in disrupted_lines(user, rec).items():
+        for lines in scripts:
+            with Wire(inst.ports[PORTS[protocol]], timeout=3) as w:
+                w.line()
+                w.send(STARTTLS[protocol])
+                while not w.line().startswith((b"220 ", b"s OK", b"+OK")):
+                    pass
+                if testcase == "t2":  # the handshake is answered in the clear; go on in it
+                    w.send(hello)
+                    w.line()
+                    w.send(b"".join(line + b"\r\n" for line in lines))
+                else:  # t4: the commands inside TLS are answered outside it
+                    w.upgrade(tls_context(inst))
+                    w.send(b"".join(line + b"\r\n" for line in lines))
+                time.sleep(0.05)
+
+
 def forms_of(canary: str) -> list[bytes]:
     """The canary and every base64 alignment of it (as found inside any longer blob)."""
     raw = canary.encode()
@@ -236,12 +298,22 @@ def test_canaries_never_persist_or_show(tmp_path: Path) -> None:
     rec = Recorder()
     with serving(data) as inst:
         api = Api(inst)
-        run: Run = api.create(("immediate", "baseline"), ("immediate", "t1"))
+        run: Run = api.create(
+            ("immediate", "baseline"), ("immediate", "t1"), ("immediate", "t2"), ("immediate", "t4")
+        )
         for n in (1, 2):  # baseline: in the clear and after STARTTLS; t1: in the clear only
             api.start(run, n)
             exercise_everything(inst, run.username, rec, tls_too=n == 1)
             exercise_everything(inst, "somebody-else@example.org", rec, tls_too=n == 1)
             api.finish(run, n)
+        for n, testcase in ((3, "t2"), (4, "t4")):
+            api.start(run, n)
+            disrupted_sessions(inst, testcase, run.username, rec)
+            step = api.finish(run, n)
+            # t2: what follows the broken handshake in the clear leaks; t4: inside TLS it did not
+            expected = ("FAIL", "plaintext_auth") if testcase == "t2" else ("PASS", "tls_auth")
+            assert (step["verdict"], step["reason"]) == expected
+            assert "starttls_disrupted" in {f["tag"] for f in step["findings"]}
         needles = forms_of(PASSWORD) + forms_of(TOKEN) + sorted(rec.blobs)
         # the alignments alone find every base64 blob that carried a canary (the search works)
         for blob in rec.blobs:
