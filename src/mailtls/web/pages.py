@@ -80,6 +80,13 @@ def clock_text(epoch: Any) -> str:
     return time.strftime("%H:%M UTC", time.gmtime(epoch))
 
 
+def date_text(epoch: Any) -> str:
+    """``2026-11-29 12:34 UTC`` for an epoch time."""
+    if not isinstance(epoch, int | float):
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
 def minutes_left(epoch: Any, now: float | None = None) -> int:
     if not isinstance(epoch, int | float):
         return 0
@@ -90,7 +97,7 @@ def minutes_left(epoch: Any, now: float | None = None) -> int:
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(guide=guide)
-    templates.env.filters.update(clock=clock_text, minutes_left=minutes_left)
+    templates.env.filters.update(clock=clock_text, date=date_text, minutes_left=minutes_left)
     return templates
 
 
