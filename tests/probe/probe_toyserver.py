@@ -11,7 +11,8 @@ Its STARTTLS handling is the point:
 
 ``lines`` records every line received (to check that the dummy password never leaks into the
 probe's output); ``greeting`` can be replaced (hostile banners), ``silent`` makes it accept
-and say nothing (timeouts) and ``offer_starttls = False`` drops STARTTLS from SMTP's EHLO.
+and say nothing (timeouts), ``offer_starttls = False`` drops STARTTLS from SMTP's EHLO and
+``login_delay`` delays the failed-login answer.
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ class ToyServer:
     greeting: bytes | None = None
     silent: bool = False
     offer_starttls: bool = True
+    login_delay: float = 0.0
     lines: list[bytes] = field(default_factory=list)
     port: int = 0
 
     def reply(self, line: bytes, tls: bool) -> tuple[bytes, bool]:
         """(reply bytes, whether this line was STARTTLS)."""
         text = line.decode("latin-1").rstrip("\r\n")
-        return getattr(self, f"_{self.protocol}")(text, tls)
+        handlers = {"smtp": self._smtp, "imap": self._imap, "pop3": self._pop3}
+        return handlers[self.protocol](text, tls)
 
     def _smtp(self, text: str, tls: bool) -> tuple[bytes, bool]:
         verb = text.split(" ", 1)[0].upper()
@@ -126,6 +129,8 @@ class ToyServer:
             self.lines.append(line)
             answer, starttls = self.reply(line, tls)
             if not starttls or tls:
+                if b"uthentication failed" in answer or b"credentials invalid" in answer:
+                    await asyncio.sleep(self.login_delay)  # servers delay failed logins
                 writer.write(answer)
                 await writer.drain()
                 if line.upper().split(b" ")[-1].strip() in (b"QUIT", b"LOGOUT"):

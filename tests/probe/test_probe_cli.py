@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from probe_servers import Pki, make_pki
@@ -33,8 +34,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"), ("127.0.0.1",))
 
 
-def toy(pki: Pki, protocol: str = "smtp", **kw: object) -> ToyServer:
-    return ToyServer(protocol, Mode.SAFE, server_context(str(pki.cert), str(pki.key)), **kw)  # type: ignore[arg-type]
+def toy(
+    pki: Pki,
+    greeting: bytes | None = None,
+    silent: bool = False,
+    offer_starttls: bool = True,
+    login_delay: float = 0.0,
+) -> ToyServer:
+    ctx = server_context(str(pki.cert), str(pki.key))
+    return ToyServer("smtp", Mode.SAFE, ctx, greeting, silent, offer_starttls, login_delay)
 
 
 @pytest.mark.parametrize(
@@ -58,8 +66,8 @@ def test_usage_errors(args: list[str], message: str) -> None:
     assert "Traceback" not in out.stderr and out.stdout == ""
 
 
-def test_cafile_that_is_not_a_certificate(tmp_path: pytest.TempPathFactory) -> None:
-    bad = tmp_path / "ca.pem"  # type: ignore[operator]
+def test_cafile_that_is_not_a_certificate(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate\n")
     out = mailtls("127.0.0.1", "--cafile", str(bad))
     assert out.returncode == 2 and "--cafile" in out.stderr and "Traceback" not in out.stderr
@@ -145,3 +153,17 @@ async def test_sarif_and_fail_on(pki: Pki) -> None:
     assert "source address equals the target" in sarif.stderr
     assert sarif.returncode == 1
     assert lax.returncode == 0  # high < critical
+
+
+async def test_slow_failed_login_is_classified_not_a_timeout(pki: Pki) -> None:
+    """Each network step may take 0.5 s; the server answers the dummy login after 1.5 s."""
+    async with running(toy(pki, login_delay=1.5)) as server:
+        out = await amailtls(
+            "127.0.0.1", "--ports", f"submission:{server.port}", "--timeout", "0.5",
+            "--cafile", str(pki.ca), "--format", "json",
+        )  # fmt: skip
+    doc = json.loads(out.stdout)
+    login = doc["ports"][0]["login_before_tls"]
+    assert login["outcome"] == "processed" and login["seconds"] >= 1.4
+    (finding,) = [f for f in doc["findings"] if f["id"] == "probe-auth-before-tls"]
+    assert any("delayed failure" in e for e in finding["evidence"])

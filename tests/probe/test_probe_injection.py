@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from probe_servers import make_pki
+from probe_servers import Pki, make_pki
 from probe_toyserver import Mode, ToyServer, running, server_context
 
 from mailtls.probe import probe_host
@@ -25,7 +25,7 @@ PLAINTEXT = "probe-starttls-pipelined-answered-in-plaintext"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"), ("127.0.0.1",))
 
 
@@ -41,7 +41,7 @@ KIND = {"smtp": "submission", "imap": "imap", "pop3": "pop3"}
         (Mode.PLAINTEXT_REPLY, {PLAINTEXT}),
     ],
 )
-async def test_injection_verdict(protocol: str, mode: Mode, expected: set[str], pki) -> None:  # type: ignore[no-untyped-def]
+async def test_injection_verdict(protocol: str, mode: Mode, expected: set[str], pki: Pki) -> None:
     toy = ToyServer(protocol, mode, server_context(str(pki.cert), str(pki.key)))
     async with running(toy):
         t = target(KIND[protocol], toy.port)
@@ -62,7 +62,7 @@ async def test_injection_verdict(protocol: str, mode: Mode, expected: set[str], 
     assert any("source address equals the target" in n for n in result.notes)
 
 
-async def test_dummy_password_reaches_server_but_never_the_output(pki) -> None:  # type: ignore[no-untyped-def]
+async def test_dummy_password_reaches_server_but_never_the_output(pki: Pki) -> None:
     toy = ToyServer("smtp", Mode.SAFE, server_context(str(pki.cert), str(pki.key)))
     async with running(toy):
         result = await asyncio.to_thread(
@@ -78,7 +78,7 @@ async def test_dummy_password_reaches_server_but_never_the_output(pki) -> None: 
     assert user.decode() not in dumped or "redacted" in dumped
 
 
-async def test_no_login_attempt_sends_no_credentials(pki) -> None:  # type: ignore[no-untyped-def]
+async def test_no_login_attempt_sends_no_credentials(pki: Pki) -> None:
     toy = ToyServer("pop3", Mode.SAFE, server_context(str(pki.cert), str(pki.key)))
     async with running(toy):
         result = await asyncio.to_thread(
@@ -90,7 +90,9 @@ async def test_no_login_attempt_sends_no_credentials(pki) -> None:  # type: igno
     assert "probe-auth-before-tls" not in ids
 
 
-async def test_untrusted_certificate_is_a_finding_and_probing_goes_on(tmp_path: Path, pki) -> None:  # type: ignore[no-untyped-def]
+async def test_untrusted_certificate_is_a_finding_and_probing_goes_on(
+    tmp_path: Path, pki: Pki
+) -> None:
     other = make_pki(tmp_path / "other", ("127.0.0.1",))
     toy = ToyServer("imap", Mode.VULNERABLE, server_context(str(pki.cert), str(pki.key)))
     async with running(toy):

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 from conftest import ServeInstance
-
 from mailtls.probe import probe_host
 from mailtls.probe.classify import AuthOutcome
 from mailtls.probe.targets import target
@@ -54,9 +53,9 @@ def test_probe_says_serve_accepts_login_before_tls(serve: ServeInstance) -> None
 
 def test_cli_json_against_serve(serve: ServeInstance) -> None:
     spec = f"imap:{serve.ports['imap']},pop3s:{serve.ports['pop3_tls']}"
+    extra = ["--cafile", str(serve.ca), "--format", "json", "--timeout", "5"]
     out = subprocess.run(
-        [sys.executable, "-m", "mailtls", "probe", "127.0.0.1", "--ports", spec]
-        + ["--cafile", str(serve.ca), "--format", "json", "--timeout", "5"],
+        [sys.executable, "-m", "mailtls", "probe", "127.0.0.1", "--ports", spec, *extra],
         capture_output=True,
         text=True,
         timeout=90,

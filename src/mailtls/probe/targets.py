@@ -63,6 +63,8 @@ def parse_one(item: str) -> Target:
     kind, sep, number = text.rpartition(":")
     if not sep:
         kind, number = "", text
+    elif not kind:
+        raise ValueError(f"no protocol before ':' in {item.strip()!r}")
     if not number.isdigit() or not 0 < int(number) < 65536:
         raise ValueError(f"not a port: {item.strip()!r}")
     port = int(number)
