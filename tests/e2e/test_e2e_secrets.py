@@ -257,6 +257,24 @@ def disrupted_sessions(inst: ServeInstance, testcase: str, user: str, rec: Recor
                 time.sleep(0.05)
 
 
+def implicit_tls_sessions(inst: ServeInstance, user: str, rec: Recorder) -> None:
+    """PLAIN with an initial response and the login commands on the implicit-TLS ports."""
+    plain = rec.secret(b64(f"\0{user}\0{PASSWORD}"))
+    pw = PASSWORD.encode()
+    scripts = {
+        "smtp_tls": b"EHLO canary.test\r\nAUTH PLAIN " + plain + b"\r\nQUIT\r\n",
+        "imap_tls": b'a LOGIN "' + user.encode() + b'" "' + pw + b'"\r\nz LOGOUT\r\n',
+        "pop3_tls": b"USER " + user.encode() + b"\r\nPASS " + pw + b"\r\nQUIT\r\n",
+    }
+    for listener, script in scripts.items():
+        with Wire(inst.ports[listener]) as w:
+            w.upgrade(tls_context(inst))
+            w.line()
+            w.send(script)
+            while w.line():
+                pass
+
+
 def forms_of(canary: str) -> list[bytes]:
     """The canary and every base64 alignment of it (as found inside any longer blob)."""
     raw = canary.encode()
@@ -290,6 +308,8 @@ def exercise_everything(inst: ServeInstance, user: str, rec: Recorder, tls_too: 
             pop3_sasl(inst, tls, mech, ir, steps)
         imap_logins(inst, tls, user)
         pop3_user_pass(inst, tls, user, rec)
+    if tls_too:
+        implicit_tls_sessions(inst, user, rec)
 
 
 @pytest.mark.timeout(120)
@@ -329,6 +349,7 @@ def test_canaries_never_persist_or_show(tmp_path: Path) -> None:
         mechs = {a["mechanism"] for a in auths}
         assert mechs >= {"PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER"}, mechs
         assert any(a["tls"] for a in auths) and any(a["secret_in_clear"] for a in auths)
+        assert {a["listener"] for a in auths} >= {"smtp_tls", "imap_tls", "pop3_tls"}
         texts = api.texts(run)
         assert "event: auth" in texts["sse"] and "plaintext_auth" in texts["json"]
         for name, text in texts.items():
