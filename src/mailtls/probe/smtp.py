@@ -28,7 +28,7 @@ def read_reply(conn: Conn, timeout: float | None = None) -> tuple[int, list[str]
     while len(lines) < MAX_LINES:
         text = conn.read_line(timeout).decode("utf-8", "replace").rstrip("\r\n")
         lines.append(text)
-        if len(text) < 3 or not text[:3].isdigit():
+        if len(text) < 3 or not (text[:3].isascii() and text[:3].isdigit()):
             raise ProbeFailure("protocol", "the server's reply is not SMTP")
         if len(text) == 3 or text[3] == " ":
             return int(text[:3]), lines
