@@ -9,6 +9,7 @@ well-behaved client still completes a STARTTLS login (fixture ``still_serving``)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -204,15 +205,19 @@ def test_commands_pipelined_after_starttls_are_discarded(
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("command", [b"a LOGIN {999999999}", b"a APPEND INBOX {999999999}"])
+@pytest.mark.parametrize(
+    "command", [b"a LOGIN {999999999}", b"a APPEND INBOX {999999999}", b"a LOGIN {999999999+}"]
+)
 def test_huge_imap_literal_is_refused(inst: ServeInstance, command: bytes) -> None:
     with greeted(inst, "imap") as w:
         w.send(command + b"\r\n")
         reply = w.imap_reply(b"a")
         assert not reply.startswith(b"+"), reply  # no go-ahead for a gigabyte
         assert is_error("imap", reply) or reply == b"", reply
-        w.send(b"b NOOP\r\n")
-        assert b"b OK" in w.imap_reply(b"b") or reply == b""
+        with contextlib.suppress(OSError):  # LITERAL+ cannot be skipped: BYE and close
+            w.send(b"b NOOP\r\n")
+        follow = w.imap_reply(b"b")
+        assert b"b OK" in follow or (follow == b"" and b"BYE" in reply), (reply, follow)
 
 
 def starttls_wire(inst: ServeInstance, listener: str) -> Wire:
