@@ -39,7 +39,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("host", metavar="HOST", help="host name or address of the server")
-    p.add_argument("--ports", default=DEFAULT_PORTS, metavar="LIST", help="ports to probe")
+    p.add_argument(
+        "--ports",
+        default=DEFAULT_PORTS,
+        metavar="LIST",
+        help=f"ports to probe (default {DEFAULT_PORTS})",
+    )
     p.add_argument(
         "--timeout",
         default="10",

@@ -122,7 +122,11 @@ def _summary_row(p: PortResult) -> list[str]:
         else:
             parts.append(f"TLS failed: {p.tls.error}")
     if p.injection and p.injection.tested:
-        parts.append("injection: " + ("VULNERABLE" if p.injection.vulnerable else "not vulnerable"))
+        verdict = "VULNERABLE" if p.injection.vulnerable else "not vulnerable"
+        if p.injection.aborted:
+            verdict += " (the server aborts TLS after pipelined input)"
+        parts.append("injection: " + verdict)
+    parts += [f"note: {n}" for n in p.notes]
     return [str(p.target.port), p.target.name, esc(p.address), esc("; ".join(parts))]
 
 

@@ -48,6 +48,7 @@ DIALOGUES: dict[str, Callable[[], Dialogue]] = {
 }
 LOGIN_WAIT_MIN = 16.0  # Dovecot delays failed logins by up to 15 s
 INJECTION_WAIT_MAX = 1.5
+MAX_PARALLEL = 32  # (address, port) pairs probed at once
 
 
 @dataclass(frozen=True)
@@ -382,7 +383,7 @@ def probe_host(
     opts = Options(host, timeout, cafile, login_attempt)
     addresses = resolve(host)
     jobs = [PortProbe(opts, fam, addr, t) for fam, addr in addresses for t in targets]
-    with ThreadPoolExecutor(max_workers=min(16, len(jobs))) as pool:
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(jobs))) as pool:
         results = list(pool.map(lambda job: job.run(), jobs))
     findings: list[Finding] = []
     for r in results:
