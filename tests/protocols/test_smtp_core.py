@@ -465,6 +465,17 @@ def test_t4_first_command_inside_tls_gets_cleartext_454_outside_tls() -> None:
     assert s.event(Closed()) == [Close()]
 
 
+def test_t4_over_long_first_command_inside_tls_is_disrupted_too() -> None:
+    """As IMAP and POP3: whatever the first line inside TLS is, it gets the cleartext 454."""
+    s = Session("t4")
+    s.ready()
+    s.data(b"STARTTLS\r\n")
+    s.event(TlsEstablished(TLS))
+    commands = s.data(b"X" * (LIMITS.line_bytes + 10) + b"\r\n")
+    assert sent(commands) == b"" and raw(commands) == R.S454_TLS_NA
+    assert s.core.state is State.DISRUPTED
+
+
 def test_t4_pipelined_auth_inside_tls_then_plaintext_auth_outside() -> None:
     s = Session("t4")
     s.ready()

@@ -390,12 +390,12 @@ class SmtpCore:
                 break
             completed = True
             self._silence = False
-            if isinstance(line, LineTooLong):
+            if self._disrupt_next:  # never in AUTH: the first line of a fresh TLS session
+                self._disrupt_session(line)
+            elif isinstance(line, LineTooLong):
                 self._line_too_long(line)
             elif self.state is State.AUTH:
                 self._sasl_line(line)
-            elif self._disrupt_next:
-                self._disrupt_session(line)
             else:
                 self._command(line)
             if self.state is State.DATA:
@@ -558,15 +558,19 @@ class SmtpCore:
         self.state = State.DISRUPTED
         return self._disrupted
 
-    def _disrupt_session(self, line: bytes) -> None:
+    def _disrupt_session(self, line: bytes | LineTooLong) -> None:
         """t4: the first command inside TLS gets a cleartext 454 outside TLS.
 
         The line and whatever was pipelined behind it arrived inside TLS (an AUTH there is a
-        TLS auth); ``SendRaw`` abandons the TLS session, so later bytes arrive as raw TCP."""
+        TLS auth); ``SendRaw`` abandons the TLS session, so later bytes arrive as raw TCP.
+        An over-long first line is not shown (as in IMAP and POP3)."""
         self._disrupt_next = False
-        text = line.decode("utf-8", "replace")
-        verb, _, arg = text.partition(" ")
-        self._out.record(CommandReceived(self._transcript(verb.upper(), text, arg), True))
+        if isinstance(line, LineTooLong):
+            line = b""
+        else:
+            text = line.decode("utf-8", "replace")
+            verb, _, arg = text.partition(" ")
+            self._out.record(CommandReceived(self._transcript(verb.upper(), text, arg), True))
         scanner = AuthLineScanner(self._ctx, True, "disrupted")
         for observation in scanner.scan(line + b"\n" + self._lines.take_rest()):
             self._out.record(observation)
