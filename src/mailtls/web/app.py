@@ -56,7 +56,7 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         path = request.url.path
-        if path.startswith(("/api/runs", "/r/", "/run")):
+        if path.startswith(("/api/runs", "/r/", "/s/", "/run")):
             for name, value in PRIVATE_HEADERS.items():
                 response.headers[name] = value
         return response

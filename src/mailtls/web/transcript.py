@@ -55,7 +55,7 @@ NEUTRAL_KEYS = frozenset(
         "bytes_out",
     }
 )
-SHARE_HIDDEN = frozenset({"client", "cport", "value", "line", "username"})
+SHARE_HIDDEN = frozenset({"client", "cport", "value", "line", "username", "run", "code"})
 RUN_RECORD_HIDDEN = frozenset({"addresses", "address", "client", "clients"})
 
 
