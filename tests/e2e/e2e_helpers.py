@@ -10,6 +10,9 @@
 - Reference clients from the standard library (``smtplib``, ``imaplib``, ``poplib``): an
   opportunistic one (STARTTLS only when advertised) and a strict one (always STARTTLS, stop when
   it fails), each bounded by socket timeouts.
+- ``Wire``: a raw line client that can switch to TLS, for scripted and hostile dialogues.
+- ``journal``: the records of ``DATA_DIR/events.jsonl`` (the record itself; API views reduce
+  connections that never presented the run's code, so tests of such connections read it).
 
 Imports only the standard library, httpx, pytest and the shared ``conftest``; never ``mailtls``
 internals (the server is a black box here, except the store's ``rebuild`` used by one test).
