@@ -13,7 +13,7 @@ Rules, per protocol, from the connections whose accept-time binding is this step
   is that run's evidence (its ``binding_mismatch``), not this step's.
 - INCONCLUSIVE ``binding_mismatch``: a login with the run's code on a connection bound elsewhere
   or not at all (a cleartext credential there is reported as a finding of the mode it got).
-- Only connections where the attack was active count for PASS (two_phase: accepted after
+- Only connections where the attack was active count for PASS or FAIL (two_phase: accepted after
   activation). None: INCONCLUSIVE ``not_exercised``.
 - PASS: a secret was sent inside TLS there. Otherwise INCONCLUSIVE ``loop`` (>= N connections
   within M s after a disruption, no secret sent), ``aborted_after_downgrade`` (the attack showed,
@@ -319,7 +319,12 @@ class _ProtocolJudge:
         return found
 
     def judge(self, loop_connections: int, loop_seconds: float) -> ProtocolResult:
-        failed = self._collect_cleartext(self.bound)
+        cleartext = self._collect_cleartext(self.bound)
+        # DESIGN §5: in two_phase, PASS/FAIL come only from connections accepted after
+        # activation; a cleartext login before it stays a finding (plaintext_auth,
+        # starttls_not_attempted: the client is configured without encryption), not the verdict.
+        active_conns = {c.conn for c in self.bound if c.active}
+        failed = [e for e in cleartext if e.get("conn") in active_conns]
         self._collect_cleartext(
             self.others
         )  # reported as findings of the mode those connections got

@@ -125,9 +125,10 @@ def test_strict_client_after_activation_is_not_fail(inst: ServeInstance, api: Ap
 @pytest.mark.timeout(40)
 def test_plaintext_login_before_activation_is_still_a_leak(inst: ServeInstance, api: Api) -> None:
     """A client that ignores the offered STARTTLS and logs in in the clear never activates the
-    step, yet it sent its password unencrypted: the implementation reports FAIL with
-    ``starttls_not_attempted`` (DESIGN §8: FAIL always wins; as getmail6 in baseline), rather
-    than §5's "PASS/FAIL only after activation"."""
+    step. DESIGN §5: PASS/FAIL come only from connections accepted after activation, so the
+    verdict is INCONCLUSIVE ``not_exercised``; the leak itself is still reported, as the findings
+    ``plaintext_auth`` and ``starttls_not_attempted`` (the client is configured without
+    encryption: §8 reports that apart from downgrade FAILs)."""
     run = api.create(("two_phase", "t1"))
     api.start(run)
     sock = connect(inst.ports["imap"], timeout=5)
@@ -137,5 +138,6 @@ def test_plaintext_login_before_activation_is_still_a_leak(inst: ServeInstance, 
         assert b"a OK" in read_until(sock, b"a ")
     step = api.finish(run)
     assert step["activated"] is None
-    assert verdict(step) == ("FAIL", "plaintext_auth")
+    assert verdict(step) == ("INCONCLUSIVE", "not_exercised")
+    assert "plaintext_auth" in tags(step)
     assert "starttls_not_attempted" in tags(step)

@@ -565,10 +565,11 @@ ROWS = [
         step=info(scenario="two_phase", activated=True),
     ),
     Row(
+        # DESIGN §5: PASS/FAIL only from connections after activation; the leak stays a finding
         "two_phase: plaintext before activation",
         two_phase_pre_activation_plaintext,
-        Verdict.FAIL,
-        "plaintext_auth",
+        Verdict.INCONCLUSIVE,
+        "not_exercised",
         frozenset({"plaintext_auth", "starttls_not_attempted"}),
         step=info(scenario="two_phase"),
     ),
