@@ -354,8 +354,6 @@ class PortProbe:
                     return Legacy.NOT_TESTED
             conn.upgrade(legacy_context(version), self.opts.sni)
             ok = conn.tls_version() == version.name.replace("_", ".")
-            if not starttls:
-                dlg.greet(conn)
             return Legacy.ACCEPTED if ok else Legacy.REFUSED
         except ProbeFailure as exc:
             return Legacy.REFUSED if exc.kind in ("tls", "closed") else Legacy.NOT_TESTED
