@@ -817,9 +817,14 @@ def test_empty_body_and_commands_after_body_are_executed() -> None:
     assert only(commands, obs.MessageReceived).nbytes == 0
 
 
-def test_data_sets_idle_timer_per_chunk_and_times_out() -> None:
+def test_data_body_lines_get_the_absolute_line_deadline_and_time_out() -> None:
     s = mail_ready()
-    assert s.data(b"partial body")[-1] == SetTimer(LIMITS.idle_seconds)
+    assert s.data(b"first line\r\n")[-1] == SetTimer(LIMITS.idle_seconds)
+    assert s.data(b"partial body")[-1] == SetTimer(LIMITS.line_seconds)
+    # the open line only grows: the deadline already running is not re-armed (no slow trickle)
+    assert not [c for c in s.data(b" more") if isinstance(c, SetTimer)]
+    assert s.data(b" end\r\n")[-1] == SetTimer(LIMITS.idle_seconds)
+    assert s.data(b"again")[-1] == SetTimer(LIMITS.line_seconds)
     commands = s.event(Timeout())
     assert sent(commands) == R.timeout(HOST)
     assert sent(commands) == b"421 4.4.2 mx.mailtls.test Error: timeout exceeded\r\n"

@@ -108,7 +108,7 @@ class DataBody:
     ``.`` loses that dot (dot-unstuffing), which only matters for the count.
     """
 
-    __slots__ = ("_bol", "_tail", "nbytes")
+    __slots__ = ("_bol", "_tail", "deadline_armed", "line_open", "nbytes")
 
     END: Final = b"\r\n.\r\n"
 
@@ -116,9 +116,13 @@ class DataBody:
         self._bol = True  # the next byte starts a line (right after the DATA line's CRLF)
         self._tail = b""  # up to 4 unconsumed bytes that may start the terminator
         self.nbytes = 0
+        self.line_open = False  # the last byte fed did not end a line
+        self.deadline_armed = False  # the open line's absolute deadline is running
 
     def feed(self, data: bytes) -> bytes | None:
         """Consume body bytes; return the bytes after the terminator once it is seen."""
+        if data:
+            self.line_open = not data.endswith(b"\n")
         prefix = 2 if self._bol else 0
         buf = (b"\r\n" if self._bol else b"") + self._tail + data
         end = buf.find(self.END)
@@ -306,8 +310,15 @@ class SmtpCore:
         self._silence = False
         partial_before = self._lines.pending > 0
         completed = self._pump(event.data)
-        if self.state is State.DATA:
-            self._out.add(set_timer(self._limits.idle_seconds))
+        if self.state is State.DATA and self._body is not None:
+            # a body line gets the same absolute deadline as a command line (no slow trickle)
+            body = self._body
+            if not body.line_open:
+                body.deadline_armed = False
+                self._out.add(set_timer(self._limits.idle_seconds))
+            elif not body.deadline_armed:
+                body.deadline_armed = True
+                self._out.add(set_timer(self._limits.line_seconds))
         elif self._reading_lines():
             if self._silence:
                 self._out.add(set_timer(self._limits.silence_after_refusal))
