@@ -135,27 +135,36 @@ def policy_for(binding: Binding | None) -> TestCase:
     return BASELINE
 
 
-_FIELD_NAMES: dict[type[Observation], tuple[str, ...]] = {}
+_FIELD_NAMES: dict[type[Observation], tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type[Observation]) -> tuple[str, ...] | None:
+    """Field names of a flat dataclass observation that keeps ``Observation.as_fields``, whose
+    ``as_fields()`` (``dataclasses.asdict``) is then the same as reading the fields; else None."""
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        pass
+    names: tuple[str, ...] | None = None
+    if cls.as_fields is Observation.as_fields and dataclasses.is_dataclass(cls):
+        fields = dataclasses.fields(cls)
+        if all(f.type in _FLAT_TYPES for f in fields):
+            names = tuple(f.name for f in fields)
+    _FIELD_NAMES[cls] = names
+    return names
 
 
 def observation_fields(o: Observation) -> dict[str, Any]:
-    """``o.as_fields()``; flat dataclass observations take a fast path with the same result."""
-    cls = type(o)
-    if cls.as_fields is not Observation.as_fields:
-        return o.as_fields()
-    names = _FIELD_NAMES.get(cls)
+    """``o.as_fields()``, fast for flat dataclass observations (same result)."""
+    names = _field_names(type(o))
     if names is None:
-        fields = dataclasses.fields(o)
-        flat = all(f.type in _FLAT_TYPES for f in fields)
-        if not flat:
-            return o.as_fields()
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields)
+        return o.as_fields()
     return {name: getattr(o, name) for name in names}
 
 
 class MailConnection(asyncio.BufferedProtocol):
     __slots__ = (
-        "_binding_fields",
+        "_envelope",
         "_cause",
         "_closed_by",
         "_closing",
@@ -166,6 +175,7 @@ class MailConnection(asyncio.BufferedProtocol):
         "_held",
         "_hello",
         "_loop",
+        "_out",
         "_paused",
         "_pending",
         "_started",
@@ -216,7 +226,8 @@ class MailConnection(asyncio.BufferedProtocol):
         self._timer_when = 0.0
         self._deadline: asyncio.TimerHandle | None = None
         self._tls_fields: dict[str, str] | None = None
-        self._binding_fields: dict[str, object] | None = None
+        self._envelope: dict[str, Any] = {}
+        self._out: list[bytes] | None = None  # corked writes while one read is processed
         self._started = 0.0
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -241,8 +252,7 @@ class MailConnection(asyncio.BufferedProtocol):
         self.local = (str(sock[0]), int(sock[1]))
         self.conn_id = host.next_conn_id()
         self.binding = host.binder(self.client, self.local)
-        if self.binding is not None:
-            self._binding_fields = self.binding.as_fields()
+        self._make_envelope()
         refusal = host.admit(self)
         if refusal is not None:
             self._closing = True
@@ -278,11 +288,19 @@ class MailConnection(asyncio.BufferedProtocol):
         self.bytes_in += nbytes
         if self._closing:
             return
+        self._out = []  # cork: the replies to one read leave in one write
         try:
             self._received(_READ_VIEW[:nbytes])
         except Exception:
             log.exception("connection %s failed", self.conn_id)
             self._abort("error")
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        out, self._out = self._out, None
+        if out:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def eof_received(self) -> bool:
         try:
@@ -457,50 +475,64 @@ class MailConnection(asyncio.BufferedProtocol):
         """Turn commands into I/O, in order. The only place that writes, closes or records."""
         it = iter(commands)
         for cmd in it:
-            if self._closing and not isinstance(cmd, Record):
+            kind = type(cmd)
+            if kind is Record:
+                self._record(cast(Record, cmd).observation)
+            elif self._closing:
                 continue
-            match cmd:
-                case Record(observation):
-                    self._record(observation)
-                case Send(data, delay) if delay > 0:
-                    self._hold(delay, [Send(data), *it])
+            elif kind is Send:
+                send = cast(Send, cmd)
+                if send.delay > 0:
+                    self._hold(send.delay, [Send(send.data), *it])
                     return
-                case Send(data):
-                    self._send(data)
-                case SetTimer(seconds):
-                    self._set_timer(seconds)
-                case SendRaw(data):
-                    self._send_raw(data)
-                case StartTls():
-                    self._start_tls()
-                case ReadClientHello():
-                    self._read_client_hello()
-                case Close(reset):
-                    self._close(reset, self._cause)
-                case _:
-                    raise TypeError(f"unknown command {cmd!r}")
+                self._send(send.data)
+            elif kind is SetTimer:
+                self._set_timer(cast(SetTimer, cmd).seconds)
+            elif kind is SendRaw:
+                self._send_raw(cast(SendRaw, cmd).data)
+            elif kind is StartTls:
+                self._start_tls()
+            elif kind is ReadClientHello:
+                self._read_client_hello()
+            elif kind is Close:
+                self._close(cast(Close, cmd).reset, self._cause)
+            else:
+                raise TypeError(f"unknown command {cmd!r}")
 
     # --- commands -----------------------------------------------------------------------------
 
     def _record(self, o: Observation) -> None:
+        """Hand one event to the sink: the connection's envelope plus the observation's fields
+        (which win on a name clash, as in ``{**envelope, **fields}``)."""
+        record = self._envelope.copy()
+        record["ts"] = time.time()
+        record["tls"] = self._tls_fields
+        record["type"] = o.TYPE
+        names = _field_names(type(o))
+        if names is None:
+            record.update(o.as_fields())
+        else:
+            for name in names:
+                record[name] = getattr(o, name)
+        self.listener.host.sink(record)
+
+    def _make_envelope(self) -> None:
         binding = self.binding
         spec = self.listener.spec
-        record: dict[str, Any] = {
-            "ts": time.time(),
+        self._envelope = {
+            "ts": 0.0,
             "conn": self.conn_id,
             "protocol": spec.protocol,
             "listener": spec.name,
             "port": self.local[1],
             "client": self.client,
             "cport": self.cport,
-            "tls": self._tls_fields,
+            "tls": None,
             "run": binding.run_id if binding is not None else None,
             "step": binding.step if binding is not None else None,
-            "binding": self._binding_fields,
-            "type": o.TYPE,
+            "binding": binding.as_fields() if binding is not None else None,
+            "type": "",
         }
-        record.update(observation_fields(o))
-        self.listener.host.sink(record)
 
     def _send(self, data: bytes) -> None:
         engine = self._engine
@@ -522,6 +554,10 @@ class MailConnection(asyncio.BufferedProtocol):
         self._write(data)
 
     def _write(self, data: bytes) -> None:
+        if self._out is not None:
+            if data:
+                self._out.append(data)
+            return
         transport = self._transport
         if transport is None or not data:
             return
@@ -553,15 +589,18 @@ class MailConnection(asyncio.BufferedProtocol):
         if transport is None:
             return
         if reset:
+            self._out = None  # nothing queued is sent on a reset
             _set_linger_zero(transport)
             transport.abort()
             return
         engine = self._engine
         if engine is not None and engine.established:
             self._write(engine.close_notify())
+        self._uncork()
         transport.close()
 
     def _abort(self, by: str) -> None:
+        self._out = None
         if not self._closed_by:
             self._closed_by = by
         self._closing = True

@@ -91,7 +91,8 @@ class TlsEngine:
         failure: str | None = None
         eof = False
         obj = self._obj
-        while True:
+        incoming = self._in
+        while True:  # read while input remains: avoids raising SSLWantReadError per call
             try:
                 n = int(obj.read(len(_SCRATCH), _SCRATCH))
             except ssl.SSLWantReadError:
@@ -106,6 +107,8 @@ class TlsEngine:
                 eof = True
                 break
             chunks.append(bytes(_SCRATCH_VIEW[:n]))
+            if not incoming.pending and not obj.pending():
+                break
         plaintext = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return TlsOutput(plaintext, self._out.read(), established, failure, eof)
 
