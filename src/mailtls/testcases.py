@@ -66,10 +66,6 @@ class TestCase:
     def implicit_tls(self) -> ImplicitTls:
         return ImplicitTls.ACCEPT
 
-    @property
-    def is_attack(self) -> bool:
-        return self.name != "baseline"
-
     def __repr__(self) -> str:
         return f"<TestCase {self.name}>"
 

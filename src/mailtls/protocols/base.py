@@ -10,7 +10,6 @@ Rules of this file:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -220,9 +219,6 @@ class LineBuffer:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    def set_limit(self, limit: int) -> None:
-        self._limit = limit
-
     @property
     def pending(self) -> int:
         return len(self._buf)
@@ -275,6 +271,3 @@ def truncate(text: str, limit: int = 200) -> str:
 def decode(line: bytes) -> str:
     """Decode a protocol line for parsing and display; undecodable bytes become U+FFFD."""
     return line.decode("utf-8", "replace")
-
-
-Clock = Callable[[], float]

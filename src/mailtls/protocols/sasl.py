@@ -72,12 +72,6 @@ class SaslExchange:
         self._hostname = hostname
         self._stage = 0
         self._username: str | None = None
-        self._total_bytes = 0
-
-    @property
-    def wire_bytes(self) -> int:
-        """Bytes of client responses so far (for ``<redacted, N bytes>``)."""
-        return self._total_bytes
 
     def start(self, initial: str | None) -> Step:
         """``initial`` is the base64 initial response as sent (``=`` for empty), or None."""
@@ -95,7 +89,6 @@ class SaslExchange:
     def respond(self, line: str) -> Step:
         if line.strip() == "*":
             return Aborted("cancelled", self._username)
-        self._total_bytes += len(line.strip())
         raw = _b64decode(line)
         if raw is None:
             return Aborted("malformed", self._username)
