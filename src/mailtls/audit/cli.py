@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any
 
 from mailtls.audit.collect import Request, collect
 from mailtls.audit.model import AuditError
-from mailtls.audit.report import FORMATS, audit, render
+from mailtls.audit.report import FORMATS, AuditResult, audit, render
 from mailtls.findings import EXIT_CANNOT_RUN, EXIT_USAGE, Severity, exit_code
 from mailtls.termsafe import escape_terminal
 
@@ -60,6 +61,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("2.3", "2.4"),
         help="Dovecot version to assume (default: detected from the config)",
     )
+    live = p.add_argument_group("live check")
+    live.add_argument(
+        "--probe",
+        metavar="HOST",
+        help="also probe HOST live (see `mailtls probe`); findings seen in the configuration"
+        " and confirmed on the wire say so",
+    )
+    live.add_argument(
+        "--probe-ports",
+        metavar="LIST",
+        help="ports for --probe, e.g. 25,587,143 or submission:2587 (default: the 7 mail ports)",
+    )
+    live.add_argument(
+        "--probe-timeout", type=float, default=10.0, metavar="S", help="per-port time bound"
+    )
+    live.add_argument("--cafile", help="CA bundle to verify the probed certificates with")
+    live.add_argument(
+        "--no-login-attempt", action="store_true", help="--probe sends no dummy login"
+    )
     p.add_argument("--format", choices=FORMATS, default="text", help="output format")
     p.add_argument(
         "--fail-on",
@@ -102,5 +122,38 @@ def run(args: argparse.Namespace) -> int:
             print(f"mailtls audit: {escape_terminal(note)}", file=sys.stderr)
         print("mailtls audit: cannot audit: nothing could be read", file=sys.stderr)
         return EXIT_CANNOT_RUN
+    if args.probe:
+        try:
+            result = with_probe(result, args)
+        except AuditError as exc:
+            print(f"mailtls audit: {escape_terminal(str(exc))}", file=sys.stderr)
+            return EXIT_USAGE
     render(result, args.format, sys.stdout, sys.stderr)
     return exit_code(result.findings, fail_on)
+
+
+def with_probe(result: AuditResult, args: argparse.Namespace) -> AuditResult:
+    """Add the live view: audit findings get ``confirmed_live``, probe findings are appended."""
+    from mailtls.probe import probe_host
+    from mailtls.probe.conn import ProbeFailure
+    from mailtls.probe.report import confirm_audit
+
+    ports = (
+        [p.strip() for p in args.probe_ports.split(",") if p.strip()] if args.probe_ports else None
+    )
+    try:
+        live = probe_host(
+            args.probe,
+            ports=ports,
+            timeout=args.probe_timeout,
+            cafile=args.cafile,
+            login_attempt=not args.no_login_attempt,
+        )
+    except ProbeFailure as exc:
+        raise AuditError(f"cannot probe {args.probe}: {exc.message}") from None
+    except ValueError as exc:
+        raise AuditError(f"bad --probe-ports: {exc}") from None
+    findings = tuple(confirm_audit(result.findings, live)) + tuple(live.findings)
+    notes = result.notes + tuple(f"probe: {n}" for n in live.notes)
+    sources = (*result.sources, f"live probe of {args.probe}")
+    return replace(result, findings=findings, notes=notes, sources=sources)

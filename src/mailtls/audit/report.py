@@ -123,6 +123,12 @@ def render_text_report(result: AuditResult, console: Console) -> None:
                 value = esc(f.effective_value or "")
                 _body(console, f"{esc(f.setting)} = {value}[dim]{where}[/dim]")
             _body(console, esc(f.reason))
+            if f.confirmed_live is True:
+                _body(console, "[bold red]confirmed live:[/bold red] the server does this")
+            elif f.confirmed_live is False:
+                _body(console, "[dim]not seen live on this port[/dim]")
+            for line in f.evidence:
+                _body(console, f"[dim]> {esc(line)}[/dim]")
             _body(console, f"[green]fix:[/green] {esc(f.fix)}")
             if f.doc:
                 _body(console, f"[dim]see {esc(f.doc)}[/dim]")
