@@ -62,10 +62,13 @@ def server_names(settings: Settings) -> list[str]:
 
 
 def server_ssl_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
-    """Server-side context: TLS 1.2+, the given certificate chain and key."""
+    """Server-side context: TLS 1.2+, the given certificate chain and key, one ticket."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # one TLS 1.3 session ticket instead of OpenSSL's two: clients can still resume, and each
+    # ticket costs a noticeable share of a handshake (about 20 % measured with OpenSSL 3.0)
+    ctx.num_tickets = 1
     try:
         ctx.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
