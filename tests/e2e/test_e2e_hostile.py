@@ -9,6 +9,7 @@ well-behaved client still completes a STARTTLS login (fixture ``still_serving``)
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import resource
@@ -461,3 +462,27 @@ def test_smtp_whole_transaction_in_one_write(inst: ServeInstance) -> None:
         assert codes[3].startswith(b"5")  # no relaying to other domains
         assert codes[4:] == [b"354", b"250", b"250", b"250"]  # DATA, end of data, RSET, NOOP
         assert w.smtp_reply().startswith(b"221")
+
+
+AUTH_ATTEMPT = {
+    "smtp_mx": b"AUTH PLAIN " + base64.b64encode(b"\0nobody@example.org\0guess") + b"\r\n",
+    "imap": b"a LOGIN nobody@example.org guess\r\n",
+    "pop3": b"USER nobody@example.org\r\nPASS guess\r\n",
+}
+AUTH_FAILED = {"smtp_mx": b"535 ", "imap": b"a NO ", "pop3": b"-ERR [AUTH]"}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_password_guessing_is_cut_off(inst: ServeInstance, listener: str) -> None:
+    """Three failed logins (``limits.max_auth_failures``), then a final line and the close."""
+    with greeted(inst, listener) as w:
+        if listener == "smtp_mx":
+            w.send(b"EHLO guesser.example\r\n")
+            w.smtp_reply()
+        w.send(AUTH_ATTEMPT[listener] * 6)
+        data, took = ends_within(w, 8)
+        assert took < 5
+        replies = [line for line in data.splitlines() if line and line != b"+OK"]
+        assert [r.startswith(AUTH_FAILED[listener]) for r in replies] == [True] * 3 + [False]
+        assert is_error(listener, replies[-1]), replies
