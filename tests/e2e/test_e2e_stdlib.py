@@ -5,16 +5,20 @@ advertised, then logging in) is the textbook vulnerable client: t1 strips STARTT
 its password in the clear -> FAIL. A strict script (always STARTTLS, stop when it fails) never
 gets FAIL; the observed verdicts are the documented secure outcome (DESIGN §8):
 INCONCLUSIVE ``aborted_after_downgrade``, with ``starttls_disrupted`` when the handshake or the
-TLS session was broken (t2, t4). Baseline -> PASS with ``tls_auth``.
+TLS session was broken (t2, t4). Baseline -> PASS with ``tls_auth``. Implicit-TLS clients
+(``SMTP_SSL``, ``IMAP4_SSL``, ``POP3_SSL``) meet silence in t1-t3 (the ports are blocked, so the
+handshake times out) and a disrupted session in t4; never FAIL.
 """
 
 from __future__ import annotations
 
+import imaplib
+import poplib
 import smtplib
 from collections.abc import Iterator
 
 import pytest
-from e2e_helpers import CLIENTS, HOST, Api, serving, tags, tls_context, verdict
+from e2e_helpers import CLIENT_ERRORS, CLIENTS, HOST, Api, serving, tags, tls_context, verdict
 
 from conftest import ServeInstance
 
@@ -105,3 +109,53 @@ def test_client_that_goes_on_after_a_refused_starttls_fails_under_t3(
         s.login(run.username, "canary-pw")
     step = api.finish(run)
     assert verdict(step) == ("FAIL", "plaintext_auth")
+
+
+IMPLICIT = {"smtp": "smtp_tls", "imap": "imap_tls", "pop3": "pop3_tls"}
+
+
+def implicit_tls_login(inst: ServeInstance, protocol: str, user: str, timeout: float) -> str:
+    ctx = tls_context(inst)
+    port = inst.ports[IMPLICIT[protocol]]
+    try:
+        if protocol == "smtp":
+            with smtplib.SMTP_SSL(HOST, port, context=ctx, timeout=timeout) as s:
+                s.login(user, "canary-pw")
+        elif protocol == "imap":
+            m = imaplib.IMAP4_SSL(HOST, port, ssl_context=ctx, timeout=timeout)
+            m.login(user, "canary-pw")
+            m.logout()
+        else:
+            p = poplib.POP3_SSL(HOST, port, context=ctx, timeout=timeout)
+            p.user(user)
+            p.pass_("canary-pw")
+            p.quit()
+    except TimeoutError:
+        return "timeout"
+    except CLIENT_ERRORS as exc:
+        return f"error: {exc!r}"
+    return "tls-login"
+
+
+# implicit-TLS ports: honest in baseline, silent (blocked) in t1-t3, disrupted in t4
+IMPLICIT_EXPECTED = {
+    "baseline": ("tls-login", ("PASS", "tls_auth")),
+    "t1": ("timeout", ("INCONCLUSIVE", "aborted_after_downgrade")),
+    "t3": ("timeout", ("INCONCLUSIVE", "aborted_after_downgrade")),
+    "t4": ("error", ("INCONCLUSIVE", "aborted_after_downgrade")),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("testcase", sorted(IMPLICIT_EXPECTED))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_implicit_tls_client(inst: ServeInstance, api: Api, protocol: str, testcase: str) -> None:
+    run = api.create(("immediate", testcase))
+    api.start(run)
+    outcome = implicit_tls_login(inst, protocol, run.username, timeout=1.5)
+    expected_outcome, expected_verdict = IMPLICIT_EXPECTED[testcase]
+    assert outcome.startswith(expected_outcome), outcome
+    step = api.finish(run)
+    assert verdict(step) == expected_verdict
+    if testcase == "t4":
+        assert "starttls_disrupted" in tags(step)
