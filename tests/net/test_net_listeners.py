@@ -355,3 +355,27 @@ async def test_a_thousand_idle_connections_stay_small(tmp_path: Path) -> None:
         for s in socks:
             s.close()
         await server.close()
+
+
+async def test_accept_rate_limit_refuses_the_excess(tmp_path: Path) -> None:
+    journal = Journal()
+    settings = make_settings(tmp_path, connections={"accept_rate": 2.0})
+    server = await start_server(settings, journal)
+
+    def clients() -> list[bytes]:
+        out = []
+        for _ in range(5):
+            c = LineClient(server.port("mini"))
+            try:
+                out.append(c.line())
+            except (EOFError, ConnectionResetError):
+                out.append(b"")
+            c.close()
+        return out
+
+    try:
+        lines = await asyncio.to_thread(clients)
+        assert lines.count(b"220 mini ready") == 2  # the bucket's burst, then refusals
+        assert {r["reason"] for r in journal.of("connection_refused")} == {"accept_rate"}
+    finally:
+        await server.close()
