@@ -225,8 +225,12 @@ class Api:
             resp = self.http.get(run.result_url + suffix)
             assert resp.status_code == 200, (name, resp.status_code)
             out[name] = resp.text
-        resp = self.http.get(run.result_url + ".json", params={"share": "true"})
-        out["json_share"] = resp.text
+        for suffix, name in (("", "share_page"), (".json", "share_json")):
+            resp = self.http.get(run.result_url + suffix, params={"share": "true"})
+            if resp.status_code in (302, 303, 307):  # the shareable view lives at its own link
+                resp = self.http.get(self.inst.url + resp.headers["location"])
+            assert resp.status_code == 200, (name, resp.status_code)
+            out[name] = resp.text
         resp = self.http.get(f"{self.inst.url}/run/{run.id}")
         if resp.status_code == 200:
             out["run_page"] = resp.text
