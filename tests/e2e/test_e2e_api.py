@@ -3,14 +3,13 @@ unknown runs and malformed bodies."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2e_helpers import Api, Run, imap_client, serving
+from e2e_helpers import Api, imap_client, serving
 
 from conftest import ServeInstance
 
@@ -28,52 +27,46 @@ def api(inst: ServeInstance) -> Iterator[Api]:
     client.close()
 
 
-def stream_frames(api: Api, run: Run, frames: queue.Queue[str], stop: threading.Event) -> None:
-    """Put each SSE frame's ``event:`` name on ``frames`` until ``stop``; reads are bounded by
-    the server's keep-alive comments (every 15 s) and end when the server stops."""
-    timeout = httpx.Timeout(10.0, read=30.0)
-    url = f"{api.base}/runs/{run.id}/events"
-    headers = {"accept": "text/event-stream"}
-    try:
-        with httpx.stream("GET", url, headers=headers, timeout=timeout) as resp:
-            for line in resp.iter_lines():
-                if line.startswith("event: "):
-                    frames.put(line[len("event: ") :])
-                if stop.is_set():
-                    return
-    except httpx.ReadTimeout:
-        frames.put("<read timeout>")
-
-
-def next_frame(frames: queue.Queue[str], wanted: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if frames.get(timeout=max(0.01, deadline - time.monotonic())) == wanted:
-                return True
-        except queue.Empty:
-            return False
-    return False
-
-
 @pytest.mark.timeout(40)
 def test_live_stream_pushes_new_events(inst: ServeInstance, api: Api) -> None:
     """Every event reaches the stream as it happens, not at the next unrelated event: events
-    appended while the stream was writing earlier ones must still wake it."""
+    appended while the stream was writing earlier ones must still wake it. A client logs in
+    while the stream is open; the step is finished only once the stream showed the login (or
+    after 5 s), so a late ``auth`` frame shows up behind ``step_finished``."""
     run = api.create(("immediate", "baseline"))
     api.start(run)
-    frames: queue.Queue[str] = queue.Queue()
-    stop = threading.Event()
-    reader = threading.Thread(target=stream_frames, args=(api, run, frames, stop), daemon=True)
-    reader.start()
-    try:
-        assert next_frame(frames, "step_started", 5)  # the past comes first
-        assert imap_client(inst, run.username, "pw", False) == "tls-login"
-        assert next_frame(frames, "auth", 5)  # then the live events, as they happen
+    seen_auth = threading.Event()
+    outcome: list[str] = []
+    logged_in: list[float] = []
+
+    def client() -> None:
+        outcome.append(imap_client(inst, run.username, "pw", False))
+        logged_in.append(time.monotonic())
+        seen_auth.wait(timeout=5)
         api.finish(run)
-        assert next_frame(frames, "step_finished", 5)
-    finally:
-        stop.set()  # the daemon reader ends with its next frame or when the server stops
+
+    worker = threading.Thread(target=client)
+    names: list[str] = []
+    auth_frame = float("inf")
+    url = f"{api.base}/runs/{run.id}/events"
+    headers = {"accept": "text/event-stream"}
+    with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(10, read=20)) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith("event: "):
+                continue
+            names.append(line[len("event: ") :])
+            if names[-1] == "step_started" and not worker.is_alive():
+                worker.start()  # the past has arrived; now the live part
+            if names[-1] == "auth":
+                auth_frame = time.monotonic()
+                seen_auth.set()
+            if names[-1] == "step_finished":
+                break
+    worker.join(timeout=20)
+    assert outcome == ["tls-login"]
+    assert names[:2] == ["run_created", "step_started"]
+    assert "auth" in names and names.index("auth") < names.index("step_finished")
+    assert auth_frame - logged_in[0] < 2.0, "the login reached the stream only later"
 
 
 @pytest.mark.timeout(20)
