@@ -233,12 +233,18 @@ def _sse(record: dict[str, Any]) -> bytes:
 async def _stream(ctx: ApiContext, run: Any, after: int, request: Request) -> AsyncIterator[bytes]:
     """Past events after ``after``, then live ones pushed by the store (no polling of the log)."""
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
+    loop = asyncio.get_running_loop()
+
+    def wake(record: dict[str, Any]) -> None:
+        # when full, a wake-up is already pending and the loop re-queries the store
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(record)
 
     def on_record(record: dict[str, Any]) -> None:
+        # subscribers run in the appending thread: the event loop or a worker thread (sync
+        # API endpoints); an asyncio.Queue may only be touched from its loop
         if record.get("run") == run.id or record.get("code") == run.code:
-            # when full, a wake-up is already pending and the loop re-queries the store
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(record)
+            loop.call_soon_threadsafe(wake, record)
 
     unsubscribe = ctx.store.subscribe(on_record)
     try:
@@ -252,10 +258,12 @@ async def _stream(ctx: ApiContext, run: Any, after: int, request: Request) -> As
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
+            # drop the pending wake-ups before querying, not after sending: records appended
+            # while the frames below are written queue a new wake-up and are sent next round
+            while not queue.empty():
+                queue.get_nowait()
             for record in ctx.events_for(run, last):
                 last = max(last, int(record["id"]))
                 yield _sse(record)
-            while not queue.empty():
-                queue.get_nowait()
     finally:
         unsubscribe()
