@@ -22,8 +22,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import benchkit
-from benchkit import client_sources, pin, raise_nofile_limit, server_main
+from benchkit import client_sources, pin, server_main
 
+from mailtls.net.listeners import raise_nofile_limit
 from mailtls.net.pki import ensure_certificates
 from mailtls.net.types import ListenerSpec
 from mailtls.protocols.base import PortRole
