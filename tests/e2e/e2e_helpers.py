@@ -221,6 +221,9 @@ class Api:
             "events": json.dumps(self.events(run)),
             "sse": self.sse_text(run),
         }
+        resp = self.http.get(f"{self.base}/runs/{run.id}/export.jsonl")
+        assert resp.status_code == 200, resp.text
+        out["export_jsonl"] = resp.text
         for suffix, name in (("", "result_page"), (".json", "json"), (".csv", "csv")):
             resp = self.http.get(run.result_url + suffix)
             assert resp.status_code == 200, (name, resp.status_code)

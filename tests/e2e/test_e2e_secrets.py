@@ -9,7 +9,8 @@ a t2-disrupted handshake and as the first commands inside a t4-disrupted session
 real ``mailtls serve``. Then neither canary, nor any base64 alignment of it, nor the exact base64
 blobs sent, nor the CRAM-MD5/APOP digests, appears in any file under the data folder (journal,
 SQLite index and its WAL, keys, the server log), before and after shutdown, nor in any API
-response about the run (run view, events JSON, the SSE stream, result page, JSON/CSV export).
+response about the run (run view, events JSON, the SSE stream, JSONL export, result page,
+JSON/CSV export, the shareable view).
 """
 
 from __future__ import annotations
@@ -352,6 +353,11 @@ def test_canaries_never_persist_or_show(tmp_path: Path) -> None:
         assert {a["listener"] for a in auths} >= {"smtp_tls", "imap_tls", "pop3_tls"}
         texts = api.texts(run)
         assert "event: auth" in texts["sse"] and "plaintext_auth" in texts["json"]
+        assert (
+            texts["export_jsonl"].count('"type": "auth"')
+            + texts["export_jsonl"].count('"type":"auth"')
+            >= 40
+        )
         for name, text in texts.items():
             assert not leaks(text.encode(), needles), name
         assert not scan_files(data, needles)
