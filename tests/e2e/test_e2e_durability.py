@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import CLIENT_ERRORS, HOST, Api, tags, tls_context
+from e2e_helpers import CLIENT_ERRORS, HOST, Api, smtp_client, tags, tls_context, verdict
 
 from conftest import ServeInstance, start_serve
 from mailtls.store import INDEX_NAME, JOURNAL_NAME, rebuild
@@ -175,3 +175,43 @@ def test_kill_9_during_a_burst_loses_no_answered_event(tmp_path: Path) -> None:
             (copy / name).unlink()
     rebuild(copy)
     assert table(copy / INDEX_NAME) == live
+
+
+@pytest.mark.timeout(60)
+def test_run_state_survives_kill_9(tmp_path: Path) -> None:
+    """Runs, step starts (bindings) and two_phase activations are journalled too: after a
+    ``kill -9`` the restarted server still attacks the activated step, and a step started later
+    keeps its binding across another kill."""
+    data = tmp_path / "var"
+    first = start_serve(data)
+    try:
+        api = Api(first)
+        run = api.create(("two_phase", "t1"), ("immediate", "t3"))
+        api.start(run)
+        assert smtp_client(first, run.username, "pw", False) == "tls-login"  # activates
+        activated = api.step(run)["activated"]
+        assert activated is not None
+        api.close()
+    finally:
+        first.stop(signal.SIGKILL)
+    second = start_serve(data, ports=first.ports)
+    try:
+        api = Api(second)
+        step = api.step(run)
+        assert (step["state"], step["activated"]) == ("active", activated)
+        assert smtp_client(second, run.username, "pw", False) == "plain-login"  # t1 is on
+        assert verdict(api.finish(run)) == ("FAIL", "plaintext_auth")
+        api.start(run, 2)
+        api.close()
+    finally:
+        second.stop(signal.SIGKILL)
+    third = start_serve(data, ports=first.ports)
+    try:
+        api = Api(third)
+        assert smtp_client(third, run.username, "pw", False).startswith("stopped:")  # t3 refuses
+        step = api.finish(run, 2)
+        assert verdict(step) == ("INCONCLUSIVE", "aborted_after_downgrade")
+        assert step["protocols"]["smtp"]["connections"] == 1
+        api.close()
+    finally:
+        assert third.stop() == 0
