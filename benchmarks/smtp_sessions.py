@@ -176,7 +176,7 @@ def measure(loop_kind: str, args: argparse.Namespace, data_dir: Path) -> dict[st
     parent, child = mp.Pipe()
     proc = mp.Process(
         target=server_main,
-        args=(child, str(data_dir / loop_kind), loop_kind, 0, SPECS, args.sink),
+        args=(child, str(data_dir / loop_kind), loop_kind, 0, SPECS, args.sink, args.breakdown),
     )
     (data_dir / loop_kind).mkdir()
     # the server and this process share one test CA
@@ -223,6 +223,11 @@ def main() -> int:
     parser.add_argument("--loop", choices=("both", "asyncio", "uvloop"), default="both")
     parser.add_argument("--profile", action="store_true", help="cProfile the server")
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="split the event-loop thread's CPU time: TLS engine, protocol core, journal, rest",
+    )
+    parser.add_argument(
         "--sink",
         choices=("store", "file", "none"),
         default="store",
@@ -242,6 +247,15 @@ def main() -> int:
                 f"sessions per server CPU second={s['done'] / s['cpu']:.0f} "
                 f"(target >= {TARGET}, aim 1600)"
             )
+            if args.breakdown:
+                per = {k: v / s["done"] * 1e6 for k, v in s["spent"].items()}
+                rest = s["loop_cpu"] / s["done"] * 1e6 - sum(per.values())
+                other = (s["cpu"] - s["loop_cpu"]) / s["done"] * 1e6
+                print(
+                    "         µs per session: TLS engine {tls:.0f}, protocol core {core:.0f}, "
+                    "journal sink {journal:.0f}, shell+event loop+kernel {rest:.0f}; "
+                    "other threads (fsync, index) {other:.0f}".format(**per, rest=rest, other=other)
+                )
     print(
         {
             "store": "events: mailtls.store.Store (JSONL O_APPEND, group-committed fdatasync, "

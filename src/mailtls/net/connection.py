@@ -178,6 +178,7 @@ class MailConnection(asyncio.BufferedProtocol):
         "_out",
         "_paused",
         "_pending",
+        "_sink",
         "_started",
         "_timer",
         "_timer_at",
@@ -227,6 +228,7 @@ class MailConnection(asyncio.BufferedProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._tls_fields: dict[str, str] | None = None
         self._envelope: dict[str, Any] = {}
+        self._sink = listener.host.sink
         self._out: list[bytes] | None = None  # corked writes while one read is processed
         self._started = 0.0
 
@@ -505,16 +507,17 @@ class MailConnection(asyncio.BufferedProtocol):
         """Hand one event to the sink: the connection's envelope plus the observation's fields
         (which win on a name clash, as in ``{**envelope, **fields}``)."""
         record = self._envelope.copy()
-        record["ts"] = time.time()
+        record["ts"] = _now()
         record["tls"] = self._tls_fields
         record["type"] = o.TYPE
-        names = _field_names(type(o))
+        cls = type(o)
+        names = _FIELD_NAMES[cls] if cls in _FIELD_NAMES else _field_names(cls)
         if names is None:
             record.update(o.as_fields())
         else:
             for name in names:
                 record[name] = getattr(o, name)
-        self.listener.host.sink(record)
+        self._sink(record)
 
     def _make_envelope(self) -> None:
         binding = self.binding
@@ -730,6 +733,7 @@ class MailConnection(asyncio.BufferedProtocol):
 
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+_now = time.time
 
 
 def _set_linger_zero(transport: asyncio.BaseTransport) -> None:
