@@ -3,8 +3,10 @@ timeout, and the server keeps serving everyone else.
 
 The server runs with short deadlines so the suite stays fast: ``limits.line_seconds = 2``
 (absolute deadline for one partial line), ``limits.max_errors = 5`` (error budget per
-connection), ``tls.handshake_seconds = 2`` and ``connections.per_ip = 30``. After every test a
-well-behaved client still completes a STARTTLS login (fixture ``still_serving``).
+connection), ``tls.handshake_seconds = 2``, ``connections.per_ip = 30``, and 2 s for how long
+the attacks hold a connection (``limits.silence_after_refusal``, ``limits.disrupted_seconds``,
+``tls.blocked_seconds``). After every test a well-behaved client still completes a STARTTLS
+login (fixture ``still_serving``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from conftest import ServeInstance
 
 LINE_SECONDS = 2.0
 HANDSHAKE_SECONDS = 2.0
+HOLD_SECONDS = 2.0  # t3 silence after refusal, t2/t4 disrupted hold, blocked implicit TLS
 MAX_ERRORS = 5
 PER_IP = 30
 GREETINGS = {"smtp_mx": b"220 ", "imap": b"* OK", "pop3": b"+OK"}
@@ -47,8 +50,16 @@ ERRORS = {
 
 @pytest.fixture(scope="module")
 def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
-    extra = f"[tls]\nhandshake_seconds = {HANDSHAKE_SECONDS}\n[connections]\nper_ip = {PER_IP}\n"
-    limits: dict[str, float | int] = {"line_seconds": LINE_SECONDS, "max_errors": MAX_ERRORS}
+    extra = (
+        f"[tls]\nhandshake_seconds = {HANDSHAKE_SECONDS}\nblocked_seconds = {HOLD_SECONDS}\n"
+        f"[connections]\nper_ip = {PER_IP}\n"
+    )
+    limits: dict[str, float | int] = {
+        "line_seconds": LINE_SECONDS,
+        "max_errors": MAX_ERRORS,
+        "silence_after_refusal": HOLD_SECONDS,
+        "disrupted_seconds": HOLD_SECONDS,
+    }
     with serving(tmp_path_factory.mktemp("e2e-hostile") / "var", extra, limits) as server:
         yield server
 
@@ -486,3 +497,69 @@ def test_password_guessing_is_cut_off(inst: ServeInstance, listener: str) -> Non
         replies = [line for line in data.splitlines() if line and line != b"+OK"]
         assert [r.startswith(AUTH_FAILED[listener]) for r in replies] == [True] * 3 + [False]
         assert is_error(listener, replies[-1]), replies
+
+
+def client_hello(inst: ServeInstance) -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_context(inst).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("testcase", ["t2", "t3", "t4"])
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_attacked_connections_are_held_only_for_a_bound(
+    inst: ServeInstance, api: Api, listener: str, testcase: str
+) -> None:
+    """A client that goes silent after the attack (refused STARTTLS, broken handshake, broken
+    session) is closed after the configured hold, never kept forever."""
+    run = api.create(("immediate", testcase))
+    api.start(run)
+    with greeted(inst, listener) as w:
+        if listener == "smtp_mx":
+            w.send(b"EHLO x\r\nSTARTTLS\r\n")
+            w.smtp_reply()
+            reply = w.smtp_reply()
+        elif listener == "imap":
+            w.send(b"s STARTTLS\r\n")
+            reply = w.imap_reply(b"s")
+        else:
+            w.send(b"STLS\r\n")
+            reply = w.line()
+        refused = not reply.startswith((b"220 ", b"s OK", b"+OK"))
+        assert refused == (testcase == "t3"), reply
+        if testcase == "t2":
+            w.send(client_hello(inst))
+            assert not w.line().startswith(b"\x16")  # a cleartext line instead of a ServerHello
+        if testcase == "t4":
+            w.upgrade(tls_context(inst))
+            w.send(b"n NOOP\r\n" if listener == "imap" else b"NOOP\r\n")
+            # the reply comes in the clear outside TLS: read the TCP stream itself
+            with socket.socket(fileno=os.dup(w.sock.fileno())) as raw:
+                raw.settimeout(HOLD_SECONDS + 6)
+                started = time.monotonic()
+                data = read_all(raw)
+                took = time.monotonic() - started
+            # after the session tickets (TLS records), one cleartext line (454 / * BAD / -ERR)
+            assert data.endswith(b"TLS not available due to temporary reason\r\n"), data
+        else:
+            _data, took = ends_within(w, HOLD_SECONDS + 6)
+        assert took < HOLD_SECONDS + 3, took
+    api.finish(run)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", ["smtp_tls", "imap_tls", "pop3_tls"])
+def test_blocked_implicit_tls_port_closes_after_the_bound(
+    inst: ServeInstance, api: Api, listener: str
+) -> None:
+    run = api.create(("immediate", "t1"))
+    api.start(run)
+    with Wire(inst.ports[listener]) as w:
+        w.send(client_hello(inst))
+        data, took = ends_within(w, HOLD_SECONDS + 6)
+        assert data == b""  # the attacker's silence
+        assert HOLD_SECONDS - 0.5 < took < HOLD_SECONDS + 3, took
+    api.finish(run)
