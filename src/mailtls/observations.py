@@ -51,7 +51,7 @@ class ImplicitTlsBlocked(Observation):
 @dataclass(frozen=True, slots=True)
 class ConnectionRefused(Observation):
     TYPE: ClassVar[str] = "connection_refused"
-    reason: str  # "per_ip_limit" | "global_limit"
+    reason: str  # "per_ip_limit" | "global_limit" | "accept_rate"
 
 
 # --- TLS ---------------------------------------------------------------------------------------

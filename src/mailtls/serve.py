@@ -81,6 +81,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         authenticator=manager.authenticate,
         sink=store.append,
         core_factories={"smtp": SmtpCore, "imap": ImapCore, "pop3": Pop3Core},
+        exempt=settings.connections.exempt,
     )
     loop = asyncio.get_running_loop()
     # Kicks happen after the current reply went out (activation is decided inside the store

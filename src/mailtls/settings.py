@@ -64,6 +64,7 @@ class Connections:
     per_ip: int = 50
     total: int = 20000
     accept_rate: float = 0.0  # new connections per second per listener, 0 = unlimited
+    exempt: tuple[str, ...] = ()  # networks exempt from the per-address limit (load tests)
 
 
 @dataclass(frozen=True)
