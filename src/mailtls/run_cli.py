@@ -81,7 +81,7 @@ def _parse_steps(items: list[str]) -> list[dict[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     with httpx.Client(base_url=args.server, timeout=15.0) as client:
         if args.action == "create":
             if bool(args.plan) == bool(args.step):

@@ -1,0 +1,57 @@
+"""`mailtls run` against a real `mailtls serve`: the lab workflow from a terminal, with every
+peer-supplied string escaped (no raw control characters reach the terminal)."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ServeInstance
+
+
+def _run(inst: ServeInstance, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailtls", "run", "--server", inst.url, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_run_cli_drives_a_t1_step_to_fail(serve: ServeInstance) -> None:
+    created = _run(serve, "--json", "create", "--step", "immediate:t1")
+    assert created.returncode == 0, created.stderr
+    run = json.loads(created.stdout)
+    assert _run(serve, "start", run["id"], "1").returncode == 0
+    with smtplib.SMTP("127.0.0.1", serve.ports["smtp_submission"], "\x1b[31mevil", timeout=10) as c:
+        c.ehlo("\x1b]0;pwned\x07host")  # control characters in EHLO
+        assert not c.has_extn("starttls")  # t1 stripped it
+        c.login(run["account"]["username"], "pw")
+    finished = _run(serve, "finish", run["id"], "1")
+    assert finished.returncode == 0 and "FAIL" in finished.stdout
+    events = _run(serve, "events", run["id"])
+    assert events.returncode == 0
+    assert "\x1b" not in events.stdout and "\x07" not in events.stdout
+    assert "pwned" in events.stdout  # the EHLO is shown, its escape sequence neutralised
+    shown = _run(serve, "show", run["id"])
+    assert "plaintext_auth" in shown.stdout and run["account"]["username"] in shown.stdout
+
+
+def test_run_cli_user_errors_are_one_line(serve: ServeInstance) -> None:
+    bad = _run(serve, "create", "--step", "nonsense")
+    assert bad.returncode == 2 and "SCENARIO:TESTCASE" in bad.stderr
+    missing = _run(serve, "show", "no-such-run")
+    assert missing.returncode == 2 and "404" in missing.stderr
+    assert "Traceback" not in bad.stderr + missing.stderr
+    down = subprocess.run(
+        [sys.executable, "-m", "mailtls", "run", "--server", "http://127.0.0.1:9", "show", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 2 and "cannot reach" in down.stderr
