@@ -4,6 +4,7 @@ peer-supplied string escaped (no raw control characters reach the terminal)."""
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import subprocess
 import sys
@@ -19,6 +20,7 @@ def _run(inst: ServeInstance, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, "COLUMNS": "200"},  # a wide terminal: rich folds to fit otherwise
     )
 
 

@@ -125,7 +125,7 @@ def print_run(console: Console, run: dict[str, Any]) -> None:
         for srv in servers:
             line = f"  {proto}: {srv.get('host')}:{srv.get('port')} ({srv.get('security')})"
             console.print(escape_markup(line))
-    table = Table("#", "scenario", "test case", "state", "verdict", "reason", "findings")
+    table = _steps_table()
     for step in run.get("steps", []):
         table.add_row(*(escape_markup(str(x)) for x in _step_row(step)))
     console.print(table)
@@ -144,8 +144,15 @@ def _step_row(step: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _steps_table() -> Table:
+    table = Table()
+    for name in ("#", "scenario", "test case", "state", "verdict", "reason", "findings"):
+        table.add_column(name, overflow="fold")  # never cut a verdict or a finding tag
+    return table
+
+
 def print_step(console: Console, step: dict[str, Any]) -> None:
-    table = Table("#", "scenario", "test case", "state", "verdict", "reason", "findings")
+    table = _steps_table()
     table.add_row(*(escape_markup(str(x)) for x in _step_row(step)))
     console.print(table)
 
