@@ -318,3 +318,28 @@ def test_getmail_plain_imap_fails_in_baseline(
     assert "starttls_not_attempted" in tags(step)
     events = api.events(run)
     assert not any(e["type"] == "starttls_requested" for e in events)
+
+
+# Mutt 2.2 under the other attacks: with its defaults it never goes on without TLS; with
+# ssl_force_tls=no it goes on in the clear after a refused STARTTLS (t3), but treats a broken
+# handshake or session (t2, t4) as fatal ("Could not negotiate TLS connection",
+# "tls_socket_read (An unexpected TLS packet was received.)").
+MUTT_EXPECTED = {
+    ("defaults", "t2"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("defaults", "t3"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("defaults", "t4"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("ssl_force_tls=no", "t2"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+    ("ssl_force_tls=no", "t3"): ("FAIL", "plaintext_auth"),
+    ("ssl_force_tls=no", "t4"): ("INCONCLUSIVE", "aborted_after_downgrade"),
+}
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("config", "testcase"), sorted(MUTT_EXPECTED))
+def test_mutt_other_attacks(
+    inst: ServeInstance, api: Api, tmp_path: Path, config: str, testcase: str
+) -> None:
+    run = new_step(api, testcase)
+    settings = "" if config == "defaults" else f"set {config}\n"
+    mutt_session(inst, run, tmp_path / "home", settings)
+    assert verdict(api.finish(run)) == MUTT_EXPECTED[config, testcase]
