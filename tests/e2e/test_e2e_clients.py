@@ -251,19 +251,9 @@ def test_mutt_without_force_tls_fails_under_t1(
 # --- fetchmail --------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
-def test_fetchmail_reconnects_in_the_clear_under_t2(
-    inst: ServeInstance, api: Api, tmp_path: Path
-) -> None:
-    """fetchmail 6.4 with ``no sslcertck``: the failed handshake is only "trying to continue";
-    its next command is answered by nothing, and when the server closes the disrupted connection
-    fetchmail repolls at once and sends LOGIN without TLS ("server offered STARTTLS but sslproto
-    '' given"). Its ``timeout`` must exceed the server's hold of the disrupted connection
-    (``limits.disrupted_seconds``): a shorter one ends the poll with a socket error (status 2)
-    and no second connection."""
+def fetchmail_poll(inst: ServeInstance, run: Run, home: Path) -> str:
+    """One verbose IMAP poll with ``no sslcertck`` (opportunistic STARTTLS) into ``/bin/true``."""
     fetchmail = require_tool("fetchmail")
-    run = new_step(api, "t2")
-    home = tmp_path / "fetchmail"
     home.mkdir()
     rc = write_private(
         home / "fetchmailrc",
@@ -276,7 +266,40 @@ def test_fetchmail_reconnects_in_the_clear_under_t2(
     env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
     argv = [fetchmail, "-v", "--nodetach", "--nosyslog", "-f", str(rc)]
     argv += ["--idfile", str(home / "ids"), "--pidfile", str(home / "pid")]
-    out = run_tool(argv, timeout=45, env=env)
+    return run_tool(argv, timeout=45, env=env)
+
+
+# fetchmail ``no sslcertck`` is opportunistic: in the clear when STARTTLS is stripped (t1) or
+# refused (t3, "opportunistic upgrade to TLS failed, trying to continue"); t4 breaks the session
+# after the handshake and fetchmail gives up (status 2); t2 is the repoll below.
+FETCHMAIL_EXPECTED = {
+    "baseline": ("PASS", "tls_auth"),
+    "t1": ("FAIL", "plaintext_auth"),
+    "t3": ("FAIL", "plaintext_auth"),
+    "t4": ("INCONCLUSIVE", "aborted_after_downgrade"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("testcase", sorted(FETCHMAIL_EXPECTED))
+def test_fetchmail(inst: ServeInstance, api: Api, tmp_path: Path, testcase: str) -> None:
+    run = new_step(api, testcase)
+    out = fetchmail_poll(inst, run, tmp_path / "fetchmail")
+    assert verdict(api.finish(run)) == FETCHMAIL_EXPECTED[testcase], out
+
+
+@pytest.mark.timeout(60)
+def test_fetchmail_reconnects_in_the_clear_under_t2(
+    inst: ServeInstance, api: Api, tmp_path: Path
+) -> None:
+    """fetchmail 6.4 with ``no sslcertck``: the failed handshake is only "trying to continue";
+    its next command is answered by nothing, and when the server closes the disrupted connection
+    fetchmail repolls at once and sends LOGIN without TLS ("server offered STARTTLS but sslproto
+    '' given"). Its ``timeout`` must exceed the server's hold of the disrupted connection
+    (``limits.disrupted_seconds``): a shorter one ends the poll with a socket error (status 2)
+    and no second connection."""
+    run = new_step(api, "t2")
+    out = fetchmail_poll(inst, run, tmp_path / "fetchmail")
     assert "opportunistic upgrade to TLS failed" in out, out
     assert "Repoll immediately" in out, out
     step = api.finish(run)
