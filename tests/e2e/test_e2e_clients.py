@@ -6,9 +6,9 @@ Each client exercises a different obligation of the servers:
 - ``mutt`` over IMAP in a pseudo-terminal: with its defaults (``ssl_starttls`` and
   ``ssl_force_tls`` set in Mutt 2.2) it sends STARTTLS even when not advertised and stops when
   refused; with ``ssl_force_tls=no`` it only trusts the greeting's capabilities and logs in.
-- ``fetchmail`` with ``no sslcertck``: after a disrupted handshake it reconnects by itself and
-  logs in without TLS on its second connection.
-- ``getmail6`` ``SimpleIMAPRetriever``: never tries STARTTLS at all.
+- ``fetchmail`` with ``no sslcertck`` (IMAP and POP3): after a disrupted handshake it reconnects
+  by itself and logs in without TLS on its second connection.
+- ``getmail6`` ``SimpleIMAPRetriever``/``SimplePOP3Retriever``: never tries STARTTLS at all.
 
 The server here holds disrupted connections (t2/t4) for 3 s instead of 10 s to keep the suite
 fast; nothing else differs from the defaults.
@@ -251,14 +251,14 @@ def test_mutt_without_force_tls_fails_under_t1(
 # --- fetchmail --------------------------------------------------------------------------------
 
 
-def fetchmail_poll(inst: ServeInstance, run: Run, home: Path) -> str:
-    """One verbose IMAP poll with ``no sslcertck`` (opportunistic STARTTLS) into ``/bin/true``."""
+def fetchmail_poll(inst: ServeInstance, run: Run, home: Path, protocol: str = "imap") -> str:
+    """One verbose poll with ``no sslcertck`` (opportunistic STARTTLS) into ``/bin/true``."""
     fetchmail = require_tool("fetchmail")
     home.mkdir()
     rc = write_private(
         home / "fetchmailrc",
         "set no bouncemail\n"
-        f"poll 127.0.0.1 service {inst.ports['imap']} protocol IMAP auth password"
+        f"poll 127.0.0.1 service {inst.ports[protocol]} protocol {protocol.upper()} auth password"
         f" timeout {DISRUPTED_SECONDS + 10}\n"
         f'  user "{run.username}" there with password "canary-pw" is "nobody" here\n'
         '  no sslcertck keep fetchall mda "/bin/true"\n',
@@ -289,8 +289,9 @@ def test_fetchmail(inst: ServeInstance, api: Api, tmp_path: Path, testcase: str)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
 def test_fetchmail_reconnects_in_the_clear_under_t2(
-    inst: ServeInstance, api: Api, tmp_path: Path
+    inst: ServeInstance, api: Api, tmp_path: Path, protocol: str
 ) -> None:
     """fetchmail 6.4 with ``no sslcertck``: the failed handshake is only "trying to continue";
     its next command is answered by nothing, and when the server closes the disrupted connection
@@ -299,16 +300,16 @@ def test_fetchmail_reconnects_in_the_clear_under_t2(
     (``limits.disrupted_seconds``): a shorter one ends the poll with a socket error (status 2)
     and no second connection."""
     run = new_step(api, "t2")
-    out = fetchmail_poll(inst, run, tmp_path / "fetchmail")
+    out = fetchmail_poll(inst, run, tmp_path / "fetchmail", protocol)
     assert "opportunistic upgrade to TLS failed" in out, out
     assert "Repoll immediately" in out, out
     step = api.finish(run)
     assert verdict(step) == ("FAIL", "plaintext_auth"), out
     assert {"starttls_disrupted", "plaintext_auth"} <= tags(step)
-    assert step["protocols"]["imap"]["connections"] == 2
+    assert step["protocols"][protocol]["connections"] == 2
     events = api.events(run)
     opened = [e["conn"] for e in events if e["type"] == "connection_opened"]
-    auths = [e for e in events if e["type"] == "auth"]
+    auths = [e for e in events if e["type"] == "auth" and e.get("secret_sent")]
     assert len(opened) == 2 and len(auths) == 1
     assert auths[0]["conn"] == opened[1] and auths[0]["secret_in_clear"] is True
     assert any(e["type"] == "starttls_disrupted" and e["conn"] == opened[0] for e in events)
@@ -318,8 +319,11 @@ def test_fetchmail_reconnects_in_the_clear_under_t2(
 
 
 @pytest.mark.timeout(40)
-def test_getmail_plain_imap_fails_in_baseline(
-    inst: ServeInstance, api: Api, tmp_path: Path
+@pytest.mark.parametrize(
+    ("retriever", "protocol"), [("SimpleIMAPRetriever", "imap"), ("SimplePOP3Retriever", "pop3")]
+)
+def test_getmail_plain_mode_fails_in_baseline(
+    inst: ServeInstance, api: Api, tmp_path: Path, retriever: str, protocol: str
 ) -> None:
     getmail = require_tool("getmail")
     run = new_step(api, "baseline")
@@ -328,8 +332,8 @@ def test_getmail_plain_imap_fails_in_baseline(
         (home / "Maildir" / sub).mkdir(parents=True)
     rc = write_private(
         home / "getmailrc",
-        "[retriever]\ntype = SimpleIMAPRetriever\nserver = 127.0.0.1\n"
-        f"port = {inst.ports['imap']}\nusername = {run.username}\npassword = canary-pw\n"
+        f"[retriever]\ntype = {retriever}\nserver = 127.0.0.1\n"
+        f"port = {inst.ports[protocol]}\nusername = {run.username}\npassword = canary-pw\n"
         f"timeout = 10\n\n[destination]\ntype = Maildir\npath = {home}/Maildir/\n\n"
         "[options]\nverbose = 2\nread_all = false\ndelete = false\n",
     )
