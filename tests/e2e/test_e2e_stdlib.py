@@ -159,3 +159,21 @@ def test_implicit_tls_client(inst: ServeInstance, api: Api, protocol: str, testc
     assert verdict(step) == expected_verdict
     if testcase == "t4":
         assert "starttls_disrupted" in tags(step)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("attempts", "reason"), [(5, "aborted_after_downgrade"), (6, "loop")])
+@pytest.mark.parametrize("testcase", ["t2", "t4"])
+def test_strict_client_retrying_in_a_loop(
+    inst: ServeInstance, api: Api, testcase: str, attempts: int, reason: str
+) -> None:
+    """A strict client that retries at once after each disruption: five connections within a
+    minute after the first disruption (``binding.loop_connections``/``loop_seconds``) make the
+    step a ``loop``; four are still ``aborted_after_downgrade``."""
+    run = api.create(("immediate", testcase))
+    api.start(run)
+    for _ in range(attempts):
+        assert not CLIENTS["imap"](inst, run.username, "canary-pw", True).endswith("login")
+    step = api.finish(run)
+    assert verdict(step) == ("INCONCLUSIVE", reason)
+    assert "starttls_disrupted" in tags(step)
