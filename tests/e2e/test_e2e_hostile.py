@@ -562,3 +562,26 @@ def test_blocked_implicit_tls_port_closes_after_the_bound(
         assert data == b""  # the attacker's silence
         assert HOLD_SECONDS - 0.5 < took < HOLD_SECONDS + 3, took
     api.finish(run)
+
+
+SASL_START = {
+    "smtp_mx": b"EHLO x\r\nAUTH LOGIN\r\n",
+    "imap": b"a AUTHENTICATE PLAIN\r\n",
+    "pop3": b"AUTH PLAIN\r\n",
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_over_long_sasl_response(inst: ServeInstance, listener: str) -> None:
+    with greeted(inst, listener) as w:
+        w.send(SASL_START[listener])
+        if listener == "smtp_mx":
+            w.smtp_reply()
+        assert w.line().startswith((b"334 ", b"+ ")), "no continuation request"
+        w.send(b"QUFB" * 30_000 + b"\r\n")
+        reply = w.line()
+        assert is_error(listener, reply) and len(reply) < 512, reply[:300]
+        w.send(COMMAND[listener] + b"\r\n")  # the exchange is over: back to commands
+        follow = w.smtp_reply() if listener.startswith("smtp") else w.line()
+        assert follow.startswith((b"250", b"a OK", b"+OK")), follow
