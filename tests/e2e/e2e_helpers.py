@@ -1,8 +1,9 @@
 """End-to-end test kit: a real ``mailtls serve`` subprocess, its JSON API and reference clients.
 
-- ``serve_module(factory, name, config_extra, limits)``: start a server for a test module. It uses
-  ``conftest.start_serve``; settings of the ``[limits]`` table (which ``start_serve`` always writes
-  itself) go through ``start_serve_with_limits``, a thin wrapper that writes the whole file.
+- ``serving(data_dir, config_extra, limits)``: a server for a block (a module fixture or one
+  test). It uses ``conftest.start_serve``; settings of the ``[limits]`` table (which
+  ``start_serve`` always writes itself) go through ``start_serve_with_limits``, a thin wrapper
+  that writes the whole file.
 - ``Api``: create a run, start/finish a step, read the run, its events, its SSE stream, its result
   page and exports. Runs are created from rotating 127.0.x.y source addresses because creation is
   rate limited per address; steps are always started from 127.0.0.1, the address the clients
@@ -14,8 +15,8 @@
 - ``journal``: the records of ``DATA_DIR/events.jsonl`` (the record itself; API views reduce
   connections that never presented the run's code, so tests of such connections read it).
 
-Imports only the standard library, httpx, pytest and the shared ``conftest``; never ``mailtls``
-internals (the server is a black box here, except the store's ``rebuild`` used by one test).
+Imports only the standard library, httpx and the shared ``conftest``; never ``mailtls`` (the
+server is a black box to these tests; only the durability test calls the store's ``rebuild``).
 """
 
 from __future__ import annotations
