@@ -5,7 +5,9 @@ the test case's policy and creates a ``connection.MailConnection`` that drives o
 protocol core: socket bytes become core events, and ``MailConnection.apply`` turns the core's
 commands into writes (inside TLS or raw), TLS handshakes (``tlsengine``: ``ssl.SSLObject`` on
 memory BIOs), T2 ClientHello reads (``protocols.tlsrecord``), timers, closes and resets, and
-journal records (the ``sink``, called synchronously before the reply that follows).
+journal records (the ``sink``: the records of one read are handed to it, with one
+``append_many`` call when the sink is a bound ``append`` whose object has one, before the
+read's replies are written).
 ``pki`` creates the test CA and server certificate; ``limits`` admits connections.
 
 Must not import: ``mailtls.web``, ``mailtls.store``, ``mailtls.runs`` (except its shared types)

@@ -2,8 +2,10 @@
 
 Bytes from the socket become core events; ``apply`` is the only place that turns the core's
 commands into I/O (writes inside or outside TLS, the TLS handshake, the ClientHello read, timers,
-close and reset, journal records). Records go to the sink synchronously, so a record always
-precedes the reply that follows it in the command list.
+close and reset, journal records). The records and the writes of one read (or of the accept,
+or of the close) are corked: at the end of the callback the records go to the sink together
+(``Store.append_many``: one journal write), then the replies leave in one socket write, so a
+record always reaches the kernel before the reply that follows it in the command list.
 
 Bounds: each read is at most ``READ_BYTES`` (one shared scratch buffer: the loop is single
 threaded); TLS gets at most 32 KiB before its handshake completes and has a deadline; reading
@@ -26,7 +28,7 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, cast
 
 from mailtls import observations as obs
@@ -100,13 +102,14 @@ class Host(Protocol):
 class Listener:
     """Shared by the connections of one listening socket: spec, core factory, host."""
 
-    __slots__ = ("_contexts", "core_factory", "host", "spec")
+    __slots__ = ("_contexts", "core_factory", "host", "sink_many", "spec")
 
     def __init__(self, spec: ListenerSpec, core_factory: CoreFactory, host: Host) -> None:
         self.spec = spec
         self.core_factory = core_factory
         self.host = host
         self._contexts: dict[str, SessionContext] = {}
+        self.sink_many = batch_sink(host.sink)
 
     def context(self, policy: TestCase) -> SessionContext:
         """Session contexts are immutable: one per policy is shared by all connections."""
@@ -127,6 +130,22 @@ class Listener:
 
     def __call__(self) -> MailConnection:
         return MailConnection(self)
+
+
+def batch_sink(sink: Sink) -> Callable[[list[dict[str, Any]]], object]:
+    """The sink for the records of one read: ``owner.append_many`` when ``sink`` is the bound
+    ``append`` of an object that has one (``Store``: one journal write for all of them), else
+    ``sink`` called for each record in turn."""
+    owner = getattr(sink, "__self__", None)
+    many = getattr(owner, "append_many", None)
+    if getattr(sink, "__name__", "") == "append" and callable(many):
+        return cast(Callable[[list[dict[str, Any]]], object], many)
+
+    def each(records: list[dict[str, Any]]) -> None:
+        for record in records:
+            sink(record)
+
+    return each
 
 
 def policy_for(binding: Binding | None) -> TestCase:
@@ -178,7 +197,9 @@ class MailConnection(asyncio.BufferedProtocol):
         "_out",
         "_paused",
         "_pending",
+        "_recs",
         "_sink",
+        "_sink_many",
         "_started",
         "_timer",
         "_timer_at",
@@ -229,7 +250,10 @@ class MailConnection(asyncio.BufferedProtocol):
         self._tls_fields: dict[str, str] | None = None
         self._envelope: dict[str, Any] = {}
         self._sink = listener.host.sink
+        self._sink_many = listener.sink_many
         self._out: list[bytes] | None = None  # corked writes while one read is processed
+        # records of one read, handed to the sink together right before the corked writes
+        self._recs: list[dict[str, Any]] | None = None
         self._started = 0.0
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -239,11 +263,16 @@ class MailConnection(asyncio.BufferedProtocol):
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._started = time.monotonic()
+        self._out = []
+        self._recs = []
         try:
             self._open(transport)
+            self._uncork()
         except Exception:
             log.exception("connection setup failed")
             self._abort("error")
+        finally:
+            self._out = self._recs = None
 
     def _open(self, transport: asyncio.Transport) -> None:
         host = self.listener.host
@@ -290,19 +319,38 @@ class MailConnection(asyncio.BufferedProtocol):
         self.bytes_in += nbytes
         if self._closing:
             return
-        self._out = []  # cork: the replies to one read leave in one write
+        # cork: the records of one read go to the sink together, then its replies in one write
+        self._out = []
+        self._recs = []
         try:
             self._received(_READ_VIEW[:nbytes])
+            self._uncork()
         except Exception:
             log.exception("connection %s failed", self.conn_id)
             self._abort("error")
         finally:
-            self._uncork()
+            self._out = self._recs = None
+
+    def _flush_records(self) -> None:
+        """Hand the corked records to the sink (a subscriber may add more: loop)."""
+        recs = self._recs
+        while recs:
+            self._recs = []
+            if len(recs) == 1:
+                self._sink(recs[0])
+            else:
+                self._sink_many(recs)
+            recs = self._recs
 
     def _uncork(self) -> None:
-        out, self._out = self._out, None
+        """Records first, then the corked writes (a record precedes the reply it explains).
+        Reads stay corked (lists left empty) until the end of the callback."""
+        self._flush_records()
+        out = self._out
         if out:
+            self._out = None
             self._write(out[0] if len(out) == 1 else b"".join(out))
+            self._out = []
 
     def eof_received(self) -> bool:
         try:
@@ -313,10 +361,14 @@ class MailConnection(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._recs = []
         try:
             self._lost(exc)
+            self._flush_records()
         except Exception:
             log.exception("connection %s failed when closed", self.conn_id)
+        finally:
+            self._recs = None
 
     def pause_writing(self) -> None:
         self._pause(_PAUSE_WRITE)
@@ -517,7 +569,11 @@ class MailConnection(asyncio.BufferedProtocol):
         else:
             for name in names:
                 record[name] = getattr(o, name)
-        self._sink(record)
+        recs = self._recs
+        if recs is None:
+            self._sink(record)
+        else:
+            recs.append(record)
 
     def _make_envelope(self) -> None:
         binding = self.binding
@@ -592,7 +648,9 @@ class MailConnection(asyncio.BufferedProtocol):
         if transport is None:
             return
         if reset:
-            self._out = None  # nothing queued is sent on a reset
+            if self._out is not None:
+                self._out = []  # nothing queued is sent on a reset
+            self._flush_records()
             _set_linger_zero(transport)
             transport.abort()
             return
@@ -603,7 +661,14 @@ class MailConnection(asyncio.BufferedProtocol):
         transport.close()
 
     def _abort(self, by: str) -> None:
-        self._out = None
+        if self._out is not None:
+            self._out = []  # nothing queued is sent
+        recs, self._recs = self._recs, None
+        if recs:  # what was observed is still recorded (unless the sink itself failed)
+            try:
+                self._sink_many(recs)
+            except Exception:
+                log.exception("connection %s: records lost", self.conn_id)
         if not self._closed_by:
             self._closed_by = by
         self._closing = True

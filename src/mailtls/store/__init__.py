@@ -5,6 +5,8 @@
   it has none, hands one JSON line to the kernel (``os.write`` on an ``O_APPEND`` descriptor)
   before returning, calls the subscribers, and queues the record for the index. ``fdatasync`` is
   group-committed by a thread at most every ``sync_interval`` (``fsync=False`` disables it).
+  ``append_many(records)`` does the same for several records with one ``os.write`` (all or
+  none). Lines are encoded by ``orjson`` when it is installed, else by ``json`` (``encoding``).
 - The index holds ``id``, ``ts``, ``type``, ``run``, ``step``, ``conn``, ``code`` as columns and
   the whole record as JSON; a thread ingests queued records every ~200 ms and every
   ``query()``/``flush()`` ingests them first, so a query sees every earlier append. The index has
@@ -22,7 +24,8 @@
 
 Records are flat JSON objects of plain data; client strings are stored as data and never
 interpreted (SQL values are bound parameters). Must not import ``mailtls.net``, ``mailtls.web``,
-``mailtls.protocols``, ``mailtls.runs`` or anything beyond the standard library.
+``mailtls.protocols``, ``mailtls.runs`` or anything beyond the standard library (and the
+optional ``orjson``).
 """
 
 from mailtls.store.journal import MAX_LINE_BYTES

@@ -31,6 +31,9 @@ SCHEMA_VERSION = 3
 Row = tuple[int, Any, Any, Any, Any, Any, Any, str]
 """(id, ts, type, run, step, conn, code, record-json) as inserted."""
 
+RawRow = tuple[int, Any, Any, Any, Any, Any, Any, str | bytes]
+"""A row as captured at append time: unchecked columns, the journal line as bytes or text."""
+
 _SCHEMA = """
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
@@ -95,9 +98,11 @@ def row_of(record: dict[str, Any], text: str) -> Row:
     )
 
 
-def clean_row(raw: Row) -> Row:
+def clean_row(raw: RawRow) -> Row:
     """A row whose column values are kept only when of the column's type (strings storable)."""
     rid, ts, type_, run, step, conn, code, text = raw
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
     return (
         rid,
         ts if type(ts) in (int, float) else None,

@@ -22,12 +22,13 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailtls.store.index import Index, Mark, Row, clean_row, index_files, row_of
+from mailtls.store.encoding import encode_line
+from mailtls.store.index import Index, Mark, RawRow, Row, clean_row, index_files, row_of
 from mailtls.store.journal import (
     MAX_LINE_BYTES,
     GroupCommitter,
@@ -132,7 +133,7 @@ class Store:
         self._subscribers: dict[int, Subscriber] = {}
         self._subscriber_keys = itertools.count()
         self._subscriber_list: tuple[Subscriber, ...] = ()
-        self._pending: deque[tuple[Row, int]] = deque()  # (raw row, journal offset after it)
+        self._pending: deque[tuple[RawRow, int]] = deque()  # (raw row, journal offset after it)
         self._ident = self._journal.identity()
         self._corrupt = 0
         if reindex:
@@ -198,31 +199,65 @@ class Store:
         left behind in the file then), ``TypeError``/``ValueError`` for a record that is not
         JSON-serialisable or longer than ``MAX_LINE_BYTES``.
         """
+        self.append_many((record,))
+        return record
+
+    def append_many(self, records: Sequence[dict[str, Any]]) -> None:
+        """``append`` for several records at once, in order, with one ``os.write``: all of them
+        or (on any error, raised as ``append`` raises it) none of them reach the journal."""
+        if not records:
+            return
         with self._append_lock:
             if self._closed:
                 raise StoreClosedError("the store is closed")
             rid = self._next_id
-            text, ts = _line(rid, record)
-            if len(text) >= MAX_LINE_BYTES:
-                raise ValueError(f"record of {len(text)} bytes is longer than the journal allows")
+            lines: list[bytes] = []
+            stamps: list[Any] = []
+            for record in records:
+                line, ts = encode_line(rid + len(lines), record)
+                if len(line) >= MAX_LINE_BYTES:
+                    raise ValueError(
+                        f"record of {len(line)} bytes is longer than the journal allows"
+                    )
+                lines.append(line)
+                stamps.append(ts)
+            lines.append(b"")
+            start = self._journal.size
             try:
-                self._journal.write((text + "\n").encode())
+                self._journal.write(b"\n".join(lines))
             except JournalError as exc:
                 raise StoreError(str(exc)) from None
-            self._next_id = rid + 1
-            record["id"] = rid
-            record["ts"] = ts
-            get = record.get
-            # columns are captured now (the caller may reuse the dict), checked by the indexer
-            raw = (rid, ts, get("type"), get("run"), get("step"), get("conn"), get("code"), text)
-            self._pending.append((raw, self._journal.size))
+            self._next_id = rid + len(records)
+            pending = self._pending
+            end = start
+            for record, line, ts in zip(records, lines, stamps, strict=False):
+                record["id"] = rid
+                record["ts"] = ts
+                end += len(line) + 1
+                get = record.get
+                # columns are captured now (the caller may reuse the dict), checked by the indexer
+                pending.append(
+                    (
+                        (
+                            rid,
+                            ts,
+                            get("type"),
+                            get("run"),
+                            get("step"),
+                            get("conn"),
+                            get("code"),
+                            line,
+                        ),
+                        end,
+                    )
+                )
+                rid += 1
             if self._subscriber_list:
-                self._outbox.append(record)
+                self._outbox.extend(records)
         if self._committer is not None:
             self._committer.mark_dirty()
         if self._outbox:
             self._deliver()
-        return record
 
     def _deliver(self) -> None:
         if self._notifying == threading.get_ident():
@@ -522,24 +557,6 @@ def _records(
 ) -> Iterator[tuple[dict[str, Any], bytes]]:
     for record, line, _ in read_records(path, start, stats, after_id=after_id):
         yield record, line
-
-
-def _line(rid: int, record: dict[str, Any]) -> tuple[str, Any]:
-    """The journal line (no newline) of ``record`` as record ``rid``, and its ``ts``.
-
-    ``id`` comes first, then ``ts`` (now, unless the record has one), then the record's fields in
-    their order. The record's own ``id`` (and a ``ts`` of None) is replaced.
-    """
-    ts = record.get("ts")
-    if "id" in record or ("ts" in record and ts is None):
-        record = {k: v for k, v in record.items() if k != "id" and (k != "ts" or ts is not None)}
-    body = _encode(record)
-    if ts is None:
-        ts = time.time()
-        head = f'{{"id":{rid},"ts":{ts!r}'
-    else:
-        head = f'{{"id":{rid}'
-    return head + ("}" if body == "{}" else "," + body[1:]), ts
 
 
 def _string_list(values: Iterable[str] | None, name: str) -> list[str] | None:
