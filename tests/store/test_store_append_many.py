@@ -30,7 +30,9 @@ def test_append_many_numbers_records_in_order_with_one_write(
 
     with Store(tmp_path, fsync=False) as store:
         store.append({"type": "first"})
-        records = [{"type": "command", "conn": "c1", "line": f"L{i}"} for i in range(3)]
+        records: list[dict[str, Any]] = [
+            {"type": "command", "conn": "c1", "line": f"L{i}"} for i in range(3)
+        ]
         monkeypatch.setattr(os, "write", counting_write)
         store.append_many(records)
         monkeypatch.undo()
