@@ -10,8 +10,22 @@ reduced to their length.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
+
+# field types whose values ``asdict`` would return unchanged (or as an equal new tuple)
+_FLAT_TYPES = frozenset(
+    {"str", "int", "bool", "float", "str | None", "int | None", "tuple[str, ...]"}
+)
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _flat_field_names(cls: type) -> tuple[str, ...] | None:
+    """The field names of ``cls`` when all its fields are flat, else None (then ``asdict``)."""
+    found = fields(cls)
+    if all(isinstance(f.type, str) and f.type in _FLAT_TYPES for f in found):
+        return tuple(f.name for f in found)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +33,15 @@ class Observation:
     TYPE: ClassVar[str] = "observation"
 
     def as_fields(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict (``dataclasses.asdict``; read directly for flat classes)."""
+        cls = type(self)
+        try:
+            names = _FIELD_NAMES[cls]
+        except KeyError:
+            names = _FIELD_NAMES[cls] = _flat_field_names(cls)
+        if names is None:
+            return asdict(self)
+        return {name: getattr(self, name) for name in names}
 
 
 # --- connection lifecycle (recorded by the shell) -------------------------------------------
