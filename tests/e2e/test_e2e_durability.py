@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import CLIENT_ERRORS, HOST, Api, smtp_client, tags, tls_context, verdict
+from e2e_helpers import (
+    CLIENT_ERRORS,
+    HOST,
+    Api,
+    journal,
+    smtp_client,
+    tags,
+    tls_context,
+    verdict,
+)
 
 from conftest import ServeInstance, start_serve
 from mailtls.store import INDEX_NAME, JOURNAL_NAME, rebuild
@@ -215,3 +224,50 @@ def test_run_state_survives_kill_9(tmp_path: Path) -> None:
         api.close()
     finally:
         assert third.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_deletion_cut_short_is_finished_at_restart(tmp_path: Path) -> None:
+    """``DELETE /api/runs/ID`` journals ``run_deleted`` first, then rewrites the journal without
+    the run's records. A ``kill -9`` between the two (seen with a few thousand records: the run
+    answered 404 after the restart while all its records, usernames and addresses included, were
+    still in the journal) must not leave the data behind: the restarted server finishes the
+    deletion. The crash state is written here directly: the journal with the ``run_deleted``
+    record appended and nothing compacted."""
+    data = tmp_path / "var"
+    first = start_serve(data)
+    try:
+        api = Api(first)
+        gone = api.create(("immediate", "t1"))
+        keep = api.create(("immediate", "baseline"))
+        api.start(gone)
+        assert smtp_client(first, gone.username, "pw", False) == "plain-login"
+        api.start(keep)
+        assert smtp_client(first, keep.username, "pw", False) == "tls-login"
+        api.close()
+    finally:
+        assert first.stop() == 0
+    last = journal(first)[-1]["id"]
+    now = time.time()
+    deleted = {"id": last + 1, "ts": now, "type": "run_deleted", "run": gone.id, "at": now}
+    with (data / JOURNAL_NAME).open("a") as f:
+        f.write(json.dumps(deleted) + "\n")
+
+    def of_gone(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if r.get("run") == gone.id or r.get("code") == gone.code]
+
+    second = start_serve(data, ports=first.ports)
+    try:
+        api = Api(second)
+        assert api.http.get(f"{api.base}/runs/{gone.id}").status_code == 404
+        assert api.step(keep)["state"] == "active"
+        deadline = time.monotonic() + 5
+        while of_gone(journal(second)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        api.close()
+    finally:
+        assert second.stop() == 0
+    records = journal(second)
+    assert not of_gone(records), f"{len(of_gone(records))} records of the deleted run remain"
+    assert any(r.get("run") == keep.id for r in records)
+    assert gone.username.encode() not in (data / JOURNAL_NAME).read_bytes()
