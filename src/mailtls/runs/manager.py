@@ -173,6 +173,12 @@ class RunManager:
                     log.warning("skipping unusable run record %s", record.get("id"))
                     continue
                 applied += 1
+            unfinished = [(run.id, run.code) for run in self._runs.values() if run.deleted]
+        # a finished deletion leaves no record of the run, not even its run_deleted: these were
+        # cut short (a crash during the compaction), so finish them now
+        for run_id, code in unfinished:
+            removed = self._store.delete_run(run_id, code=code)
+            log.warning("finished an interrupted deletion of a run: %d records removed", removed)
         return applied
 
     # --- queries -----------------------------------------------------------------------------
@@ -340,9 +346,10 @@ class RunManager:
     def delete(self, run_id: str) -> int:
         """Delete the run and every record of it; returns how many records the store removed.
 
-        ``run_deleted`` is journalled first: should the store fail to compact, the run stays
-        deleted after a restart. When it succeeds, no record of the run is left (not even that
-        one), nor any event that presented its code.
+        ``run_deleted`` is journalled first: should the store fail to compact (or the process
+        die during it), the run stays deleted and ``load()`` finishes the deletion at the next
+        start. When it succeeds, no record of the run is left (not even that one), nor any event
+        that presented its code.
         """
         with self._locked():
             run = self._get(run_id)
