@@ -32,6 +32,7 @@ from benchkit import USER, client_sources, pin, server_main
 from mailtls.net.pki import ensure_certificates
 from mailtls.net.types import ListenerSpec
 from mailtls.protocols.base import PortRole
+from mailtls.store.encoding import BACKEND
 
 SPECS = [ListenerSpec("smtp_submission", "smtp", PortRole.SUBMISSION, 0, False)]
 TARGET = 1400
@@ -259,7 +260,7 @@ def main() -> int:
     print(
         {
             "store": "events: mailtls.store.Store (JSONL O_APPEND, group-committed fdatasync, "
-            "SQLite index thread)",
+            f"SQLite index thread; JSON by {BACKEND}; the records of one read in one write)",
             "file": "events: one os.write per event to an O_APPEND JSONL file (no fsync/index)",
             "none": "events: counted and dropped (recording OFF, for comparison only)",
         }[args.sink]

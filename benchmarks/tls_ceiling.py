@@ -7,6 +7,7 @@ kernel are left out. No protocol, no journal, no event loop: an upper bound for 
 server using ``ssl`` on this machine, to set ``smtp_sessions.py``'s figure against.
 
     .venv/bin/python benchmarks/tls_ceiling.py [--handshakes 3000] [--repeat 3] [--cpu 0]
+        [--tickets N]
 """
 
 from __future__ import annotations
@@ -68,11 +69,16 @@ def main() -> int:
     parser.add_argument("--handshakes", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cpu", type=int, default=0)
+    parser.add_argument(
+        "--tickets", type=int, default=None, help="TLS 1.3 tickets (default: mailtls's, 1)"
+    )
     args = parser.parse_args()
     pin(args.cpu)
     with tempfile.TemporaryDirectory(prefix="mailtls-tls-") as tmp:
         certs = ensure_certificates(benchkit.bench_settings(Path(tmp)))
         server_ctx = server_ssl_context(certs.cert, certs.key)
+        if args.tickets is not None:
+            server_ctx.num_tickets = args.tickets
         client_ctx = ssl.create_default_context(cafile=str(certs.ca))
         client_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         for _ in range(50):
@@ -80,7 +86,8 @@ def main() -> int:
         for _ in range(args.repeat):
             spent = sum(handshake(server_ctx, client_ctx) for _ in range(args.handshakes))
             print(
-                f"server-side TLS 1.3 handshakes (ECDSA P-256, {ssl.OPENSSL_VERSION}): "
+                f"server-side TLS 1.3 handshakes (ECDSA P-256, {server_ctx.num_tickets} ticket(s), "
+                f"{ssl.OPENSSL_VERSION}): "
                 f"{spent / args.handshakes * 1e6:.0f} µs each, "
                 f"{args.handshakes / spent:.0f} per server CPU second"
             )
