@@ -87,6 +87,15 @@ def test_autodiscover_round_trip() -> None:
         b"<x>" + b"a" * 20000 + b"</x>",
         b"<not-closed>",
         b"<Autodiscover><Request/></Autodiscover>",
+        # a DTD in another encoding than UTF-8 is a DTD too (the byte check misses it)
+        (
+            '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "aaaa">]>'
+            "<x><EMailAddress>&a;@example.org</EMailAddress></x>"
+        ).encode("utf-16"),
+        (
+            '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x SYSTEM "file:///etc/passwd">'
+            "<x><EMailAddress>a@example.org</EMailAddress></x>"
+        ).encode("utf-16"),
     ],
 )
 def test_autodiscover_rejects_bad_requests(body: bytes) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import plistlib
 import uuid
 import xml.etree.ElementTree as ET
+import xml.parsers.expat
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -79,8 +80,7 @@ def parse_autodiscover_request(body: bytes) -> str:
     """Return the EMailAddress of an Autodiscover POX request (no DTDs, bounded size)."""
     if len(body) > MAX_AUTODISCOVER_BYTES:
         raise AutodiscoverError("request too large")
-    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-        raise AutodiscoverError("DTDs are not accepted")
+    _refuse_dtd(body)
     try:
         root = ET.fromstring(body)
     except ET.ParseError as exc:
@@ -89,6 +89,23 @@ def parse_autodiscover_request(body: bytes) -> str:
         if el.tag.rsplit("}", 1)[-1] == "EMailAddress" and el.text:
             return el.text.strip()[:320]
     raise AutodiscoverError("no EMailAddress in the request")
+
+
+def _refuse_dtd(body: bytes) -> None:
+    """Refuse a document type declaration in whatever encoding the document declares (a byte
+    search for ``<!DOCTYPE`` misses a UTF-16 one): expat stops at its start, before any entity
+    is declared, so none is ever expanded."""
+
+    def refuse(*_: object) -> None:
+        raise AutodiscoverError("DTDs are not accepted")
+
+    parser = xml.parsers.expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    try:
+        parser.Parse(body, True)
+    except xml.parsers.expat.ExpatError as exc:
+        raise AutodiscoverError(f"malformed XML: {exc}") from None
 
 
 def autodiscover_response(servers: ServerSet, email: str) -> str:
