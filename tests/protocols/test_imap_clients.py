@@ -20,24 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from protocols_kit import authenticator
 
 from conftest import require_tool
 from mailtls.net.listeners import MailServer
 from mailtls.net.pki import ServerCertificates, ensure_certificates
 from mailtls.net.types import ListenerSpec
-from mailtls.protocols.base import AuthDecision, PortRole
+from mailtls.protocols.base import PortRole
 from mailtls.protocols.imap import ImapCore
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
 
 USER = "test-abc123"
 PASSWORD = "Canary-Pa55w0rd-7f3e9"
-
-
-def authenticator(username: str) -> AuthDecision:
-    if username.lower() in (USER, f"{USER}@mailtls.test"):
-        return AuthDecision(True, USER, "abc123")
-    return AuthDecision(False, "h:0000", None)
 
 
 class Journal:

@@ -15,10 +15,10 @@ from dataclasses import replace
 from typing import TypeVar
 
 import pytest
+from protocols_kit import authenticator, b64
 
 from mailtls import observations as obs
 from mailtls.protocols.base import (
-    AuthDecision,
     ClientHelloReceived,
     Close,
     Closed,
@@ -57,19 +57,6 @@ LIMITS = Limits()
 BREAK = "* BAD TLS not available due to temporary reason\r\n"
 
 ObsT = TypeVar("ObsT", bound=obs.Observation)
-
-
-def authenticator(username: str) -> AuthDecision:
-    """Accepts only ``test-abc123`` (with or without the domain, any case); others are hashed."""
-    name = username.lower()
-    if name in (USER, f"{USER}@{DOMAIN}"):
-        return AuthDecision(True, USER, "abc123")
-    return AuthDecision(False, "h:" + hashlib.sha256(username.encode()).hexdigest()[:16], None)
-
-
-def b64(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode()
 
 
 SECRET_FORMS = (

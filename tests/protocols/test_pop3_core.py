@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any, TypeVar, get_args
 
 import pytest
+from protocols_kit import b64
 
 from mailtls import observations as obs
 from mailtls.protocols import pop3
@@ -63,10 +64,6 @@ def fake_authenticator(username: str) -> AuthDecision:
         return AuthDecision(ok=True, display=ACCOUNT, code=CODE)
     digest = hmac.new(b"test-key", username.encode(), hashlib.sha256).hexdigest()[:16]
     return AuthDecision(ok=False, display="h:" + digest, code=None)
-
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 def wire(text: str) -> bytes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 
 import pytest
+from protocols_kit import authenticator, b64, hashed
 
 from mailtls import observations as obs
 from mailtls.protocols.base import (
-    AuthDecision,
     Close,
     Closed,
     DataReceived,
@@ -41,16 +40,6 @@ from mailtls.protocols.common import (
 
 USER = "test-abc123"
 LIMITS = Limits()
-
-
-def authenticator(username: str) -> AuthDecision:
-    if username.lower() in (USER, f"{USER}@mailtls.test"):
-        return AuthDecision(True, USER, "abc123")
-    return AuthDecision(False, "h:0000", None)
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def flow(mechanism: str, tls: bool = False) -> SaslFlow:
@@ -132,8 +121,8 @@ def test_sasl_flow_login_cancel_after_username() -> None:
     assert f.respond(b64("someone")) == b"Password:"
     assert f.respond("*") == CANCELLED
     assert f.records(CANCELLED) == [
-        obs.AuthAttempted("LOGIN", "h:0000", None, True, False, False, CANCELLED),
-        obs.UsernameSent("h:0000", None, True),
+        obs.AuthAttempted("LOGIN", hashed("someone"), None, True, False, False, CANCELLED),
+        obs.UsernameSent(hashed("someone"), None, True),
     ]
 
 

@@ -14,18 +14,16 @@ stays silent. No sockets: the cores are sans-IO.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import random
 from collections.abc import Callable
 from typing import get_args
 
 import pytest
+from protocols_kit import authenticator, b64
 
 from mailtls.observations import AuthAttempted, Observation
 from mailtls.protocols.base import (
-    AuthDecision,
     ClientHelloReceived,
     Close,
     Closed,
@@ -62,17 +60,6 @@ DIGEST = "0123456789abcdefcanary0123456789"
 VICTIM = "victim-user-5e8d"  # an unknown username: only its keyed hash may appear
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256")
 MAX_FIELD = 1024  # longest string any observation field may hold
-
-
-def authenticator(username: str) -> AuthDecision:
-    name = username.lower()
-    if name in (USER, f"{USER}@{DOMAIN}"):
-        return AuthDecision(True, USER, "abc123")
-    return AuthDecision(False, "h:" + hashlib.sha256(username.encode()).hexdigest()[:16], None)
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def _forms(text: str) -> list[bytes]:

@@ -8,7 +8,6 @@ Every test case gets the connection's policy through the binder, as in productio
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import smtplib
 import ssl
@@ -19,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from protocols_kit import authenticator
 
 from conftest import require_tool
 from mailtls.net.listeners import MailServer
 from mailtls.net.pki import ServerCertificates, ensure_certificates
 from mailtls.net.types import ListenerSpec
-from mailtls.protocols.base import AuthDecision, Limits, PortRole
+from mailtls.protocols.base import Limits, PortRole
 from mailtls.protocols.smtp import SmtpCore
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
@@ -33,13 +33,6 @@ USER = "test-abc123"
 DOMAIN = "mailtls.test"
 CANARY = "Canary-Pa55w0rd-51e8"
 MESSAGE = b"Subject: hello\r\n\r\nbody line\r\n.leading dot\r\n"
-
-
-def authenticator(username: str) -> AuthDecision:
-    name = username.lower()
-    if name in (USER, f"{USER}@{DOMAIN}"):
-        return AuthDecision(True, USER, "abc123")
-    return AuthDecision(False, "h:" + hashlib.sha256(username.encode()).hexdigest()[:16], None)
 
 
 @dataclass

@@ -8,18 +8,17 @@ any returned command. Tables are parametrised over the five test cases.
 from __future__ import annotations
 
 import base64
-import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
+from protocols_kit import authenticator, b64
 
 from mailtls import observations as obs
 from mailtls.protocols import smtp_replies as R
 from mailtls.protocols.base import (
-    AuthDecision,
     ClientHelloReceived,
     Close,
     Closed,
@@ -56,19 +55,6 @@ STARTTLS_CASES = [name for name in ALL_CASES if TESTCASES[name].offer_starttls()
 LIMITS = Limits()
 
 ObsT = TypeVar("ObsT", bound=obs.Observation)
-
-
-def authenticator(username: str) -> AuthDecision:
-    """Accepts only ``test-abc123`` (with or without the domain, any case); others are hashed."""
-    name = username.lower()
-    if name in (USER, f"{USER}@{DOMAIN}"):
-        return AuthDecision(True, USER, "abc123")
-    return AuthDecision(False, "h:" + hashlib.sha256(username.encode()).hexdigest()[:16], None)
-
-
-def b64(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode()
 
 
 SECRET_FORMS = (

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from protocols_kit import authenticator
 
 from mailtls.net.listeners import MailServer
 from mailtls.net.pki import ensure_certificates
 from mailtls.net.types import ListenerSpec
 from mailtls.observations import AuthAttempted
 from mailtls.protocols.base import (
-    AuthDecision,
     ClientHelloReceived,
     Close,
     Command,
@@ -66,12 +66,6 @@ CORES: dict[str, tuple[Callable[[SessionContext], Core], PortRole]] = {
     "pop3": (Pop3Core, PortRole.POP3),
 }
 FENCE = re.compile(r"^```transcript (\w+) (\w+)( implicit)?\n(.*?)^```", re.M | re.S)
-
-
-def authenticator(username: str) -> AuthDecision:
-    if username.lower().partition("@")[0] == "test-abc123":
-        return AuthDecision(True, "test-abc123", "abc123")
-    return AuthDecision(False, "h:0", None)
 
 
 @dataclass(frozen=True)
