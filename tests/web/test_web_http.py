@@ -293,3 +293,18 @@ def test_implicit_tls_client_is_told_to_skip_steps_that_cannot_apply(
         page = web.http.get(f"/run/{run.id}/step/{n}").text
         assert "cannot apply" in page and "Skip this step (recommended)" in page, n
     assert "cannot apply" not in web.http.get(f"/run/{run.id}/step/9").text
+
+
+def test_event_positions_out_of_range_are_client_errors(web: Browserless) -> None:
+    """A huge ``after`` or ``Last-Event-ID`` (or one in non-ASCII digits) is the client's
+    mistake: never a 500 from the store (SQLite integers are 64-bit) or from ``int()``."""
+    run = web.create()
+    events = f"/api/runs/{run.id}/events"
+    assert web.http.get(events, params={"after": str(10**30)}).status_code == 422
+    assert web.http.get(events, params={"after": "-1"}).status_code == 422
+    for last in (b"9" * 30, b"9" * 5000, "\u00b2".encode("latin-1")):
+        headers = {b"accept": b"text/event-stream", b"last-event-id": last}
+        with web.http.stream("GET", events, headers=headers) as resp:
+            assert resp.status_code == 200, last
+            first = next(resp.iter_lines())
+            assert first.startswith(("id: ", ": keep-alive")), first

@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,6 +23,7 @@ from mailtls.web.transcript import visible_events
 
 Scenario = Literal["immediate", "two_phase"]
 TestCaseName = Literal["baseline", "t1", "t2", "t3", "t4"]
+MAX_EVENT_ID = 2**63 - 1  # event ids are SQLite integers
 
 
 class StepSpec(BaseModel):
@@ -195,12 +196,13 @@ def build_router(ctx: ApiContext) -> APIRouter:
         response_model=None,
     )
     async def run_events(
-        run_id: str, request: Request, after: int = 0
+        run_id: str,
+        request: Request,
+        after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     ) -> JSONResponse | StreamingResponse:
         run = ctx.run_or_404(run_id)
         if "text/event-stream" in request.headers.get("accept", ""):
-            last = request.headers.get("last-event-id", "")
-            start = int(last) if last.isdigit() else after
+            start = _event_id(request.headers.get("last-event-id", ""), after)
             return StreamingResponse(
                 _stream(ctx, run, start, request),
                 media_type="text/event-stream",
@@ -223,6 +225,14 @@ def build_router(ctx: ApiContext) -> APIRouter:
         )
 
     return router
+
+
+def _event_id(text: str, default: int) -> int:
+    """A client's ``Last-Event-ID``, or ``default`` when it is not an event id."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return default
+    value = int(text)
+    return value if value <= MAX_EVENT_ID else default
 
 
 def _sse(record: dict[str, Any]) -> bytes:
