@@ -4,6 +4,7 @@ formats, the privacy filter of transcripts."""
 from __future__ import annotations
 
 import plistlib
+import threading
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -47,6 +48,51 @@ def test_rate_limiter_refills() -> None:
     assert limiter.allow("b")
     now[0] += 1.0
     assert limiter.allow("a")
+
+
+class _PausingKey(str):
+    """A key whose second hashing in the thread named ``first`` (the write of its bucket, after
+    the read) pauses that thread, at most 0.5 s, until another thread has asked the limiter:
+    it opens the window between a bucket's read and write, where the web app's worker threads
+    and its event loop meet."""
+
+    hashes_in_first = 0
+    paused = threading.Event()
+    other_done = threading.Event()
+
+    def __hash__(self) -> int:
+        if threading.current_thread().name == "first":
+            cls = type(self)
+            cls.hashes_in_first += 1
+            if cls.hashes_in_first == 2:
+                cls.paused.set()
+                cls.other_done.wait(0.5)
+        return str.__hash__(self)
+
+
+def test_rate_limiter_is_safe_across_threads() -> None:
+    """Two concurrent requests from an address whose bucket is empty are both refused (a
+    bucket taken out by one thread must not look new, and full, to the other)."""
+    limiter = RateLimiter(rate_per_minute=0.001, burst=1, clock=lambda: 0.0)
+    key = _PausingKey("203.0.113.5")
+    assert limiter.allow(key)
+    answers: dict[str, bool] = {}
+
+    def first() -> None:
+        answers["first"] = limiter.allow(key)
+
+    def second() -> None:
+        answers["second"] = limiter.allow(key)
+        _PausingKey.other_done.set()
+
+    t1 = threading.Thread(target=first, name="first")
+    t1.start()
+    assert _PausingKey.paused.wait(5)
+    t2 = threading.Thread(target=second, name="second")
+    t2.start()
+    t1.join(5)
+    t2.join(5)
+    assert answers == {"first": False, "second": False}
 
 
 def test_mozilla_autoconfig_points_at_starttls_ports() -> None:
