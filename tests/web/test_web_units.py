@@ -8,7 +8,9 @@ import threading
 import xml.etree.ElementTree as ET
 
 import pytest
+from starlette.requests import Request
 
+from mailtls.web.api import ApiContext
 from mailtls.web.autoconfig import (
     AutodiscoverError,
     ServerSet,
@@ -170,3 +172,21 @@ def test_visible_events_hides_strings_of_connections_without_the_code() -> None:
     assert "addresses" not in shown[4]
     shared = {e["id"]: e for e in visible_events(records, "c0de", share=True)}
     assert "line" not in shared[1] and "username" not in shared[2]
+
+
+def _request(peer: str) -> Request:
+    return Request(
+        {"type": "http", "method": "POST", "path": "/", "headers": [], "client": (peer, 1)}
+    )
+
+
+def test_run_creation_limit_counts_an_ipv6_prefix_as_one_address() -> None:
+    """An IPv6 client has a /64 to pick addresses from: the creation limit, like the binding,
+    keys on the prefix (otherwise every new address gets a full bucket)."""
+    limiter = RateLimiter(rate_per_minute=0.001, burst=2)
+    ctx = ApiContext(None, None, "http://x", (), limiter, ipv6_prefix=64)  # type: ignore[arg-type]
+    assert ctx.creation_allowed(_request("2001:db8:1:2::1"))
+    assert ctx.creation_allowed(_request("2001:db8:1:2::2"))
+    assert not ctx.creation_allowed(_request("2001:db8:1:2:ffff::3"))
+    assert ctx.creation_allowed(_request("2001:db8:1:3::1"))  # another /64
+    assert ctx.creation_allowed(_request("198.51.100.7"))

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mailtls.runs.binding import address_key
 from mailtls.web.clientaddr import Network, client_address
 from mailtls.web.ratelimit import RateLimiter
 from mailtls.web.transcript import visible_events
@@ -97,16 +98,23 @@ class ApiContext:
         base_url: str,
         trusted: tuple[Network, ...],
         create_limiter: RateLimiter,
+        ipv6_prefix: int = 64,
     ) -> None:
         self.manager = manager
         self.store = store
         self.base_url = base_url
         self.trusted = trusted
         self.create_limiter = create_limiter
+        self.ipv6_prefix = ipv6_prefix
 
     def client_ip(self, request: Request) -> str:
         peer = request.client.host if request.client else "0.0.0.0"
         return client_address(peer, request.headers.get("x-forwarded-for"), self.trusted)
+
+    def creation_allowed(self, request: Request) -> bool:
+        """The run creation limit, per address; an IPv6 prefix (like a binding) is one."""
+        ip = self.client_ip(request)
+        return self.create_limiter.allow(address_key(ip, self.ipv6_prefix) or ip)
 
     def run_or_404(self, run_id: str) -> Any:
         try:
@@ -138,7 +146,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/runs", status_code=201, summary="Create a run (its account and steps)")
     def create_run(request: Request, body: RunCreate) -> dict[str, Any]:
-        if not ctx.create_limiter.allow(ctx.client_ip(request)):
+        if not ctx.creation_allowed(request):
             raise HTTPException(status_code=429, detail="too many runs from this address; wait")
         steps: list[tuple[str, str]] | None = None
         if body.steps:

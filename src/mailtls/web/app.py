@@ -41,6 +41,7 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
         base_url=settings.http_url,
         trusted=parse_networks(settings.trusted_proxies),
         create_limiter=RateLimiter(rate_per_minute=10, burst=20),
+        ipv6_prefix=settings.binding.ipv6_prefix,
     )
     app.state.api = ctx
     app.state.settings = settings

@@ -148,7 +148,7 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
             if scenario not in ("immediate", "two_phase") or testcase not in guide.TESTCASE_TITLE:
                 raise HTTPException(status_code=400, detail="Choose a scenario and a test case.")
             steps = [(scenario, testcase)]
-        if not ctx.create_limiter.allow(ctx.client_ip(request)):
+        if not ctx.creation_allowed(request):
             raise HTTPException(
                 status_code=429,
                 detail="Too many tests were started from your address. Wait a few minutes.",
