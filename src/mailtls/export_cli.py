@@ -55,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UserError(f"no event journal at {path} (is --data-dir right?)")
     if args.output:
-        with args.output.open("wb") as out:
+        try:
+            out = args.output.open("wb")
+        except OSError as exc:
+            raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        with out:
             count = export(path, out, args.run)
     else:
         count = export(path, sys.stdout.buffer, args.run)
