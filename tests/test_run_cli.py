@@ -3,15 +3,18 @@ peer-supplied string escaped (no raw control characters reach the terminal)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import smtplib
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from conftest import ServeInstance
+from mailtls.cli import main
 
 
 def _run(inst: ServeInstance, *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,3 +60,38 @@ def test_run_cli_user_errors_are_one_line(serve: ServeInstance) -> None:
         timeout=30,
     )
     assert down.returncode == 2 and "cannot reach" in down.stderr
+
+
+class _NotMailtls(http.server.BaseHTTPRequestHandler):
+    """A web server that is not ``mailtls serve``: HTML for every path, 200 or 404."""
+
+    def do_GET(self) -> None:
+        status = 200 if self.path.startswith("/api/runs/html") else 404
+        body = b"<html>\x1b]0;title\x07" + b"x" * 5000 + b"</html>"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_run_cli_against_a_wrong_server_is_a_user_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A --server that is not mailtls (HTML answers) or not a URL: one escaped, bounded line."""
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _NotMailtls)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        for server, run_id in ((url, "html"), (url, "missing"), ("http://[::1", "x")):
+            assert main(["run", "--server", server, "show", run_id]) == 2, (server, run_id)
+            err = capsys.readouterr().err
+            assert err.startswith("mailtls: error: ") and err.count("\n") == 1, err
+            assert "\x1b" not in err and "\x07" not in err and len(err) < 600, err
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

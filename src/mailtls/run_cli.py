@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mailtls.cli import UserError
-from mailtls.termsafe import escape_markup
+from mailtls.termsafe import escape_markup, escape_terminal
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
@@ -56,18 +56,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+SHOWN_DETAIL = 300  # characters of a server's error text shown
+
+
 def _request(client: httpx.Client, method: str, path: str, body: Any = None) -> Any:
     try:
         resp = client.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        raise UserError(f"cannot reach the server: {exc}") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a path that is not one
+        raise UserError(f"cannot reach the server: {_shown(str(exc))}") from None
+    try:
+        data = resp.json() if resp.content else None
+    except ValueError:
+        data = None
+        if resp.status_code < 400:
+            raise UserError(
+                "the server's answer is not JSON (is --server a mailtls serve?)"
+            ) from None
     if resp.status_code >= 400:
-        try:
-            detail = resp.json().get("detail", resp.text)
-        except ValueError:
-            detail = resp.text
-        raise UserError(f"server said {resp.status_code}: {detail}")
-    return resp.json() if resp.content else None
+        detail = data.get("detail", resp.text) if isinstance(data, dict) else resp.text
+        raise UserError(f"server said {resp.status_code}: {_shown(str(detail))}")
+    return data
+
+
+def _shown(text: str) -> str:
+    """A server's text on one terminal line: escaped, newlines folded, bounded."""
+    text = escape_terminal(" ".join(text.split()))
+    return text if len(text) <= SHOWN_DETAIL else text[:SHOWN_DETAIL] + "..."
 
 
 def _parse_steps(items: list[str]) -> list[dict[str, str]]:
@@ -82,7 +96,11 @@ def _parse_steps(items: list[str]) -> list[dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
-    with httpx.Client(base_url=args.server, timeout=15.0) as client:
+    try:
+        client = httpx.Client(base_url=args.server, timeout=15.0)
+    except httpx.InvalidURL as exc:
+        raise UserError(f"--server is not a URL: {_shown(str(exc))}") from None
+    with client:
         if args.action == "create":
             if bool(args.plan) == bool(args.step):
                 raise UserError("give either --plan guided or one or more --step")
