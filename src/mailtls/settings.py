@@ -11,6 +11,7 @@ Environment variables map to keys by upper-casing and joining sections with ``__
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -170,4 +171,24 @@ def load(
         settings = _merge(settings, env)
     if overrides:
         settings = _merge(settings, {k: v for k, v in overrides.items() if v is not None})
+    _validate(settings)
     return settings
+
+
+def _validate(settings: Settings) -> None:
+    """Values the types alone do not bound (checked once, so none fails later in a listener)."""
+    for key, nets in (
+        ("trusted_proxies", settings.trusted_proxies),
+        ("connections.exempt", settings.connections.exempt),
+    ):
+        for net in nets:
+            try:
+                ipaddress.ip_network(net.strip(), strict=False)
+            except ValueError:
+                raise SettingsError(f"bad value for {key}: {net!r} is not a network") from None
+    for port in dataclasses.fields(settings.ports):
+        value = getattr(settings.ports, port.name)
+        if not 0 <= value <= 65535:
+            raise SettingsError(f"bad value for ports.{port.name}: {value} (0-65535)")
+    if not 0 <= settings.binding.ipv6_prefix <= 128:
+        raise SettingsError(f"bad value for binding.ipv6_prefix: {settings.binding.ipv6_prefix}")

@@ -1,0 +1,36 @@
+"""Settings are validated when loaded: a bad value is a one-line ``SettingsError`` at start,
+never a traceback later (when the web app parses its trusted proxies, or a listener binds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailtls.settings import SettingsError, load
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("MAILTLS_TRUSTED_PROXIES", "10.0.0.1,not-a-network", "trusted_proxies"),
+        ("MAILTLS_CONNECTIONS__EXEMPT", "zzz", "connections.exempt"),
+        ("MAILTLS_PORTS__HTTP", "70000", "ports.http"),
+        ("MAILTLS_PORTS__IMAP", "-1", "ports.imap"),
+        ("MAILTLS_BINDING__IPV6_PREFIX", "129", "binding.ipv6_prefix"),
+    ],
+)
+def test_bad_values_are_refused_at_load(key: str, value: str, named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load(environ={key: value})
+
+
+def test_good_values_load() -> None:
+    settings = load(
+        environ={
+            "MAILTLS_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1",
+            "MAILTLS_CONNECTIONS__EXEMPT": "192.0.2.0/24",
+            "MAILTLS_PORTS__HTTP": "0",
+            "MAILTLS_BINDING__IPV6_PREFIX": "56",
+        }
+    )
+    assert settings.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")
+    assert settings.ports.http == 0 and settings.binding.ipv6_prefix == 56
