@@ -149,3 +149,24 @@ def test_server_context_refuses_tls_1_1(tmp_path: Path) -> None:
     certs = ensure_certificates(make_settings(tmp_path))
     ctx = server_ssl_context(certs.cert, certs.key)
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize(
+    ("hostname", "dns_name"),
+    [
+        ("m" * 63 + ".example-provider.test", "m" * 63 + ".example-provider.test"),  # CN > 64
+        ("mäil.example.test", "xn--mil-qla.example.test"),  # an IDN: its A-label
+    ],
+)
+def test_long_and_international_host_names_get_a_certificate(
+    tmp_path: Path, hostname: str, dns_name: str
+) -> None:
+    certs = ensure_certificates(make_settings(tmp_path, hostname=hostname))
+    san = _load(certs.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert dns_name in san.value.get_values_for_type(x509.DNSName)
+
+
+@pytest.mark.parametrize("hostname", ["bad..name", "a" * 64 + ".test", "sp ace.test"])
+def test_impossible_host_names_are_a_pki_error(tmp_path: Path, hostname: str) -> None:
+    with pytest.raises(PkiError, match="host name"):
+        ensure_certificates(make_settings(tmp_path, hostname=hostname))

@@ -19,6 +19,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ log = logging.getLogger("mailtls.pki")
 CA_DAYS = 3650
 SERVER_DAYS = 397
 RENEW_BEFORE = dt.timedelta(days=7)
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")  # one DNS label, at most 63
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -56,9 +58,23 @@ def server_names(settings: Settings) -> list[str]:
     names = ["localhost", "127.0.0.1"]
     for name in (settings.hostname, *settings.public_hostnames):
         name = name.strip().lower().rstrip(".")
+        if name:
+            name = _a_label(name)
         if name and name not in names:
             names.append(name)
     return names
+
+
+def _a_label(name: str) -> str:
+    """``name`` as certificates carry it (IDNs as ``xn--`` A-labels), or ``PkiError``."""
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    labels = ascii_name.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels) or len(ascii_name) > 253:
+        raise PkiError(f"bad host name {name!r}: cannot put it in a certificate")
+    return ascii_name
 
 
 def server_ssl_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
@@ -203,7 +219,7 @@ def _issue_server(
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     public = key.public_key()
-    cn = names[2] if len(names) > 2 else "localhost"
+    cn = (names[2] if len(names) > 2 else "localhost")[:64]  # clients match the SAN, not the CN
     san = x509.SubjectAlternativeName(
         [
             *(x509.DNSName(name) for name in names),
