@@ -55,7 +55,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     import uvicorn
 
     from mailtls.net.listeners import MailServer, raise_nofile_limit
-    from mailtls.net.pki import ensure_certificates
+    from mailtls.net.pki import PkiError, ensure_certificates
     from mailtls.protocols.imap import ImapCore
     from mailtls.protocols.pop3 import Pop3Core
     from mailtls.protocols.smtp import SmtpCore
@@ -73,7 +73,12 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     manager = RunManager(store, settings, load_or_create_key(data_dir))
     manager.load()
     store.subscribe(manager.on_record)
-    certs = ensure_certificates(settings)
+    try:
+        certs = ensure_certificates(settings)
+    except PkiError as exc:
+        store.close()
+        print(f"mailtls: error: {exc}", file=sys.stderr)
+        return 1
     server = MailServer(
         settings,
         certs=certs,
@@ -92,6 +97,10 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     except OSError as exc:
         store.close()
         print(f"mailtls: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except PkiError as exc:  # the certificate files do not load
+        store.close()
+        print(f"mailtls: error: {exc}", file=sys.stderr)
         return 1
 
     app = create_app(settings, manager, store, mail_server=server)
