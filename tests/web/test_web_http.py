@@ -308,3 +308,21 @@ def test_event_positions_out_of_range_are_client_errors(web: Browserless) -> Non
             assert resp.status_code == 200, last
             first = next(resp.iter_lines())
             assert first.startswith(("id: ", ": keep-alive")), first
+
+
+def test_request_bodies_are_bounded(web: Browserless) -> None:
+    """Forms and JSON are read whole into memory: a body above the bound is refused (413)
+    before any of it is parsed, declared or sent chunked."""
+    big = "x" * (2 * 1024 * 1024)
+    assert web.http.post("/start", data={"csrf": web.token, "protocol": big}).status_code == 413
+    assert web.http.post("/api/runs", json={"plan": "guided", "x": big}).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            yield b"y" * 32768
+
+    resp = web.http.post(
+        "/api/runs", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 413
+    assert web.post("/start", mode="guided").status_code == 303  # small bodies still pass

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailtls import __version__
 from mailtls.settings import Settings
@@ -24,6 +26,56 @@ SECURITY_HEADERS = {
     ),
 }
 PRIVATE_HEADERS = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
+MAX_BODY_BYTES = 64 * 1024  # forms, JSON and Autodiscover requests are all far smaller
+
+
+class BodyLimit:
+    """Refuse (413) a request body above ``limit`` before the app reads any of it: Starlette
+    reads forms and JSON whole into memory. The body (at most ``limit`` bytes) is read here
+    and replayed to the app; later ``receive`` calls (disconnects) pass through."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await _too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+        first = {"type": "http.request", "body": bytes(body), "more_body": False}
+        await self.app(scope, _replay([first], receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
+async def _too_large(send: Send) -> None:
+    response = PlainTextResponse("request body too large", status_code=413)
+    await response({"type": "http"}, _nothing, send)
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def create_app(settings: Settings, manager: Manager, store: EventSource, **extra: Any) -> FastAPI:
@@ -48,6 +100,7 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
     for key, value in extra.items():
         setattr(app.state, key, value)
     app.include_router(build_router(ctx))
+    app.add_middleware(BodyLimit)
 
     @app.middleware("http")
     async def security_headers(
