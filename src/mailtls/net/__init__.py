@@ -10,6 +10,7 @@ journal records (the ``sink``: the records of one read are handed to it, with on
 read's replies are written).
 ``pki`` creates the test CA and server certificate; ``limits`` admits connections.
 
-Must not import: ``mailtls.web``, ``mailtls.store``, ``mailtls.runs`` (except its shared types)
+Must not import: ``mailtls.web``, ``mailtls.store``, ``mailtls.runs`` (except its shared types
+and the pure ``runs.binding.address_key``, so that limits and bindings key an address alike)
 or the protocol cores (``smtp``/``imap``/``pop3``): they come in as callables.
 """

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from mailtls.runs.binding import address_key
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -37,13 +39,17 @@ class TokenBucket:
 
 
 class ConnectionLimiter:
-    """Counts open connections per client address and in total."""
+    """Counts open connections per client address (an IPv6 address by its prefix, like the run
+    bindings: a client picks addresses from its /64) and in total."""
 
-    __slots__ = ("_exempt", "_per_ip", "_total", "by_ip", "total")
+    __slots__ = ("_exempt", "_per_ip", "_total", "_v6_prefix", "by_ip", "total")
 
-    def __init__(self, per_ip: int, total: int, exempt: Iterable[str] = ()) -> None:
+    def __init__(
+        self, per_ip: int, total: int, exempt: Iterable[str] = (), ipv6_prefix: int = 64
+    ) -> None:
         self._per_ip = per_ip
         self._total = total
+        self._v6_prefix = ipv6_prefix
         self._exempt: tuple[Network, ...] = tuple(
             ipaddress.ip_network(net, strict=False) for net in exempt
         )
@@ -59,22 +65,29 @@ class ConnectionLimiter:
             return False
         return any(addr in net for net in self._exempt)
 
+    def _key(self, ip: str) -> str:
+        if ":" not in ip:  # IPv4: the address itself (no parsing on the common path)
+            return ip
+        return address_key(ip, self._v6_prefix) or ip
+
     def admit(self, ip: str) -> str | None:
         if self._total > 0 and self.total >= self._total:
             return "global_limit"
-        count = self.by_ip.get(ip, 0)
+        key = self._key(ip)
+        count = self.by_ip.get(key, 0)
         if self._per_ip > 0 and count >= self._per_ip and not self._is_exempt(ip):
             return "per_ip_limit"
-        self.by_ip[ip] = count + 1
+        self.by_ip[key] = count + 1
         self.total += 1
         return None
 
     def release(self, ip: str) -> None:
-        count = self.by_ip.get(ip, 0) - 1
+        key = self._key(ip)
+        count = self.by_ip.get(key, 0) - 1
         if count > 0:
-            self.by_ip[ip] = count
+            self.by_ip[key] = count
         else:
-            self.by_ip.pop(ip, None)
+            self.by_ip.pop(key, None)
         self.total = max(0, self.total - 1)
 
 

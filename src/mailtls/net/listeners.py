@@ -97,7 +97,9 @@ class MailServer:
             raise ValueError(f"no core factory for {', '.join(sorted(missing))}")
         self._factories = dict(core_factories)
         conf = settings.connections
-        self._limiter = ConnectionLimiter(conf.per_ip, conf.total, exempt)
+        self._limiter = ConnectionLimiter(
+            conf.per_ip, conf.total, exempt, settings.binding.ipv6_prefix
+        )
         self._rates: dict[str, TokenBucket] = {}
         self._refusals = RefusalThrottle()
         self._conns: set[MailConnection] = set()
