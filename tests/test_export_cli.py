@@ -55,3 +55,11 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert main(["export", "--data-dir", str(data), "-o", str(output)]) == 2
         err = capsys.readouterr().err
         assert "cannot write" in err and "Traceback" not in err
+
+
+def test_unknown_run_leaves_the_output_file_alone(tmp_path: Path) -> None:
+    data = _journal(tmp_path / "var")
+    out = tmp_path / "keep.jsonl"
+    out.write_text("precious\n")
+    assert main(["export", "--data-dir", str(data), "--run", "nope", "-o", str(out)]) == 2
+    assert out.read_text() == "precious\n"

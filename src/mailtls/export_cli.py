@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     path = args.data_dir / JOURNAL_NAME
     if not path.exists():
         raise UserError(f"no event journal at {path} (is --data-dir right?)")
+    if args.run and _run_code(path, args.run) is None:
+        raise UserError(f"no run {args.run!r} in {path}")  # before any output file is touched
     if args.output:
         try:
             out = args.output.open("wb")
