@@ -81,3 +81,4 @@ async def test_broken_server(name: str, kind: str) -> None:
 def test_resolve_one_address_per_family() -> None:
     assert resolve("127.0.0.1") == [(socket.AF_INET, "127.0.0.1")]
     assert resolve("::1") == [(socket.AF_INET6, "::1")]
+    assert resolve("[::1]") == [(socket.AF_INET6, "::1")]  # bracketed, as in URLs

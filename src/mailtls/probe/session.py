@@ -144,6 +144,8 @@ def dummy_credentials() -> DummyCredentials:
 
 def resolve(host: str) -> list[tuple[int, str]]:
     """One address per family (IPv4 first), as (family, address)."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # a bracketed IPv6 literal, as in URLs
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
