@@ -6,6 +6,7 @@ from __future__ import annotations
 import plistlib
 import threading
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from starlette.requests import Request
@@ -190,3 +191,27 @@ def test_run_creation_limit_counts_an_ipv6_prefix_as_one_address() -> None:
     assert not ctx.creation_allowed(_request("2001:db8:1:2:ffff::3"))
     assert ctx.creation_allowed(_request("2001:db8:1:3::1"))  # another /64
     assert ctx.creation_allowed(_request("198.51.100.7"))
+
+
+def test_csrf_cookie_is_secure_behind_a_tls_terminating_proxy(tmp_path: Path) -> None:
+    """A deployment whose public URL is https gets a Secure cookie even though the reverse
+    proxy talks plain HTTP to the app."""
+    from fastapi import FastAPI, Response
+    from fastapi.testclient import TestClient
+
+    from mailtls.settings import Settings
+    from mailtls.web import csrf
+
+    for base_url, secure in (("https://mail.example.org", True), ("", False)):
+        app = FastAPI()
+        app.state.settings = Settings(data_dir=tmp_path, base_url=base_url)
+
+        @app.get("/")
+        def page(request: Request) -> Response:
+            csrf.token_for(request)
+            response = Response("ok")
+            csrf.set_cookie(request, response)
+            return response
+
+        cookie = TestClient(app).get("/").headers["set-cookie"]
+        assert ("secure" in cookie.lower()) is secure, cookie

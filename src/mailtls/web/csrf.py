@@ -32,8 +32,16 @@ def set_cookie(request: Request, response: Response) -> None:
     token = getattr(request.state, "csrf_new", None)
     if isinstance(token, str):
         response.set_cookie(
-            COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+            COOKIE, token, httponly=True, samesite="strict", secure=_served_over_https(request)
         )
+
+
+def _served_over_https(request: Request) -> bool:
+    """HTTPS as the browser sees it: the request itself, or the configured public URL (a
+    reverse proxy that terminates TLS talks plain HTTP to us)."""
+    settings = getattr(request.app.state, "settings", None)
+    base_url = str(getattr(settings, "base_url", "") or "")
+    return request.url.scheme == "https" or base_url.startswith("https://")
 
 
 async def verify(request: Request) -> None:
