@@ -95,19 +95,27 @@ class ServeInstance:
 
 
 def start_serve(
-    data_dir: Path, config_extra: str = "", ports: dict[str, int] | None = None
+    data_dir: Path,
+    config_extra: str = "",
+    ports: dict[str, int] | None = None,
+    limits: dict[str, float | int] | None = None,
 ) -> ServeInstance:
+    """``config_extra``: top-level TOML keys; ``limits``: extra keys of the ``[limits]`` table
+    (written here, TOML forbids a second one)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if ports is None:
         ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     port_lines = "\n".join(f"{k} = {v}" for k, v in ports.items())
+    limit_lines = "\n".join(
+        f"{k} = {v}" for k, v in {"auth_fail_delay": 0.05, **(limits or {})}.items()
+    )
     config = data_dir / "mailtls.toml"
     config.write_text(
         f'data_dir = "{data_dir}"\n'
         "fsync = false\n"
         f"{config_extra}\n"
         f"[ports]\n{port_lines}\n"
-        "[limits]\nauth_fail_delay = 0.05\n"
+        f"[limits]\n{limit_lines}\n"
     )
     log = data_dir / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}

@@ -1,9 +1,7 @@
 """End-to-end test kit: a real ``mailtls serve`` subprocess, its JSON API and reference clients.
 
 - ``serving(data_dir, config_extra, limits)``: a server for a block (a module fixture or one
-  test). It uses ``conftest.start_serve``; settings of the ``[limits]`` table (which
-  ``start_serve`` always writes itself) go through ``start_serve_with_limits``, a thin wrapper
-  that writes the whole file.
+  test), through ``conftest.start_serve``.
 - ``Api``: create a run, start/finish a step, read the run, its events, its SSE stream, its result
   page and exports. Runs are created from rotating 127.0.x.y source addresses because creation is
   rate limited per address; steps are always started from 127.0.0.1, the address the clients
@@ -27,14 +25,10 @@ import itertools
 import json
 import os
 import poplib
-import signal
 import smtplib
 import socket
 import ssl
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from conftest import PORT_NAMES, ServeInstance, free_ports, start_serve
+from conftest import ServeInstance, start_serve
 
 HOST = "127.0.0.1"
 CLIENT_TIMEOUT = 8.0
@@ -51,57 +45,12 @@ CLIENT_TIMEOUT = 8.0
 # --- servers --------------------------------------------------------------------------------
 
 
-def start_serve_with_limits(
-    data_dir: Path,
-    limits: dict[str, float | int],
-    config_extra: str = "",
-    ports: dict[str, int] | None = None,
-) -> ServeInstance:
-    """Like ``conftest.start_serve`` but with more ``[limits]`` keys (the fixture writes that
-    table itself, and TOML forbids a second one)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if ports is None:
-        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
-    port_lines = "\n".join(f"{k} = {v}" for k, v in ports.items())
-    limit_lines = "\n".join(f"{k} = {v}" for k, v in {"auth_fail_delay": 0.05, **limits}.items())
-    config = data_dir / "mailtls.toml"
-    config.write_text(
-        f'data_dir = "{data_dir}"\nfsync = false\n{config_extra}\n'
-        f"[ports]\n{port_lines}\n[limits]\n{limit_lines}\n"
-    )
-    log = data_dir / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailtls", "serve", "--config", str(config)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    inst = ServeInstance(data_dir, ports, proc, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mailtls serve exited early:\n{inst.output()}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(inst.url + "/api/openapi.json", timeout=2) as resp,
-        ):
-            if resp.status == 200:
-                return inst
-        time.sleep(0.1)
-    inst.stop(signal.SIGKILL)
-    raise RuntimeError(f"mailtls serve did not become ready:\n{inst.output()}")
-
-
 @contextlib.contextmanager
 def serving(
     data_dir: Path, config_extra: str = "", limits: dict[str, float | int] | None = None
 ) -> Iterator[ServeInstance]:
     """A running server for the block; stopped (SIGTERM) afterwards."""
-    if limits:
-        inst = start_serve_with_limits(data_dir, limits, config_extra)
-    else:
-        inst = start_serve(data_dir, config_extra)
+    inst = start_serve(data_dir, config_extra, limits=limits)
     try:
         yield inst
     finally:
