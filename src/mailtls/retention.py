@@ -15,6 +15,8 @@ import logging
 import time
 from typing import Any, Protocol
 
+from mailtls.protocols.imap import COMMANDS as IMAP_COMMANDS
+
 log = logging.getLogger("mailtls.retention")
 
 DROP_KEYS = ("cport", "addresses", "address", "login_addresses")
@@ -35,41 +37,7 @@ def _network(address: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
-IMAP_VERBS = frozenset(
-    [
-        "CAPABILITY",
-        "NOOP",
-        "LOGOUT",
-        "STARTTLS",
-        "AUTHENTICATE",
-        "LOGIN",
-        "SELECT",
-        "EXAMINE",
-        "CREATE",
-        "DELETE",
-        "RENAME",
-        "SUBSCRIBE",
-        "UNSUBSCRIBE",
-        "LIST",
-        "LSUB",
-        "STATUS",
-        "APPEND",
-        "CHECK",
-        "CLOSE",
-        "EXPUNGE",
-        "SEARCH",
-        "FETCH",
-        "STORE",
-        "COPY",
-        "MOVE",
-        "UID",
-        "ID",
-        "ENABLE",
-        "IDLE",
-        "NAMESPACE",
-        "UNSELECT",
-    ]
-)
+IMAP_VERBS = frozenset(IMAP_COMMANDS)  # the IMAP core's own command table
 
 
 def _verb_only(line: str) -> str:
