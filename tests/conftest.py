@@ -26,6 +26,17 @@ def require_tool(*names: str) -> str:
     pytest.skip(msg)
 
 
+def require_file(path: str, why: str) -> None:
+    """A file a system package installs (e.g. /etc/dovecot/dovecot.conf): skip or fail like
+    ``require_tool``."""
+    if os.path.exists(path):
+        return
+    msg = f"{path} is missing ({why})"
+    if os.environ.get("MAILTLS_REQUIRE_SYSTEM") == "1":
+        pytest.fail(msg + " (MAILTLS_REQUIRE_SYSTEM=1)")
+    pytest.skip(msg)
+
+
 # --- a real `mailtls serve` subprocess on free loopback ports --------------------------------
 
 import contextlib  # noqa: E402

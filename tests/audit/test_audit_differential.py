@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from audit_helpers import FIXTURES, dovecot_contexts, dovecot_file, materialise, postfix_dir
 
-from conftest import require_tool
+from conftest import require_file, require_tool
 from mailtls.audit.dovecot import DovecotConfig, parse_dovecot
 from mailtls.audit.dovecot_effective import DEFAULTS, RELEVANT, Context, normalise_key
 from mailtls.audit.effective import PostfixInstance
@@ -224,8 +224,7 @@ def test_dovecot_24_live(fixture: Path, tmp_path: Path) -> None:
 def test_stock_debian_dovecot_config_agrees_with_doveconf(doveconf: str) -> None:
     """The distribution's own dovecot.conf (conf.d includes, protocols.d ``$protocols``)."""
     stock = Path("/etc/dovecot/dovecot.conf")
-    if not stock.exists():
-        pytest.skip("no /etc/dovecot/dovecot.conf on this host")
+    require_file(str(stock), "installed by dovecot-core")
     ours = dovecot_file(stock)
     theirs = parse_dovecot(SourceText("doveconf -n", tool([doveconf, "-c", str(stock), "-n"])))
     ours_flat, theirs_flat = flatten(ours, "2.3"), flatten(theirs, "2.3")
