@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# System packages used by the test suite: real mail clients, real Postfix/Dovecot, chromium.
+# System packages used by the test suite: real mail clients (Thunderbird under Xvfb among them),
+# real Postfix/Dovecot, chromium, GnuTLS's certtool (a second certificate verifier).
 # Services are never started by the package scripts; tests start their own instances on loopback.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
       mutt fetchmail getmail6 postfix dovecot-core dovecot-imapd dovecot-pop3d tmux
-      chromium fonts-dejavu-core)
+      chromium fonts-dejavu-core
+      thunderbird xvfb xauth xdotool libnss3-tools gnutls-bin imagemagick)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
