@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mailtls.audit.model import Origin, Setting
+from mailtls.audit.networks import entries, only_non_public
 from mailtls.audit.postfix_main import MainConfig, expand
 from mailtls.audit.postfix_master import MasterConfig, MasterEntry
 
@@ -85,6 +86,20 @@ class SmtpService:
         interfaces = self.instance.main_get("inet_interfaces").value
         items = [i for i in interfaces.replace(",", " ").split() if i]
         return bool(items) and all(_is_loopback(i) for i in items)
+
+    @property
+    def internal(self) -> bool:
+        """Only clients in a private ``mynetworks`` get past ``smtpd_client_restrictions``
+        (``permit_mynetworks, reject``): an internal relay, not a service for the Internet."""
+        items = [i.lower() for i in entries(self.get("smtpd_client_restrictions").value)]
+        if "permit_mynetworks" not in items or items[-1] != "reject":
+            return False
+        if any(i != "permit_mynetworks" and not i.startswith("reject") for i in items):
+            return False
+        nets = self.get("mynetworks").value
+        if nets.strip():
+            return only_non_public(nets)
+        return self.get("mynetworks_style").value.strip().lower() == "host"
 
 
 def _resolve(name: str, overrides: Mapping[str, Setting], inst: PostfixInstance) -> Effective:
@@ -204,6 +219,8 @@ RELEVANT = (
     "smtpd_tls_ciphers",
     "smtpd_tls_mandatory_ciphers",
     "inet_interfaces",
+    "smtpd_client_restrictions",
+    "mynetworks",
 )
 
 
@@ -215,6 +232,7 @@ def service_summary(service: SmtpService) -> dict[str, object]:
         "port": service.port,
         "via": service.via,
         "loopback_only": service.loopback_only,
+        "internal": service.internal,
         "entry": str(service.entry.origin),
         "effective_tls_level": tls_level(service).level,
         "settings": {name: service.get(name).to_dict() for name in RELEVANT},
