@@ -51,7 +51,7 @@ def capture_name(flag: str) -> str:
 def doveconf_capture(fixture: Path, work: Path, doveconf: str = "doveconf") -> str:
     """``doveconf -c dovecot.conf -n`` of a materialised copy, with the certificate and directory
     paths put back to the fixture's placeholders and the host-specific header lines dropped."""
-    conf = materialise(fixture, work / fixture.name)
+    conf = materialise(fixture, work / f"{fixture.parent.name}-{fixture.name}")
     text = run([doveconf, "-c", str(conf), "-n"])
     return normalise_doveconf(text, conf.parent)
 
@@ -65,12 +65,32 @@ def normalise_doveconf(text: str, directory: Path) -> str:
     )
 
 
+LAYOUTS = FIXTURES / "layouts"
+
+
 def postfix_fixtures() -> list[Path]:
-    return sorted(p for p in (FIXTURES / "postfix").iterdir() if p.is_dir())
+    """Every Postfix directory: the per-semantic fixtures and each layout's ``postfix/``."""
+    own = [p for p in (FIXTURES / "postfix").iterdir() if p.is_dir()]
+    return sorted(own) + sorted(
+        p / "postfix" for p in LAYOUTS.iterdir() if (p / "postfix").is_dir()
+    )
 
 
 def dovecot23_fixtures() -> list[Path]:
-    return sorted(p for p in (FIXTURES / "dovecot23").iterdir() if p.is_dir())
+    """Every Dovecot 2.3 directory (2.4 ones carry a hand-written expected-doveconf-n.txt)."""
+    own = [p for p in (FIXTURES / "dovecot23").iterdir() if p.is_dir()]
+    layouts = [p / "dovecot" for p in LAYOUTS.iterdir() if (p / "dovecot").is_dir()]
+    return sorted(own) + sorted(p for p in layouts if not (p / "expected-doveconf-n.txt").exists())
+
+
+def dovecot24_fixtures() -> list[Path]:
+    own = [p for p in (FIXTURES / "dovecot24").iterdir() if p.is_dir()]
+    layouts = [p / "dovecot" for p in LAYOUTS.iterdir() if (p / "dovecot").is_dir()]
+    return sorted(own) + sorted(p for p in layouts if (p / "expected-doveconf-n.txt").exists())
+
+
+def fixture_id(path: Path) -> str:
+    return path.name if path.parent.parent != LAYOUTS else f"{path.parent.name}/{path.name}"
 
 
 def main() -> None:

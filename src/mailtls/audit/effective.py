@@ -61,7 +61,7 @@ class PostfixInstance:
 
     def main_get(self, name: str) -> Effective:
         """A parameter in main.cf context (no service overrides)."""
-        return _resolve(name, {}, self)
+        return _resolve(name, {}, self, None)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class SmtpService:
     overrides: Mapping[str, Setting] = field(default_factory=dict)
 
     def get(self, name: str) -> Effective:
-        return _resolve(name, self.overrides, self.instance)
+        return _resolve(name, self.overrides, self.instance, self.entry.service)
 
     @property
     def loopback_only(self) -> bool:
@@ -102,11 +102,15 @@ class SmtpService:
         return self.get("mynetworks_style").value.strip().lower() == "host"
 
 
-def _resolve(name: str, overrides: Mapping[str, Setting], inst: PostfixInstance) -> Effective:
+def _resolve(
+    name: str, overrides: Mapping[str, Setting], inst: PostfixInstance, service: str | None
+) -> Effective:
     def raw_of(key: str) -> Setting | None:
         return overrides.get(key) or inst.main.settings.get(key) or inst.defaults.settings.get(key)
 
     def lookup(key: str) -> str | None:
+        if key == "service_name" and service is not None:
+            return service  # master(8) sets it per service (syslog_name=postfix/$service_name)
         found = raw_of(key)
         return None if found is None else found.value
 

@@ -19,6 +19,13 @@ NON_PUBLIC = tuple(
         "::1/128",
         "fc00::/7",
         "fe80::/10",
+        # IPv4-mapped forms, as Postfix writes them ([::ffff:127.0.0.0]/104)
+        "::ffff:10.0.0.0/104",
+        "::ffff:172.16.0.0/108",
+        "::ffff:192.168.0.0/112",
+        "::ffff:100.64.0.0/106",
+        "::ffff:127.0.0.0/104",
+        "::ffff:169.254.0.0/112",
     )
 )
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
