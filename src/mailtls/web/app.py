@@ -92,7 +92,11 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
         store=store,
         base_url=settings.http_url,
         trusted=parse_networks(settings.trusted_proxies),
-        create_limiter=RateLimiter(rate_per_minute=10, burst=20),
+        create_limiter=RateLimiter(
+            rate_per_minute=settings.run_creation.rate_per_minute,
+            burst=settings.run_creation.burst,
+            exempt=parse_networks(settings.connections.exempt),
+        ),
         ipv6_prefix=settings.binding.ipv6_prefix,
     )
     app.state.api = ctx
