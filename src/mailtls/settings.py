@@ -69,6 +69,14 @@ class Connections:
 
 
 @dataclass(frozen=True)
+class Log:
+    """What ``serve`` logs while it works (``serve --quiet`` turns both off)."""
+
+    activity: bool = True  # one line per run event (created, step started/armed/finished)
+    status_seconds: float = 60.0  # a status line this often; 0 = never
+
+
+@dataclass(frozen=True)
 class RunCreation:
     """How many runs one address (an IPv6 prefix) may create: a token bucket. Networks in
     ``connections.exempt`` are not limited (a lab scripting a client matrix)."""
@@ -95,6 +103,7 @@ class Settings:
     connections: Connections = field(default_factory=Connections)
     limits: Limits = field(default_factory=Limits)
     run_creation: RunCreation = field(default_factory=RunCreation)
+    log: Log = field(default_factory=Log)
 
     @property
     def http_url(self) -> str:
