@@ -31,6 +31,7 @@ from mailtls.observations import (
     Observation,
     PipelinedAfterStarttls,
     ProtocolError,
+    ResponseInjected,
     SessionKicked,
     StarttlsAccepted,
     StarttlsDisrupted,
@@ -72,11 +73,12 @@ from mailtls.protocols.common import (
     SaslFlow,
     SecretScanner,
     mechanism_label,
+    mechanisms,
     redacted_line,
     set_timer,
 )
 from mailtls.protocols.sasl import RECOGNISED
-from mailtls.testcases import AfterTls, StarttlsAction
+from mailtls.testcases import AfterTls, PlaintextLogin, StarttlsAction, TestCase
 
 
 class Phase(enum.Enum):
@@ -104,6 +106,7 @@ class AuthReply(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     MALFORMED = "malformed"
+    TLS_REQUIRED = "tls_required"  # starttls_required: no login before TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +136,13 @@ def scan(scanner: SecretScanner, data: bytes) -> list[Observation]:
 class AttackFlow(ABC):
     """One connection's lifecycle; a core subclasses it and fills in the hooks below."""
 
+    PROTOCOL: ClassVar[str]  # "smtp" | "imap" | "pop3"
     WORDING: ClassVar[Wording]
 
     __slots__ = (
         "_auth_failures",
         "_ctx",
+        "_policy",
         "_disrupt_next",
         "_disrupted",
         "_errors",
@@ -153,6 +158,7 @@ class AttackFlow(ABC):
 
     def __init__(self, ctx: SessionContext) -> None:
         self._ctx = ctx
+        self._policy: TestCase = ctx.policy.serving(self.PROTOCOL)  # the baseline where n/a
         self._limits = ctx.limits
         self.phase = Phase.NEW
         self._tls = False
@@ -203,6 +209,11 @@ class AttackFlow(ABC):
 
     @abstractmethod
     def _auth_reply(self, kind: AuthReply) -> bytes: ...
+
+    @abstractmethod
+    def _forged_answer(self, tag: str) -> bytes:
+        """``inject``: the answer to the client's first command inside TLS, forged in the
+        plaintext after the go-ahead (it offers only PLAIN, which the real server does not)."""
 
     @abstractmethod
     def _logged_in(self, decision: AuthDecision | None) -> None:
@@ -333,7 +344,7 @@ class AttackFlow(ABC):
 
     def _starttls_offered(self) -> bool:
         """STARTTLS is advertised (and so allowed) now."""
-        return self._ctx.policy.offer_starttls() and not self._tls and self._may_starttls()
+        return self._policy.offer_starttls() and not self._tls and self._may_starttls()
 
     def _starttls(self, has_argument: bool, tag: str = "") -> None:
         """A STARTTLS/STLS command (already in the transcript), for every test case."""
@@ -346,7 +357,7 @@ class AttackFlow(ABC):
         if has_argument:
             self._refuse_starttls(StarttlsReply.SYNTAX, tag)
             return
-        action = self._ctx.policy.on_starttls()
+        action = self._policy.on_starttls()
         if action is StarttlsAction.REFUSE:
             reply = self._starttls_reply(StarttlsReply.TEMPORARY, tag)
             self._out.record(StarttlsRefused(StarttlsReply.TEMPORARY.value, reply_text(reply)))
@@ -358,7 +369,12 @@ class AttackFlow(ABC):
             self._out.record(PipelinedAfterStarttls(len(rest)))
             self._record_all(scan(self._scanner(self._tls, "refused", None), rest))
         self._out.record(StarttlsAccepted())
-        self._out.reply(self._starttls_reply(StarttlsReply.GO_AHEAD, tag))
+        go_ahead = self._starttls_reply(StarttlsReply.GO_AHEAD, tag)
+        if self._policy.inject_response():
+            forged = self._forged_answer(tag)
+            self._out.record(ResponseInjected(len(forged)))
+            go_ahead += forged  # one write: the forged bytes arrive with the go-ahead
+        self._out.reply(go_ahead)
         if action is StarttlsAction.BREAK_HANDSHAKE:
             self._out.add(ReadClientHello())
             self.phase = Phase.CLIENT_HELLO
@@ -376,7 +392,7 @@ class AttackFlow(ABC):
     # --- t2/t4 disruption ----------------------------------------------------------------
 
     def _disrupts_after_tls(self) -> bool:
-        return self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
+        return self._policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
 
     def _command_starts(self) -> bool:
         """A core calls this before each command it read: the t3 silence is over; ``True``
@@ -417,6 +433,24 @@ class AttackFlow(ABC):
             self.phase = Phase.CLOSED
 
     # --- SASL ----------------------------------------------------------------------------
+
+    def _offered_mechanisms(self) -> tuple[str, ...]:
+        """The SASL mechanisms advertised now; ``inject`` leaves PLAIN out inside TLS, so a PLAIN
+        login there shows that the client used the forged answer."""
+        offered = mechanisms(self._tls)
+        if self._tls and self._policy.inject_response():
+            return tuple(m for m in offered if m != "PLAIN")
+        return offered
+
+    def _login_refused(self) -> bool:
+        """``starttls_required``: a login before TLS is refused (the core's AUTH/LOGIN asks)."""
+        return not self._tls and self._policy.plaintext_login() is PlaintextLogin.REFUSE
+
+    def _refuse_login(self, mechanism: str, initial: str | None) -> None:
+        """Refuse a SASL exchange before TLS: recorded (its initial response may have carried
+        the secret: in the clear), answered with the core's TLS-required line."""
+        self._record_refused(mechanism, initial)
+        self._error(None, self._auth_reply(AuthReply.TLS_REQUIRED))
 
     def _new_flow(self, mechanism: str) -> SaslFlow:
         ctx = self._ctx

@@ -31,6 +31,8 @@ from mailtls.observations import (
     CommandReceived,
     MessageReceived,
     Observation,
+    PreauthGreeted,
+    PreauthUsed,
     UsernameSent,
 )
 from mailtls.protocols.base import (
@@ -49,7 +51,6 @@ from mailtls.protocols.common import (
     SecretScanner,
     mechanism_allowed,
     mechanism_label,
-    mechanisms,
     redacted_line,
     set_timer,
 )
@@ -127,6 +128,15 @@ class Mode(enum.Enum):
 
 def _wire(line: str) -> bytes:
     return line.encode() + b"\r\n"
+
+
+def next_tag(tag: str) -> str:
+    """The tag a client that counts up uses next (``a1`` -> ``a2``, ``A0009`` -> ``A0010``)."""
+    stem = tag.rstrip("0123456789")
+    digits = tag[len(stem) :]
+    if not digits or len(digits) > 18:
+        return tag + "1"
+    return stem + str(int(digits) + 1).zfill(len(digits))
 
 
 def _clean(text: str, limit: int = 200) -> str:
@@ -227,6 +237,7 @@ class CommandScanner:
 class ImapCore(AttackFlow):
     """One IMAP connection. ``handle(event)`` returns the commands for the shell, in order."""
 
+    PROTOCOL = "imap"
     WORDING = Wording(
         tls_unavailable=_wire(UNTAGGED_TLS_NOT_AVAILABLE),
         too_many_errors=_wire(BYE_ERRORS),
@@ -240,6 +251,7 @@ class ImapCore(AttackFlow):
         "_literal_timer",
         "_login",
         "_mode",
+        "_preauthed",
         "_reader",
         "_state",
         "_store",
@@ -254,6 +266,7 @@ class ImapCore(AttackFlow):
         self._flow_tag = ""  # the tag of the LOGIN/AUTHENTICATE being answered
         self._idle_tag = ""
         self._login: AuthDecision | None = None  # the LOGIN command's username, decided once
+        self._preauthed = False  # preauth: the greeting authenticated the session in the clear
         self._line_timer = False  # the absolute deadline of a partial command is armed
         self._literal_timer = False  # the deadline of a big APPEND body is armed
 
@@ -278,9 +291,21 @@ class ImapCore(AttackFlow):
     # --- the flow's hooks -----------------------------------------------------------------
 
     def _greeting(self) -> bytes:
-        caps = self._capabilities()
         name = _clean(self._ctx.hostname, 100)
+        if self._policy.preauth() and not self._tls:
+            self._preauthed = True
+            self._state = State.AUTHENTICATED
+            self._reader.allow_messages = True
+            self._out.record(PreauthGreeted())
+            caps = self._capabilities()
+            return _wire(f"* PREAUTH [CAPABILITY {caps}] {name} mailtls IMAP ready, logged in")
+        caps = self._capabilities()
         return _wire(f"* OK [CAPABILITY {caps}] {name} mailtls IMAP ready")
+
+    def _forged_answer(self, tag: str) -> bytes:
+        return _wire("* CAPABILITY IMAP4rev1 AUTH=PLAIN") + _wire(
+            f"{next_tag(tag)} OK Capability completed"
+        )
 
     def _starttls_reply(self, kind: StarttlsReply, tag: str) -> bytes:
         return _wire(f"{tag} {_STARTTLS_REPLIES[kind]}")
@@ -471,9 +496,11 @@ class ImapCore(AttackFlow):
             self._out.record(CapabilitiesSent(False, (), self._is_tls))
             return AUTHENTICATED_CAPABILITIES
         starttls = self._starttls_offered()
-        offered = mechanisms(self._is_tls)
+        disabled = self._login_refused()  # starttls_required: as Dovecot without TLS
+        offered = () if disabled else self._offered_mechanisms()
         self._out.record(CapabilitiesSent(starttls, offered, self._is_tls))
         parts = [BASE_CAPABILITIES, *(["STARTTLS"] if starttls else [])]
+        parts += ["LOGINDISABLED"] if disabled else []
         return " ".join([*parts, *(f"AUTH={m}" for m in offered)])
 
     def _cmd_capability(self, cmd: ImapCommand) -> None:
@@ -493,9 +520,13 @@ class ImapCore(AttackFlow):
         if decision is None:
             self._bad(cmd.tag, "syntax", "LOGIN expects a user name and a password")
             return
-        if self._state is not State.NOT_AUTHENTICATED:
+        if self._state is not State.NOT_AUTHENTICATED or self._login_refused():
             self._out.record(self._attempt(LOGIN_MECHANISM, decision, True, "refused"))
-            self._bad(cmd.tag, "bad_state", "Already authenticated")
+            if self._state is not State.NOT_AUTHENTICATED:
+                self._bad(cmd.tag, "bad_state", "Already authenticated")
+            else:
+                self._flow_tag = cmd.tag
+                self._error(None, self._auth_reply(AuthReply.TLS_REQUIRED))
             return
         ok = decision.ok
         self._out.record(self._attempt(LOGIN_MECHANISM, decision, True, SUCCESS if ok else FAILURE))
@@ -515,6 +546,10 @@ class ImapCore(AttackFlow):
         mech = decode(mechanism).upper()
         text = decode(initial) if initial is not None else None
         authenticated = self._state is not State.NOT_AUTHENTICATED
+        if not authenticated and self._login_refused():
+            self._flow_tag = cmd.tag
+            self._refuse_login(mech, text)
+            return
         if authenticated or not mechanism_allowed(mech, self._is_tls):
             self._record_refused(mech, text)
             if authenticated:
@@ -575,6 +610,8 @@ class ImapCore(AttackFlow):
     # --- authenticated and selected states --------------------------------------------------
 
     def _cmd_mailbox(self, cmd: ImapCommand) -> None:
+        if self._preauthed:
+            self._out.record(PreauthUsed(cmd.name, self._is_tls))
         outcome = self._store.run(cmd)
         if outcome.message_bytes is not None:
             self._out.record(MessageReceived(outcome.message_bytes, 0, self._is_tls))
@@ -638,4 +675,5 @@ _AUTH_REPLIES: Final = {
     AuthReply.FAILED: AUTH_FAILED,
     AuthReply.CANCELLED: AUTH_CANCELLED,
     AuthReply.MALFORMED: "BAD Invalid SASL response",
+    AuthReply.TLS_REQUIRED: "NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS",
 }

@@ -56,7 +56,6 @@ from mailtls.protocols.common import (
     input_timer,
     mechanism_allowed,
     mechanism_label,
-    mechanisms,
     redacted_line,
 )
 from mailtls.protocols.flow import AttackFlow, AuthReply, Phase, StarttlsReply, Wording
@@ -86,6 +85,7 @@ ERR_AUTH_MALFORMED: Final = "-ERR Invalid SASL response"
 ERR_AUTH_MECHANISM: Final = "-ERR Unsupported authentication mechanism"
 ERR_AUTH_SYNTAX: Final = "-ERR Syntax: AUTH [mechanism [initial-response]]"
 ERR_APOP: Final = "-ERR APOP not available"
+ERR_TLS_REQUIRED: Final = "-ERR [AUTH] Plaintext authentication disallowed without TLS"
 ERR_USER_SYNTAX: Final = "-ERR Syntax: USER name"
 ERR_PASS_SYNTAX: Final = "-ERR Syntax: PASS password"
 ERR_NO_USER: Final = "-ERR No username given"
@@ -205,6 +205,7 @@ class CredentialScanner(LineScanner):
 class Pop3Core(AttackFlow):
     """One POP3 connection, server side. See the module docstring."""
 
+    PROTOCOL = "pop3"
     WORDING = Wording(
         tls_unavailable=line(ERR_TLS_TEMP),
         too_many_errors=line(ERR_TOO_MANY_ERRORS),
@@ -267,6 +268,9 @@ class Pop3Core(AttackFlow):
     def _auth_reply(self, kind: AuthReply) -> bytes:
         return line(_AUTH_REPLIES[kind])
 
+    def _forged_answer(self, tag: str) -> bytes:
+        return multiline(OK_CAPA, ["USER", "SASL PLAIN"])
+
     def _logged_in(self, decision: AuthDecision | None) -> None:
         self._state = State.TRANSACTION
         self._out.reply(line(OK_LOGGED_IN))
@@ -325,7 +329,7 @@ class Pop3Core(AttackFlow):
         mechs: tuple[str, ...] = ()
         items: list[str] = []
         if self._state is State.AUTHORIZATION:
-            mechs = mechanisms(self._tls)
+            mechs = self._offered_mechanisms()
             items += ["USER", "SASL " + " ".join(mechs), *(["STLS"] if offered else [])]
         items += [*CAPABILITIES, IMPLEMENTATION]
         self._out.record(CapabilitiesSent(offered, mechs, self._tls))
@@ -368,13 +372,16 @@ class Pop3Core(AttackFlow):
     def _auth(self, cmd: _Line) -> None:
         args = cmd.args
         if not args:
-            self._out.reply(multiline(OK_MECHANISMS, list(mechanisms(self._tls))))
+            self._out.reply(multiline(OK_MECHANISMS, list(self._offered_mechanisms())))
             return
         if len(args) > 2:
             self._fail("syntax", ERR_AUTH_SYNTAX)
             return
         mech = args[0].upper()
         initial = args[1] if len(args) > 1 else None
+        if self._login_refused():
+            self._refuse_login(mech, initial)
+            return
         if not mechanism_allowed(mech, self._tls):
             self._record_refused(mech, initial)
             self._fail("auth_refused", ERR_AUTH_MECHANISM)
@@ -490,6 +497,7 @@ _AUTH_REPLIES: Final = {
     AuthReply.FAILED: ERR_AUTH_FAILED,
     AuthReply.CANCELLED: ERR_AUTH_CANCELLED,
     AuthReply.MALFORMED: ERR_AUTH_MALFORMED,
+    AuthReply.TLS_REQUIRED: ERR_TLS_REQUIRED,
 }
 
 

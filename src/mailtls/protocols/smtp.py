@@ -43,7 +43,6 @@ from mailtls.protocols.common import (
     input_timer,
     mechanism_allowed,
     mechanism_label,
-    mechanisms,
     set_timer,
 )
 from mailtls.protocols.flow import AttackFlow, AuthReply, Phase, StarttlsReply, Wording
@@ -161,6 +160,7 @@ Handler = Callable[["SmtpCore", str], None]
 class SmtpCore(AttackFlow):
     """One SMTP connection, server side. ``handle(event)`` -> commands for the shell."""
 
+    PROTOCOL = "smtp"
     WORDING = Wording(
         tls_unavailable=R.S454_TLS_NA,
         too_many_errors=R.S421_TOO_MANY_ERRORS,
@@ -238,6 +238,9 @@ class SmtpCore(AttackFlow):
 
     def _auth_reply(self, kind: AuthReply) -> bytes:
         return _AUTH_REPLIES[kind]
+
+    def _forged_answer(self, tag: str) -> bytes:
+        return R.forged_ehlo(self._ctx.hostname)
 
     def _logged_in(self, decision: AuthDecision | None) -> None:
         self._auth = decision
@@ -342,7 +345,7 @@ class SmtpCore(AttackFlow):
         self._out.record(ClientIdentified("ehlo", truncate(name)))
         self._greeted = True
         self._reset_transaction()
-        mechs = mechanisms(self._tls)
+        mechs = self._offered_mechanisms()
         starttls = self._starttls_offered()
         self._out.record(CapabilitiesSent(starttls, mechs, self._tls))
         self._out.reply(R.ehlo(self._ctx.hostname, self._limits.message_bytes, starttls, mechs))
@@ -395,6 +398,9 @@ class SmtpCore(AttackFlow):
             self._error("syntax", R.S501_SYNTAX_AUTH)
             return
         refusal = self._auth_refusal(mech)
+        if refusal is None and self._login_refused():
+            self._refuse_login(mech, initial)
+            return
         if refusal is not None:
             self._record_refused(mech, initial)
             self._error("auth_refused", refusal)
@@ -535,4 +541,5 @@ _AUTH_REPLIES: Final = {
     AuthReply.FAILED: R.S535_AUTH_INVALID,
     AuthReply.CANCELLED: R.S501_AUTH_ABORTED,
     AuthReply.MALFORMED: R.S501_AUTH_DECODE,
+    AuthReply.TLS_REQUIRED: R.S530_STARTTLS_FIRST,
 }
