@@ -14,7 +14,9 @@ from mailtls import __version__
 from mailtls.settings import Settings
 from mailtls.web.api import ApiContext, EventSource, Manager, build_router
 from mailtls.web.clientaddr import parse_networks
+from mailtls.web.faults import add_fault_handlers
 from mailtls.web.ratelimit import RateLimiter
+from mailtls.web.streams import StreamHub
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -94,12 +96,14 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
         trusted=parse_networks(settings.trusted_proxies),
         create_limiter=RateLimiter(rate_per_minute=10, burst=20),
         ipv6_prefix=settings.binding.ipv6_prefix,
+        streams=StreamHub(settings.web.streams_per_run, settings.web.streams_total),
     )
     app.state.api = ctx
     app.state.settings = settings
     for key, value in extra.items():
         setattr(app.state, key, value)
     app.include_router(build_router(ctx))
+    add_fault_handlers(app)
     app.add_middleware(BodyLimit)
 
     @app.middleware("http")
