@@ -54,6 +54,7 @@ def main(settings: Settings) -> int:
 async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     import uvicorn
 
+    from mailtls.net.endpoints import RunListeners
     from mailtls.net.listeners import MailServer, raise_nofile_limit
     from mailtls.net.pki import PkiError, ensure_certificates
     from mailtls.protocols.imap import ImapCore
@@ -103,6 +104,14 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         print(f"mailtls: error: {exc}", file=sys.stderr)
         return 1
 
+    run_listeners = RunListeners(
+        server.listener, settings.listen, freebind=settings.endpoints.freebind
+    )
+    if settings.endpoints.enabled:
+        _check_descriptors(settings, nofile)
+    manager.set_endpoint_listeners(run_listeners)
+    releaser = asyncio.create_task(_release_periodically(manager))
+
     app = create_app(settings, manager, store, mail_server=server)
     config = uvicorn.Config(
         app,
@@ -138,6 +147,9 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     done, _ = await asyncio.wait({web_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
     pruner.cancel()
+    releaser.cancel()
+    manager.set_endpoint_listeners(None)
+    run_listeners.close_all()
     await server.close()
     web.should_exit = True
     if not web_task.done():
@@ -149,10 +161,47 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     return 0
 
 
+RELEASE_EVERY = 5.0  # seconds between looks for runs whose endpoints go back to the pool
+DESCRIPTOR_RESERVE = 1024  # kept for connections, the journal, the index and the web app
+
+
+async def _release_periodically(manager: Any) -> None:
+    while True:
+        await asyncio.sleep(RELEASE_EVERY)
+        try:
+            manager.release_endpoints()
+        except Exception:  # the next round tries again
+            log.exception("releasing run endpoints failed")
+
+
+def _check_descriptors(settings: Settings, nofile: int) -> None:
+    ep = settings.endpoints
+    per_run = 1 if ep.prefix else len(settings.listen)
+    need = ep.max_runs * 6 * per_run + settings.connections.total + DESCRIPTOR_RESERVE
+    if need > nofile:
+        log.warning(
+            "open-file limit %d is below what %d runs with their own endpoints and %d "
+            "connections may need (%d); lower endpoints.max_runs or raise the limit",
+            nofile,
+            ep.max_runs,
+            settings.connections.total,
+            need,
+        )
+
+
 def _print_banner(settings: Settings, server: Any, certs: Any, loop_kind: str) -> None:
     lines = [f"mailtls serving (event loop: {loop_kind}, data: {settings.data_dir})"]
     for line in server.addresses():
         lines.append(f"  {line}")
+    ep = settings.endpoints
+    if ep.enabled and ep.prefix:
+        lines.append(f"  run endpoints  an address of {ep.prefix} and <label>.{ep.zone} per run")
+    elif ep.enabled:
+        lines.append(
+            f"  run endpoints  ports {ep.port_first}-{ep.port_last} (up to {ep.max_runs} runs)"
+        )
+    else:
+        lines.append("  run endpoints  off: connections are bound by client address")
     lines.append(f"  web + API    {settings.http_url}/  (OpenAPI: {settings.http_url}/api/docs)")
     ca = getattr(certs, "ca", None)
     if ca:

@@ -5,7 +5,9 @@
 - ``Api``: create a run, start/finish a step, read the run, its events, its SSE stream, its result
   page and exports. Runs are created from rotating 127.0.x.y source addresses because creation is
   rate limited per address; steps are always started from 127.0.0.1, the address the clients
-  connect from (newest binding wins, so every test starts its own step before its clients run).
+  connect from. Each run has its own endpoints (the pool is on, as by default): the clients take
+  the run's ports from the API's ``account`` (``ServeInstance.port_for``); servers started with
+  endpoints off bind by address (newest binding wins, so every test starts its own step first).
 - Reference clients from the standard library (``smtplib``, ``imaplib``, ``poplib``): an
   opportunistic one (STARTTLS only when advertised) and a strict one (always STARTTLS, stop when
   it fails), each bounded by socket timeouts.
@@ -94,6 +96,7 @@ class Api:
             )
         assert resp.status_code == 201, resp.text
         view = resp.json()
+        self.inst.remember(view)
         return Run(
             id=view["id"],
             code=view["code"],
@@ -227,7 +230,7 @@ def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: 
     """
     ctx = tls_context(inst)
     try:
-        s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=CLIENT_TIMEOUT)
+        s = smtplib.SMTP(HOST, inst.port_for(user, "smtp_submission"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
     try:
@@ -253,7 +256,7 @@ def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: 
 def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
     ctx = tls_context(inst)
     try:
-        m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=CLIENT_TIMEOUT)
+        m = imaplib.IMAP4(HOST, inst.port_for(user, "imap"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
     try:
@@ -278,7 +281,7 @@ def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: 
 def pop3_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
     ctx = tls_context(inst)
     try:
-        p = poplib.POP3(HOST, inst.ports["pop3"], timeout=CLIENT_TIMEOUT)
+        p = poplib.POP3(HOST, inst.port_for(user, "pop3"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
     try:
