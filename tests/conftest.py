@@ -48,8 +48,8 @@ import time  # noqa: E402
 import urllib.request  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 PORT_NAMES = (
     "smtp_mx",
@@ -114,11 +114,15 @@ class ServeInstance:
 
     def port_for(self, username: str, kind: str) -> int:
         """The run's own port of ``kind`` for the account, else the shared one."""
+        return self.ports_for(username)[kind]
+
+    def ports_for(self, username: str) -> dict[str, int]:
+        """``ports`` with the run's own endpoints in place of the shared ones."""
         local = username.split("@", 1)[0].strip().lower()
-        return self.accounts.get(local, {}).get(kind) or self.ports[kind]
+        return {**self.ports, **self.accounts.get(local, {})}
 
     def remember(self, view: dict[str, Any]) -> None:
-        """Note a run's endpoints from the API's ``account`` (per protocol: host, port, security)."""
+        """Note a run's endpoints from the API's ``account`` (protocol: host, port, security)."""
         account = view["account"]
         names = {("smtp", "starttls"): "smtp_submission", ("smtp", "tls"): "smtp_tls"}
         ports: dict[str, int] = {}

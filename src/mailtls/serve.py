@@ -111,6 +111,12 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         _check_descriptors(settings, nofile)
     manager.set_endpoint_listeners(run_listeners)
     releaser = asyncio.create_task(_release_periodically(manager))
+    try:
+        dns = await _start_dns(settings, manager)
+    except OSError as exc:
+        store.close()
+        print(f"mailtls: error: cannot answer DNS: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
     app = create_app(settings, manager, store, mail_server=server)
     config = uvicorn.Config(
@@ -150,6 +156,8 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     releaser.cancel()
     manager.set_endpoint_listeners(None)
     run_listeners.close_all()
+    if dns is not None:
+        dns.close()
     await server.close()
     web.should_exit = True
     if not web_task.done():
@@ -163,6 +171,26 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
 
 RELEASE_EVERY = 5.0  # seconds between looks for runs whose endpoints go back to the pool
 DESCRIPTOR_RESERVE = 1024  # kept for connections, the journal, the index and the web app
+
+
+async def _start_dns(settings: Settings, manager: Any) -> Any:
+    """The zone's authoritative responder (``[dns]`` with ``endpoints.zone``), or None."""
+    if not settings.dns.port:
+        return None
+    from mailtls.dnszone import Zone, ZoneConfig
+    from mailtls.net.dns import DnsResponder
+
+    zone = Zone(ZoneConfig.from_settings(settings), manager.endpoints_by_label)
+    responder = DnsResponder(
+        zone.respond,
+        settings.dns.listen or settings.listen,
+        settings.dns.port,
+        queries_per_second=settings.dns.queries_per_second,
+        tcp_connections=settings.dns.tcp_connections,
+        ipv6_prefix=settings.binding.ipv6_prefix,
+    )
+    await responder.start()
+    return responder
 
 
 async def _release_periodically(manager: Any) -> None:
@@ -202,6 +230,9 @@ def _print_banner(settings: Settings, server: Any, certs: Any, loop_kind: str) -
         )
     else:
         lines.append("  run endpoints  off: connections are bound by client address")
+    if settings.dns.port:
+        where = ", ".join(settings.dns.listen or settings.listen)
+        lines.append(f"  DNS          {ep.zone} on {where} port {settings.dns.port} (UDP, TCP)")
     lines.append(f"  web + API    {settings.http_url}/  (OpenAPI: {settings.http_url}/api/docs)")
     ca = getattr(certs, "ca", None)
     if ca:
