@@ -49,10 +49,13 @@ CLIENT_TIMEOUT = 8.0
 
 @contextlib.contextmanager
 def serving(
-    data_dir: Path, config_extra: str = "", limits: dict[str, float | int] | None = None
+    data_dir: Path,
+    config_extra: str = "",
+    limits: dict[str, float | int] | None = None,
+    endpoints: dict[str, Any] | None = None,
 ) -> Iterator[ServeInstance]:
     """A running server for the block; stopped (SIGTERM) afterwards."""
-    inst = start_serve(data_dir, config_extra, limits=limits)
+    inst = start_serve(data_dir, config_extra, limits=limits, endpoints=endpoints)
     try:
         yield inst
     finally:
@@ -124,6 +127,7 @@ class Api:
         resp = self.http.get(f"{self.base}/runs/{run.id}")
         assert resp.status_code == 200, resp.text
         data: dict[str, Any] = resp.json()
+        self.inst.remember(data)  # a restarted server has the run's endpoints from its journal
         return data
 
     def step(self, run: Run, n: int = 1) -> dict[str, Any]:
