@@ -14,7 +14,8 @@ Names of the zone (``Z``; a run's host name is ``<label>.Z``):
 SRV services: RFC 6186 ``_submission``, ``_imap``, ``_pop3`` and RFC 8314 ``_submissions``,
 ``_imaps``, ``_pop3s``. Anything else in the zone is NXDOMAIN (with the SOA), a name outside
 it REFUSED, a query that is not a standard one-question query FORMERR or NOTIMP, and a message
-that does not parse gets no answer. Pure: no I/O, no clock; the runs come in through ``lookup(label)``.
+that does not parse gets no answer. Pure: no I/O, no clock; the runs come in through
+``lookup(label)``.
 """
 
 from __future__ import annotations
