@@ -99,7 +99,47 @@ class Connections:
     per_ip: int = 50
     total: int = 20000
     accept_rate: float = 0.0  # new connections per second per listener, 0 = unlimited
-    exempt: tuple[str, ...] = ()  # networks exempt from the per-address limit (load tests)
+    exempt: tuple[str, ...] = ()  # networks exempt from the per-address limits (labs, load tests)
+    fd_reserve: int = 256  # descriptors kept for the journal, index, certificates and threads
+
+
+@dataclass(frozen=True)
+class Log:
+    """What ``serve`` logs while it works (``serve --quiet`` turns both off)."""
+
+    activity: bool = True  # one line per run event (created, step started/armed/finished)
+    status_seconds: float = 60.0  # a status line this often; 0 = never
+
+
+@dataclass(frozen=True)
+class RunCreation:
+    """How many runs one address (an IPv6 prefix) may create: a token bucket. Networks in
+    ``connections.exempt`` are not limited (a lab scripting a client matrix)."""
+
+    rate_per_minute: float = 10.0  # refill
+    burst: int = 20  # runs created at once before the refill rate applies
+
+
+@dataclass(frozen=True)
+class Web:
+    """The HTTP side: read timeouts, connection caps, live streams."""
+
+    header_seconds: float = 10.0  # a request's headers must arrive within this
+    body_seconds: float = 30.0  # and its body within this after the headers
+    idle_seconds: float = 30.0  # an idle keep-alive connection is closed after this
+    per_ip: int = 32  # open HTTP connections per client address (IPv6: per prefix)
+    total: int = 2048  # open HTTP connections in all (kept apart from the mail listeners')
+    streams_per_run: int = 4  # live event streams (SSE) per run (more: 429)
+    streams_total: int = 1000  # live event streams in all (more: 503)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The data disk: a free-space floor, and the index queue."""
+
+    min_free_mb: int = 256  # below this: unbound traffic is not recorded, new runs are refused
+    check_seconds: float = 5.0  # how often free space is checked (and a low-space line logged)
+    index_queue: int = 20000  # records queued for the index in memory (more wait in the journal)
 
 
 @dataclass(frozen=True)
@@ -118,9 +158,13 @@ class Settings:
     tls: Tls = field(default_factory=Tls)
     binding: Binding = field(default_factory=Binding)
     connections: Connections = field(default_factory=Connections)
+    web: Web = field(default_factory=Web)
+    storage: Storage = field(default_factory=Storage)
     endpoints: Endpoints = field(default_factory=Endpoints)
     dns: Dns = field(default_factory=Dns)
     limits: Limits = field(default_factory=Limits)
+    run_creation: RunCreation = field(default_factory=RunCreation)
+    log: Log = field(default_factory=Log)
 
     @property
     def http_url(self) -> str:
@@ -226,6 +270,10 @@ def _validate(settings: Settings) -> None:
         value = getattr(settings.ports, port.name)
         if not 0 <= value <= 65535:
             raise SettingsError(f"bad value for ports.{port.name}: {value} (0-65535)")
+    if settings.run_creation.rate_per_minute < 0 or settings.run_creation.burst < 1:
+        raise SettingsError(
+            "bad value for run_creation: rate_per_minute must be >= 0 and burst >= 1"
+        )
     _validate_endpoints(settings)
     if not 0 <= settings.binding.ipv6_prefix <= 128:
         raise SettingsError(f"bad value for binding.ipv6_prefix: {settings.binding.ipv6_prefix}")
