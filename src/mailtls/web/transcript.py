@@ -3,8 +3,9 @@
 The verdict uses every event of the connections bound to a step. What is *shown* is narrower:
 client-supplied strings (transcript lines, EHLO/ID values, usernames, addresses) of a connection
 appear only if that connection presented the run's session code or was bound exactly (the run's
-own endpoint) and presented no other run's code. Other bound connections appear reduced to neutral facts (type, protocol,
-port, time, TLS state), so two users behind one NAT never see each other's strings. The shareable
+own endpoint) and presented no other run's code. Other bound connections appear reduced to
+neutral facts (type, protocol, port, time, TLS state), so two users behind one NAT never see each
+other's strings. The shareable
 view (``share=True``) additionally hides addresses, EHLO and ID strings on every event.
 """
 
