@@ -51,6 +51,7 @@ class Browserless:
         assert resp.status_code == 303, resp.text
         run_id = resp.headers["location"].rsplit("/", 1)[1]
         view = self.http.get(f"/api/runs/{run_id}").json()
+        self.inst.remember(view)
         account = view["account"]
         return WebRun(run_id, account["username"], account["password"], view["links"]["result"])
 
@@ -161,6 +162,18 @@ def test_autoconfig_and_autodiscover_point_at_the_servers(
     assert found["IMAP"] == (ports["imap"], "TLS")  # Autodiscover's "TLS" is STARTTLS
     assert found["POP3"] == (ports["pop3"], "TLS")
     assert found["SMTP"] == (ports["smtp_submission"], "TLS")
+    # a run's username: its own endpoints, in all three formats
+    run = web.create(protocol="imap")
+    own = serve.ports_for(run.user)
+    assert own["imap"] != ports["imap"]
+    xml = web.http.get("/mail/config-v1.1.xml", params={"emailaddress": run.user}).text
+    assert f"<port>{own['imap']}</port>" in xml and f"<port>{own['imap_tls']}</port>" in xml
+    assert (
+        f"<port>{own['smtp_submission']}</port>" in xml and "<port>" + str(ports["imap"]) not in xml
+    )
+    assert f"<Port>{own['imap']}</Port>" in _autodiscover(web, run.user).text
+    profile = web.http.get(f"/run/{run.id}/account.mobileconfig").content
+    assert f"<integer>{own['imap']}</integer>".encode() in profile
 
 
 def test_autoconfig_is_404_while_an_immediate_attack_step_is_active(web: Browserless) -> None:
@@ -282,7 +295,10 @@ def test_implicit_tls_client_is_told_to_skip_steps_that_cannot_apply(
     run = web.create()
     web.step(run, 1, "start")
     with imaplib.IMAP4_SSL(
-        "127.0.0.1", serve.ports["imap_tls"], ssl_context=tls_context(serve), timeout=6
+        "127.0.0.1",
+        serve.port_for(run.user, "imap_tls"),
+        ssl_context=tls_context(serve),
+        timeout=6,
     ) as m:
         m.login(run.user, run.password)
     assert web.step(run, 1, "finish").status_code == 303

@@ -2,9 +2,10 @@
 
 The verdict uses every event of the connections bound to a step. What is *shown* is narrower:
 client-supplied strings (transcript lines, EHLO/ID values, usernames, addresses) of a connection
-appear only if that connection presented the run's session code or was bound exactly (a
-dedicated listener). Other bound connections appear reduced to neutral facts (type, protocol,
-port, time, TLS state), so two users behind one NAT never see each other's strings. The shareable
+appear only if that connection presented the run's session code or was bound exactly (the run's
+own endpoint) and presented no other run's code. Other bound connections appear reduced to
+neutral facts (type, protocol, port, time, TLS state), so two users behind one NAT never see each
+other's strings. The shareable
 view (``share=True``) additionally hides addresses, EHLO and ID strings on every event.
 """
 
@@ -57,6 +58,7 @@ NEUTRAL_KEYS = frozenset(
 )
 SHARE_HIDDEN = frozenset({"client", "cport", "value", "line", "username", "run", "code"})
 RUN_RECORD_HIDDEN = frozenset({"addresses", "address", "client", "clients"})
+EXACT = frozenset({"endpoint", "dedicated"})  # binding sources that name the run exactly
 
 
 def _binding_source(record: dict[str, Any]) -> str | None:
@@ -72,8 +74,13 @@ def visible_events(
 ) -> list[dict[str, Any]]:
     """Filter and reduce a run's records for display, ordered by id."""
     records = sorted({int(r["id"]): r for r in records}.values(), key=lambda r: int(r["id"]))
+    # exact: the run's own endpoint, unless the connection presented another run's code (a
+    # user who typed someone else's port must not show their strings to that run's owner)
+    foreign = {r.get("conn") for r in records if r.get("code") not in (None, code)}
     owned_conns = {
-        r.get("conn") for r in records if r.get("code") == code or _binding_source(r) == "dedicated"
+        r.get("conn")
+        for r in records
+        if r.get("code") == code or (_binding_source(r) in EXACT and r.get("conn") not in foreign)
     }
     out: list[dict[str, Any]] = []
     for r in records:
