@@ -150,8 +150,8 @@ def test_thunderbird(
         username=run.username,
         password=run.password,
         incoming=case.incoming,
-        incoming_port=inst.ports[case.incoming],
-        smtp_port=inst.ports["smtp_submission"],
+        incoming_port=inst.port_for(run.username, case.incoming),  # the run's own endpoints
+        smtp_port=inst.port_for(run.username, "smtp_submission"),
         socket=case.socket,
     )
     port = free_ports(1)[0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -80,11 +81,12 @@ PREFS: dict[str, bool | int | str] = {
     "security.OCSP.enabled": 0,
     "security.remote_settings.crlite_filters.enabled": False,
     "security.remote_settings.intermediates.enabled": False,
-    "marionette.prefs.recommended": False,
 }
 
 
 # --- the screen -------------------------------------------------------------------------------
+
+XVFB_ARGS = ("-screen", "0", "1280x1024x24", "-nolisten", "tcp")
 
 
 class Screen:
@@ -94,16 +96,7 @@ class Screen:
         read, write = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [
-                    xvfb,
-                    "-displayfd",
-                    str(write),
-                    "-screen",
-                    "0",
-                    "1280x1024x24",
-                    "-nolisten",
-                    "tcp",
-                ],
+                [xvfb, "-displayfd", str(write), *XVFB_ARGS],
                 pass_fds=(write,),
                 stdout=log.open("ab"),
                 stderr=subprocess.STDOUT,
@@ -111,8 +104,9 @@ class Screen:
             )
         finally:
             os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            number = pipe.readline().strip()  # Xvfb writes it once it accepts clients
+        with os.fdopen(read, "rb") as pipe:  # Xvfb writes the number once it accepts clients
+            ready, _, _ = select.select([pipe], [], [], START_TIMEOUT)
+            number = pipe.readline(16).strip() if ready else b""
         if not number.isdigit():
             self.close()
             raise RuntimeError(f"Xvfb did not start: {log.read_text(errors='replace')[-2000:]}")
@@ -311,19 +305,6 @@ const [done] = arguments;
 done(window.__mailtlsSend || null);
 """
 
-_REMOVE_ACCOUNT = """
-const [key, done] = arguments;
-const account = MailServices.accounts.getAccount(key);
-const identity = account.defaultIdentity;
-const smtpKey = identity && identity.smtpServerKey;
-MailServices.accounts.removeAccount(account, true);
-if (smtpKey) {
-  const smtp = MailServices.outgoingServer.getServerByKey(smtpKey);
-  if (smtp) MailServices.outgoingServer.deleteServer(smtp);
-}
-done("removed");
-"""
-
 _VERSION = """
 const [done] = arguments;
 done(Services.appinfo.name + " " + Services.appinfo.version);
@@ -331,7 +312,8 @@ done(Services.appinfo.name + " " + Services.appinfo.version);
 
 
 class Thunderbird:
-    """A running Thunderbird on ``screen`` with ``profile``; use as a context manager."""
+    """A running Thunderbird on ``screen`` with ``profile``, in chrome context; ``close()``
+    quits it and kills its process group."""
 
     def __init__(
         self, binary: str, profile: Path, port: int, screen: Screen, home: Path, log: Path
@@ -348,6 +330,7 @@ class Thunderbird:
         }
         self.log = log
         self.dialogs: list[str] = []  # texts of the dialogs Thunderbird showed, in order
+        self._open_noted = False
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -400,30 +383,27 @@ class Thunderbird:
                 self.proc.wait(timeout=10)
         _kill_group(self.proc)
 
-    def __enter__(self) -> Thunderbird:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- what a user does ---------------------------------------------------------------------
 
     def _script(self, script: str, *args: Any) -> Any:
         self._note_dialog()
+        self._open_noted = False  # Marionette accepts the open dialog before this command
         return self.marionette.execute_async(script, list(args))
 
     def _note_dialog(self) -> None:
+        if self._open_noted:
+            return
         try:
             result = self.marionette.command("WebDriver:GetAlertText")
         except (MarionetteError, OSError):  # "no such alert", or Thunderbird is gone
             return
         self.dialogs.append(str(result.get("value") if isinstance(result, dict) else result))
+        self._open_noted = True
 
     def dialogs_now(self) -> list[str]:
-        """The dialogs shown so far (the one open now included; it stays open)."""
+        """The texts of the dialogs shown so far, the one open now included (it stays open)."""
         self._note_dialog()
-        seen, self.dialogs = list(self.dialogs), []
-        return seen
+        return list(self.dialogs)
 
     def version(self) -> str:
         return str(self._script(_VERSION))
@@ -448,6 +428,3 @@ class Thunderbird:
     def send_state(self) -> Any:
         """What Thunderbird's send listener heard so far (None before it started)."""
         return self._script(_SEND_STATE)
-
-    def remove_account(self, key: str) -> None:
-        self._script(_REMOVE_ACCOUNT, key)
