@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-START_TIMEOUT = 60.0  # Thunderbird takes 10-20 s to start on an idle machine, more on a busy one
+START_TIMEOUT = 45.0  # Thunderbird takes 3-20 s to start, more on a busy machine
 COMMAND_TIMEOUT = 30.0
 
 # prefs of a profile nobody has used: no first-run UI, no network but the mail servers
