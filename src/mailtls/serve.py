@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from typing import Any
 
+from mailtls.findings import EXIT_CANNOT_RUN, EXIT_USAGE
 from mailtls.settings import Settings
 
 log = logging.getLogger("mailtls.serve")
@@ -73,12 +75,16 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     manager = RunManager(store, settings, load_or_create_key(data_dir))
     manager.load()
     store.subscribe(manager.on_record)
+    from mailtls.serve_log import Activity
+
+    activity = Activity(settings.log)
+    store.subscribe(activity.on_record)
     try:
         certs = ensure_certificates(settings)
     except PkiError as exc:
         store.close()
         print(f"mailtls: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     server = MailServer(
         settings,
         certs=certs,
@@ -94,14 +100,16 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     manager.set_kicker(lambda run_id, why: loop.call_soon_threadsafe(server.kick_run, run_id, why))
     try:
         await server.start()
+        http_socket = bind_http(settings)  # before the banner: a busy port is one line
     except OSError as exc:
+        await server.close()
         store.close()
         print(f"mailtls: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_RUN
     except PkiError as exc:  # the certificate files do not load
         store.close()
         print(f"mailtls: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
 
     app = create_app(settings, manager, store, mail_server=server)
     config = uvicorn.Config(
@@ -131,13 +139,15 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
 
     loop.add_signal_handler(signal.SIGHUP, reload_tls)
     pruner = asyncio.create_task(prune_periodically(store, settings.retention_days))
-    web_task = asyncio.create_task(web.serve())
+    web_task = asyncio.create_task(web.serve(sockets=[http_socket]))
+    status_task = asyncio.create_task(activity.report_every(lambda: server.open_connections))
     await asyncio.sleep(0)
     _print_banner(settings, server, certs, loop_kind)
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({web_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
     pruner.cancel()
+    status_task.cancel()
     await server.close()
     web.should_exit = True
     if not web_task.done():
@@ -147,6 +157,23 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         log.error("web server failed: %s", web_task.exception())
         return 1
     return 0
+
+
+def bind_http(settings: Settings) -> socket.socket:
+    """The web app's listening socket, bound here so that a busy port fails before anything
+    is announced (uvicorn would log it from a task, as a traceback)."""
+    host, port = settings.listen[0], settings.ports.http
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{exc.strerror} (web app on {host}:{port})") from None
+    return sock
 
 
 def _print_banner(settings: Settings, server: Any, certs: Any, loop_kind: str) -> None:

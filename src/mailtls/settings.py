@@ -65,7 +65,24 @@ class Connections:
     per_ip: int = 50
     total: int = 20000
     accept_rate: float = 0.0  # new connections per second per listener, 0 = unlimited
-    exempt: tuple[str, ...] = ()  # networks exempt from the per-address limit (load tests)
+    exempt: tuple[str, ...] = ()  # networks exempt from the per-address limits (labs, load tests)
+
+
+@dataclass(frozen=True)
+class Log:
+    """What ``serve`` logs while it works (``serve --quiet`` turns both off)."""
+
+    activity: bool = True  # one line per run event (created, step started/armed/finished)
+    status_seconds: float = 60.0  # a status line this often; 0 = never
+
+
+@dataclass(frozen=True)
+class RunCreation:
+    """How many runs one address (an IPv6 prefix) may create: a token bucket. Networks in
+    ``connections.exempt`` are not limited (a lab scripting a client matrix)."""
+
+    rate_per_minute: float = 10.0  # refill
+    burst: int = 20  # runs created at once before the refill rate applies
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,8 @@ class Settings:
     binding: Binding = field(default_factory=Binding)
     connections: Connections = field(default_factory=Connections)
     limits: Limits = field(default_factory=Limits)
+    run_creation: RunCreation = field(default_factory=RunCreation)
+    log: Log = field(default_factory=Log)
 
     @property
     def http_url(self) -> str:
@@ -190,5 +209,9 @@ def _validate(settings: Settings) -> None:
         value = getattr(settings.ports, port.name)
         if not 0 <= value <= 65535:
             raise SettingsError(f"bad value for ports.{port.name}: {value} (0-65535)")
+    if settings.run_creation.rate_per_minute < 0 or settings.run_creation.burst < 1:
+        raise SettingsError(
+            "bad value for run_creation: rate_per_minute must be >= 0 and burst >= 1"
+        )
     if not 0 <= settings.binding.ipv6_prefix <= 128:
         raise SettingsError(f"bad value for binding.ipv6_prefix: {settings.binding.ipv6_prefix}")

@@ -114,7 +114,7 @@ class ApiContext:
     def creation_allowed(self, request: Request) -> bool:
         """The run creation limit, per address; an IPv6 prefix (like a binding) is one."""
         ip = self.client_ip(request)
-        return self.create_limiter.allow(address_key(ip, self.ipv6_prefix) or ip)
+        return self.create_limiter.allow(address_key(ip, self.ipv6_prefix) or ip, address=ip)
 
     def run_or_404(self, run_id: str) -> Any:
         try:

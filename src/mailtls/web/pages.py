@@ -32,7 +32,7 @@ from fastapi.templating import Jinja2Templates
 
 from mailtls.runs.codes import parse_code
 from mailtls.settings import Settings
-from mailtls.web import csrf, guide
+from mailtls.web import csrf, guide, results
 from mailtls.web.api import ApiContext
 from mailtls.web.autoconfig import (
     MAX_AUTODISCOVER_BYTES,
@@ -43,7 +43,9 @@ from mailtls.web.autoconfig import (
     mozilla_autoconfig,
     parse_autodiscover_request,
 )
+from mailtls.web.fixes import APPS
 from mailtls.web.lookup import RunIndex, share_token
+from mailtls.web.outcomes import OUTCOMES, step_outcome
 from mailtls.web.transcript import visible_events
 
 HERE = Path(__file__).parent
@@ -96,7 +98,7 @@ def minutes_left(epoch: Any, now: float | None = None) -> int:
 
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(guide=guide)
+    templates.env.globals.update(guide=guide, outcome=step_outcome, OUTCOMES=OUTCOMES)
     templates.env.filters.update(clock=clock_text, date=date_text, minutes_left=minutes_left)
     return templates
 
@@ -132,6 +134,10 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def landing(request: Request) -> Response:
         return render(request, "index.html", private=False, testcases=guide.TESTCASE_TITLE)
+
+    @app.get("/help/fix", response_class=HTMLResponse, include_in_schema=False)
+    def fix_page(request: Request) -> Response:
+        return render(request, "fix.html", private=False, apps=APPS)
 
     @app.post("/start", include_in_schema=False)
     async def start(request: Request) -> Response:
@@ -291,8 +297,10 @@ def _register_results(
             token=token,
             share_link=f"/s/{share_token(token)}" if not share else None,
             printing=request.query_params.get("print") == "1",
-            rows=guide.result_rows(view["steps"], guide.transcripts(events)),
-            summary=guide.summary(view["steps"]),
+            rows=results.rows(view["steps"], guide.transcripts(events)),
+            headline=results.headline(view["steps"]),
+            advice=results.advice(view["steps"], view.get("protocol")),
+            apps=APPS,
         )
 
     def json_export(run: Any, view: dict[str, Any], share: bool) -> Response:
