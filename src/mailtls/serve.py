@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -65,13 +66,16 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     from mailtls.runs.keys import load_or_create_key
     from mailtls.runs.manager import RunManager
     from mailtls.store import Store
+    from mailtls.store.space import check_free_space, watch_free_space
     from mailtls.web.app import create_app
+    from mailtls.web.httpguard import guarded_protocol, http_cap
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     nofile = raise_nofile_limit()
-    log.info("open-file limit: %d", nofile)
-    store = Store(data_dir, fsync=settings.fsync)
+    settings = share_descriptors(settings, nofile)
+    store = Store(data_dir, fsync=settings.fsync, index_queue=settings.storage.index_queue)
+    check_free_space(store, settings.storage.min_free_mb)  # before the first connection
     manager = RunManager(store, settings, load_or_create_key(data_dir))
     manager.load()
     store.subscribe(manager.on_record)
@@ -113,7 +117,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
 
     app = create_app(settings, manager, store, mail_server=server)
     config = uvicorn.Config(
-        app,
+        http_cap(app, settings),
         host=settings.listen[0],
         port=settings.ports.http,
         log_level="warning",
@@ -121,6 +125,8 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         loop="none",
         access_log=False,
         server_header=False,
+        http=guarded_protocol(settings),
+        timeout_keep_alive=int(settings.web.idle_seconds),
     )
     web = uvicorn.Server(config)
     # this process owns SIGINT/SIGTERM/SIGHUP (below); uvicorn must not capture them
@@ -139,6 +145,9 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
 
     loop.add_signal_handler(signal.SIGHUP, reload_tls)
     pruner = asyncio.create_task(prune_periodically(store, settings.retention_days))
+    floor = asyncio.create_task(
+        watch_free_space(store, settings.storage.min_free_mb, settings.storage.check_seconds)
+    )
     web_task = asyncio.create_task(web.serve(sockets=[http_socket]))
     status_task = asyncio.create_task(activity.report_every(lambda: server.open_connections))
     await asyncio.sleep(0)
@@ -148,6 +157,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     log.info("shutting down")
     pruner.cancel()
     status_task.cancel()
+    floor.cancel()
     await server.close()
     web.should_exit = True
     if not web_task.done():
@@ -174,6 +184,30 @@ def bind_http(settings: Settings) -> socket.socket:
         sock.close()
         raise OSError(exc.errno, f"{exc.strerror} (web app on {host}:{port})") from None
     return sock
+
+
+def share_descriptors(settings: Settings, nofile: int) -> Settings:
+    """Size the mail and web connection caps so that both fit under the open-file limit with
+    ``connections.fd_reserve`` to spare: a saturated web side never starves the mail listeners
+    of descriptors, nor the reverse."""
+    mail, web = settings.connections.total, settings.web.total
+    budget = max(2, nofile - settings.connections.fd_reserve)
+    if mail + web > budget:
+        web = max(1, min(web, budget // 4))
+        mail = max(1, budget - web)
+        log.warning(
+            "open-file limit %d: mail connections capped at %d, web connections at %d",
+            nofile,
+            mail,
+            web,
+        )
+        settings = dataclasses.replace(
+            settings,
+            connections=dataclasses.replace(settings.connections, total=mail),
+            web=dataclasses.replace(settings.web, total=web),
+        )
+    log.info("open-file limit %d: up to %d mail and %d web connections", nofile, mail, web)
+    return settings
 
 
 def _print_banner(settings: Settings, server: Any, certs: Any, loop_kind: str) -> None:

@@ -66,6 +66,7 @@ class Connections:
     total: int = 20000
     accept_rate: float = 0.0  # new connections per second per listener, 0 = unlimited
     exempt: tuple[str, ...] = ()  # networks exempt from the per-address limits (labs, load tests)
+    fd_reserve: int = 256  # descriptors kept for the journal, index, certificates and threads
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,28 @@ class RunCreation:
 
 
 @dataclass(frozen=True)
+class Web:
+    """The HTTP side: read timeouts, connection caps, live streams."""
+
+    header_seconds: float = 10.0  # a request's headers must arrive within this
+    body_seconds: float = 30.0  # and its body within this after the headers
+    idle_seconds: float = 30.0  # an idle keep-alive connection is closed after this
+    per_ip: int = 32  # open HTTP connections per client address (IPv6: per prefix)
+    total: int = 2048  # open HTTP connections in all (kept apart from the mail listeners')
+    streams_per_run: int = 4  # live event streams (SSE) per run (more: 429)
+    streams_total: int = 1000  # live event streams in all (more: 503)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The data disk: a free-space floor, and the index queue."""
+
+    min_free_mb: int = 256  # below this: unbound traffic is not recorded, new runs are refused
+    check_seconds: float = 5.0  # how often free space is checked (and a low-space line logged)
+    index_queue: int = 20000  # records queued for the index in memory (more wait in the journal)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("var")
     listen: tuple[str, ...] = ("127.0.0.1",)
@@ -101,6 +124,8 @@ class Settings:
     tls: Tls = field(default_factory=Tls)
     binding: Binding = field(default_factory=Binding)
     connections: Connections = field(default_factory=Connections)
+    web: Web = field(default_factory=Web)
+    storage: Storage = field(default_factory=Storage)
     limits: Limits = field(default_factory=Limits)
     run_creation: RunCreation = field(default_factory=RunCreation)
     log: Log = field(default_factory=Log)

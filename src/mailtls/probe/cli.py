@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _detect_all(host: str, ports: list[int], timeout: float) -> list[Target]:
     """Read each unknown port's protocol from its greeting; say what was found (stderr)."""
+    from mailtls.probe.conn import resolve
     from mailtls.probe.detect import detect
-    from mailtls.probe.session import resolve
 
     family, address = resolve(host)[0]
     found: list[Target] = []
@@ -155,8 +155,8 @@ def _detect_all(host: str, ports: list[int], timeout: float) -> list[Target]:
 
 def _hint_serve_defaults(host: str, timeout: float, ports: str = SERVE_DEFAULT_PORTS) -> None:
     """Every standard port was refused: is this `mailtls serve` on its own default ports?"""
+    from mailtls.probe.conn import resolve
     from mailtls.probe.detect import listening
-    from mailtls.probe.session import resolve
 
     serve_ports = parse_ports(ports)
     try:

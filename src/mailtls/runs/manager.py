@@ -42,6 +42,7 @@ from mailtls.runs.model import (
     Run,
     RunError,
     RunNotFound,
+    RunsRefused,
     Step,
     StepNotFound,
     StepState,
@@ -98,6 +99,11 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def delete_run(self, run_id: str, *, code: str | None = None) -> int: ...
+
+    @property
+    def low_space(self) -> bool:
+        """Below the data disk's free-space floor (new runs are refused)."""
+        ...
 
 
 def _binding_of(record: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -227,8 +233,11 @@ class RunManager:
         plan: str | None = None,
         protocol: str | None = None,
     ) -> Run:
+        """Raises ``RunsRefused`` while the data disk is below its free-space floor."""
         specs = resolve_plan(steps, plan)
         protocol = check_protocol(protocol)
+        if self._store.low_space:
+            raise RunsRefused("the data disk is nearly full; new runs are refused for now")
         with self._locked():
             run_id = new_run_id()
             while run_id in self._runs:
@@ -346,15 +355,24 @@ class RunManager:
     def delete(self, run_id: str) -> int:
         """Delete the run and every record of it; returns how many records the store removed.
 
-        ``run_deleted`` is journalled first: should the store fail to compact (or the process
-        die during it), the run stays deleted and ``load()`` finishes the deletion at the next
-        start. When it succeeds, no record of the run is left (not even that one), nor any event
-        that presented its code.
-        """
+        ``mark_deleted`` then ``purge``: the run is gone at once, its records after the
+        compaction (which runs outside the lock: mail connections keep being accepted)."""
+        return self.purge(*self.mark_deleted(run_id))
+
+    def mark_deleted(self, run_id: str) -> tuple[str, str]:
+        """Journal ``run_deleted`` (the run is gone from now on); returns (run id, code) for
+        ``purge``. Should the purge fail (or the process die before it), the run stays deleted
+        and ``load()`` finishes the deletion at the next start."""
         with self._locked():
             run = self._get(run_id)
             self._journal({"type": "run_deleted", "run": run.id, "at": self._clock()})
-            return self._store.delete_run(run.id, code=run.code)
+            return run.id, run.code
+
+    def purge(self, run_id: str, code: str) -> int:
+        """Remove every record of a deleted run (not even ``run_deleted`` stays), every event
+        that presented its code and the connections that did; slow: call it from a worker
+        thread. Not under the lock: ``binder``/``authenticate`` go on meanwhile."""
+        return self._store.delete_run(run_id, code=code)
 
     # --- the mail servers' side ----------------------------------------------------------------
 

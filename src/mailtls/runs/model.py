@@ -46,6 +46,10 @@ class StepStateError(RunError):
     """The step is not in a state that allows the operation (e.g. finishing a skipped step)."""
 
 
+class RunsRefused(RuntimeError):
+    """New runs are refused for now (the data disk is below its free-space floor)."""
+
+
 class RunNotFound(KeyError):
     """No such run (or it was deleted)."""
 

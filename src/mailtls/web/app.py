@@ -15,7 +15,9 @@ from mailtls.settings import Settings
 from mailtls.web import apidocs
 from mailtls.web.api import ApiContext, EventSource, Manager, build_router
 from mailtls.web.clientaddr import parse_networks
+from mailtls.web.faults import add_fault_handlers
 from mailtls.web.ratelimit import RateLimiter
+from mailtls.web.streams import StreamHub
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -99,6 +101,7 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
             exempt=parse_networks(settings.connections.exempt),
         ),
         ipv6_prefix=settings.binding.ipv6_prefix,
+        streams=StreamHub(settings.web.streams_per_run, settings.web.streams_total),
     )
     app.state.api = ctx
     app.state.settings = settings
@@ -106,6 +109,7 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
         setattr(app.state, key, value)
     app.include_router(build_router(ctx))
     apidocs.register(app, "/api/openapi.json")
+    add_fault_handlers(app)
     app.add_middleware(BodyLimit)
 
     @app.middleware("http")

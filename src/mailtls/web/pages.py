@@ -242,8 +242,10 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
     @app.post("/run/{run_id}/delete", include_in_schema=False)
     async def delete_run(request: Request, run_id: str) -> Response:
         await csrf.verify(request)
-        ctx.run_or_404(run_id)
-        manager.delete(run_id)
+        try:
+            await ctx.deletions.submit(run_id)  # its records are removed in the background
+        except LookupError:
+            raise HTTPException(status_code=404, detail="no such run") from None
         return render(request, "deleted.html")
 
     @app.get("/run/{run_id}/account.mobileconfig", include_in_schema=False)
