@@ -57,6 +57,7 @@ def main(settings: Settings) -> int:
 async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     import uvicorn
 
+    from mailtls.net.endpoints import RunListeners
     from mailtls.net.listeners import MailServer, raise_nofile_limit
     from mailtls.net.pki import PkiError, ensure_certificates
     from mailtls.protocols.imap import ImapCore
@@ -115,6 +116,20 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
         print(f"mailtls: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    run_listeners = RunListeners(
+        server.listener, settings.listen, freebind=settings.endpoints.freebind
+    )
+    manager.set_endpoint_listeners(run_listeners)
+    releaser = asyncio.create_task(_release_periodically(manager))
+    try:
+        dns = await _start_dns(settings, manager)
+    except OSError as exc:
+        run_listeners.close_all()
+        await server.close()
+        store.close()
+        print(f"mailtls: error: cannot answer DNS: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+
     app = create_app(settings, manager, store, mail_server=server)
     config = uvicorn.Config(
         http_cap(app, settings),
@@ -158,6 +173,11 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     pruner.cancel()
     status_task.cancel()
     floor.cancel()
+    releaser.cancel()
+    manager.set_endpoint_listeners(None)
+    run_listeners.close_all()
+    if dns is not None:
+        dns.close()
     await server.close()
     web.should_exit = True
     if not web_task.done():
@@ -189,9 +209,12 @@ def bind_http(settings: Settings) -> socket.socket:
 def share_descriptors(settings: Settings, nofile: int) -> Settings:
     """Size the mail and web connection caps so that both fit under the open-file limit with
     ``connections.fd_reserve`` to spare: a saturated web side never starves the mail listeners
-    of descriptors, nor the reverse."""
+    of descriptors, nor the reverse. The runs' own listening sockets (``endpoints``) come off
+    the budget first."""
     mail, web = settings.connections.total, settings.web.total
-    budget = max(2, nofile - settings.connections.fd_reserve)
+    ep = settings.endpoints
+    listeners = ep.max_runs * 6 * (1 if ep.prefix else len(settings.listen)) if ep.enabled else 0
+    budget = max(2, nofile - settings.connections.fd_reserve - listeners)
     if mail + web > budget:
         web = max(1, min(web, budget // 4))
         mail = max(1, budget - web)
@@ -210,10 +233,54 @@ def share_descriptors(settings: Settings, nofile: int) -> Settings:
     return settings
 
 
+RELEASE_EVERY = 5.0  # seconds between looks for runs whose endpoints go back to the pool
+
+
+async def _start_dns(settings: Settings, manager: Any) -> Any:
+    """The zone's authoritative responder (``[dns]`` with ``endpoints.zone``), or None."""
+    if not settings.dns.port:
+        return None
+    from mailtls.dnszone import Zone, ZoneConfig
+    from mailtls.net.dns import DnsResponder
+
+    zone = Zone(ZoneConfig.from_settings(settings), manager.endpoints_by_label)
+    responder = DnsResponder(
+        zone.respond,
+        settings.dns.listen or settings.listen,
+        settings.dns.port,
+        queries_per_second=settings.dns.queries_per_second,
+        tcp_connections=settings.dns.tcp_connections,
+        ipv6_prefix=settings.binding.ipv6_prefix,
+    )
+    await responder.start()
+    return responder
+
+
+async def _release_periodically(manager: Any) -> None:
+    while True:
+        await asyncio.sleep(RELEASE_EVERY)
+        try:
+            manager.release_endpoints()
+        except Exception:  # the next round tries again
+            log.exception("releasing run endpoints failed")
+
+
 def _print_banner(settings: Settings, server: Any, certs: Any, loop_kind: str) -> None:
     lines = [f"mailtls serving (event loop: {loop_kind}, data: {settings.data_dir})"]
     for line in server.addresses():
         lines.append(f"  {line}")
+    ep = settings.endpoints
+    if ep.enabled and ep.prefix:
+        lines.append(f"  run endpoints  an address of {ep.prefix} and <label>.{ep.zone} per run")
+    elif ep.enabled:
+        lines.append(
+            f"  run endpoints  ports {ep.port_first}-{ep.port_last} (up to {ep.max_runs} runs)"
+        )
+    else:
+        lines.append("  run endpoints  off: connections are bound by client address")
+    if settings.dns.port:
+        where = ", ".join(settings.dns.listen or settings.listen)
+        lines.append(f"  DNS          {ep.zone} on {where} port {settings.dns.port} (UDP, TCP)")
     lines.append(f"  web + API    {settings.http_url}/  (OpenAPI: {settings.http_url}/api/docs)")
     ca = getattr(certs, "ca", None)
     if ca:

@@ -92,6 +92,7 @@ class Step:
     finished: float | None = None
     activated: float | None = None
     reports: UserReports = field(default_factory=UserReports)
+    binding: str = "address"  # how its connections were bound: "endpoint" or "address"
     collisions: list[Collision] = field(default_factory=list)
     # logins with the run's code on connections not bound to this run: (event id, connection id)
     mismatches: list[tuple[int, str | int]] = field(default_factory=list)
@@ -115,6 +116,7 @@ class Run:
     steps: list[Step]
     deleted: bool = False
     login_addresses: list[str] = field(default_factory=list)
+    last_activity: float = 0.0  # the newest run record's time (endpoints of idle runs go back)
 
     def step(self, n: int) -> Step:
         if 1 <= n <= len(self.steps):
