@@ -123,6 +123,23 @@ TESTCASES: dict[str, TestcaseText] = {
         "A safe app gives up; an unsafe one may try again without encryption.",
         retry=True,
     ),
+    "starttls_required": TestcaseText(
+        "Extra attack: encryption offer removed from a careful server",
+        "The server itself refuses logins without encryption, but the attacker hides its offer "
+        "to encrypt. A safe app stops; an unsafe one sends the password anyway, before the "
+        "server can refuse it.",
+    ),
+    "preauth": TestcaseText(
+        "Extra attack: already logged in (IMAP PREAUTH)",
+        "The attacker greets your app as if it were already logged in, so that it never "
+        "switches on encryption; the attacker could then read and change your mail. A safe app "
+        "disconnects.",
+    ),
+    "inject": TestcaseText(
+        "Extra attack: forged answer slipped in",
+        "Just as encryption starts, the attacker slips in a forged answer, as if from the "
+        "server. A safe app ignores everything that arrived before encryption.",
+    ),
 }
 
 
