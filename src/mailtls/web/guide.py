@@ -21,6 +21,9 @@ TESTCASE_TITLE = {
     "t2": "Attack 2: encryption start broken",
     "t3": "Attack 3: encryption refused",
     "t4": "Attack 4: encrypted connection broken",
+    "starttls_required": "More tests: a careful server behind the attacker",
+    "preauth": "More tests: 'already logged in' without encryption (IMAP)",
+    "inject": "More tests: forged answer slipped in before encryption",
 }
 SCENARIO_TITLE = {"immediate": "New account", "two_phase": "Existing account"}
 TESTCASE_EXPLAIN = {
@@ -40,6 +43,22 @@ TESTCASE_EXPLAIN = {
     "t4": (
         "Encryption starts, then the attacker interrupts it with an unencrypted error. "
         "A safe app gives up; an unsafe one may try again without encryption."
+    ),
+    "starttls_required": (
+        "The attacker hides the offer to encrypt, but the real server behind it says it accepts "
+        "logins only with encryption. A safe app notices and does not send the password; an "
+        "unsafe one sends it anyway, before the server can even answer. (Receiving mail over "
+        "POP3 has no such signal: this test covers sending (SMTP) and IMAP only.)"
+    ),
+    "preauth": (
+        "The attacker greets your app with 'you are already logged in', without encryption. "
+        "A safe app disconnects; an unsafe one opens your mailbox in the clear, where the "
+        "attacker can read and change your mail. (IMAP only.)"
+    ),
+    "inject": (
+        "The server agrees to encrypt, and the attacker slips a forged answer in just before "
+        "encryption starts. A safe app throws the forged answer away; an unsafe one believes it "
+        "as if it came over the encrypted connection."
     ),
 }
 SCENARIO_EXPLAIN = {
@@ -103,6 +122,24 @@ REASON_TEXT = {
         "The attack never became active: your app did not log in securely first, or did not "
         "connect again afterwards."
     ),
+    "testcase_not_applicable": (
+        "This test does not apply to this protocol; the server behaved normally for it."
+    ),
+    "credentials_before_530": (
+        "Unsafe: your app sent its password before the server could say that encryption is "
+        "required."
+    ),
+    "ignored_logindisabled": (
+        "Unsafe: the server said 'no login without encryption', and your app sent the password "
+        "anyway."
+    ),
+    "preauth_plaintext": (
+        "Unsafe: your app used a mailbox session without encryption; an attacker could read "
+        "and change your mail."
+    ),
+    "response_injection": (
+        "Unsafe: your app believed a forged answer that was slipped in before encryption started."
+    ),
 }
 FINDING_TEXT = {
     "plaintext_auth": "Password sent without encryption.",
@@ -125,6 +162,21 @@ FINDING_TEXT = {
     ),
     "binding_mismatch": "A login came from a connection not attached to this step.",
     "loop": "Your app reconnected again and again without logging in.",
+    "credentials_before_530": (
+        "Your app sent its password with the very first login line, before the server could "
+        "answer that encryption is required (SMTP 530)."
+    ),
+    "ignored_logindisabled": (
+        "Your app logged in although the server announced LOGINDISABLED (no login without "
+        "encryption)."
+    ),
+    "preauth_plaintext": (
+        "Your app opened or changed mailboxes in a session that was never encrypted (IMAP PREAUTH)."
+    ),
+    "response_injection": (
+        "Your app used a forged answer sent in the clear right before encryption started "
+        "(STARTTLS response injection)."
+    ),
 }
 
 
