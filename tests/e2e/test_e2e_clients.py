@@ -106,7 +106,7 @@ def test_curl(inst: ServeInstance, api: Api, protocol: str, flag: str, testcase:
     argv = [curl, "-sS", "--max-time", "15", flag, "--cacert", str(inst.ca)]
     argv += [
         "--user",
-        f"{run.username}:canary-pw",
+        f"{run.username}:{run.password}",
         "--url",
         CURL_URLS[protocol].format(**inst.ports),
     ]
@@ -147,7 +147,7 @@ def test_swaks(inst: ServeInstance, api: Api, flag: str, testcase: str) -> None:
     run = new_step(api, testcase)
     argv = [swaks, "--server", "127.0.0.1", "--port", str(inst.ports["smtp_submission"])]
     argv += [flag, "--tls-verify", "--tls-ca-path", str(inst.ca), "--timeout", "10"]
-    argv += ["-a", "PLAIN", "-au", run.username, "-ap", "canary-pw"]
+    argv += ["-a", "PLAIN", "-au", run.username, "-ap", run.password]
     argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]
     out = run_tool(argv, timeout=30)
     step = api.finish(run)
@@ -197,7 +197,7 @@ def mutt_session(inst: ServeInstance, run: Run, home: Path, settings: str) -> by
     rc = write_private(
         home / "muttrc",
         f'set imap_user="{run.username}"\n'
-        'set imap_pass="canary-pw"\n'
+        f'set imap_pass="{run.password}"\n'
         f'set folder="imap://127.0.0.1:{inst.ports["imap"]}/" spoolfile="+INBOX"\n'
         'set record="" header_cache="" message_cachedir=""\n'
         f'set certificate_file="{home}/certs" ssl_verify_host=no\n'
@@ -260,7 +260,7 @@ def fetchmail_poll(inst: ServeInstance, run: Run, home: Path, protocol: str = "i
         "set no bouncemail\n"
         f"poll 127.0.0.1 service {inst.ports[protocol]} protocol {protocol.upper()} auth password"
         f" timeout {DISRUPTED_SECONDS + 10}\n"
-        f'  user "{run.username}" there with password "canary-pw" is "nobody" here\n'
+        f'  user "{run.username}" there with password "{run.password}" is "nobody" here\n'
         '  no sslcertck keep fetchall mda "/bin/true"\n',
     )
     env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
@@ -333,7 +333,7 @@ def test_getmail_plain_mode_fails_in_baseline(
     rc = write_private(
         home / "getmailrc",
         f"[retriever]\ntype = {retriever}\nserver = 127.0.0.1\n"
-        f"port = {inst.ports[protocol]}\nusername = {run.username}\npassword = canary-pw\n"
+        f"port = {inst.ports[protocol]}\nusername = {run.username}\npassword = {run.password}\n"
         f"timeout = 10\n\n[destination]\ntype = Maildir\npath = {home}/Maildir/\n\n"
         "[options]\nverbose = 2\nread_all = false\ndelete = false\n",
     )

@@ -50,6 +50,7 @@ from mailtls.protocols.base import (
     Closed,
     Command,
     Connected,
+    Credential,
     DataReceived,
     Event,
     Kicked,
@@ -259,10 +260,12 @@ class SecretScanner:
             user, password = astring(cmd.args[0]), astring(cmd.args[1])
             if user is None or password is None:
                 return []
-            decision = login or self._ctx.authenticator(decode(user))
+            decision = login or self._ctx.authenticator(Credential(decode(user), password))
             tls, outcome = self._tls, self._outcome
-            display, code = decision.display, decision.code
-            return [AuthAttempted(LOGIN_MECHANISM, display, code, tls, True, not tls, outcome)]
+            display, code, proof = decision.display, decision.code, decision.proof
+            return [
+                AuthAttempted(LOGIN_MECHANISM, display, code, tls, True, not tls, outcome, proof)
+            ]
         if cmd.name != "AUTHENTICATE" or not 1 <= len(cmd.args) <= 2:
             return []
         mechanism = astring(cmd.args[0])
@@ -526,7 +529,7 @@ class ImapCore:
         if isinstance(parsed, ImapCommand) and parsed.name == "LOGIN" and len(parsed.args) == 2:
             user, password = astring(parsed.args[0]), astring(parsed.args[1])
             if user is not None and password is not None:
-                turn.login = self._ctx.authenticator(decode(user))
+                turn.login = self._ctx.authenticator(Credential(decode(user), password))
                 return f"{parsed.tag} LOGIN {turn.login.display} {redacted_line(len(password))}"
         words = raw.lines[0].rstrip(b" ").split(b" ")
         first = [w.upper() for w in words[:2]]
@@ -675,6 +678,7 @@ class ImapCore:
             sent,
             sent and not tls,
             outcome,
+            decision is not None and decision.proof,
         )
 
     def _cmd_login(self, cmd: ImapCommand, turn: _Turn) -> None:

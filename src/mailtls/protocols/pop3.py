@@ -56,6 +56,7 @@ from mailtls.protocols.base import (
     Closed,
     Command,
     Connected,
+    Credential,
     DataReceived,
     Event,
     Kicked,
@@ -209,12 +210,13 @@ class _Line:
 class CredentialScanner:
     """Finds credentials in POP3 lines that get no reply (pipelined after STLS, the t4 first
     command, the disrupted state): ``USER``, ``PASS``, ``AUTH <mech> <initial>`` and the SASL
-    lines after it. Implements ``common.SecretScanner``; ``user`` carries a USER across."""
+    lines after it. Implements ``common.SecretScanner``; ``user`` carries a USER's name across
+    (in memory only, for the ``PASS`` that follows)."""
 
     __slots__ = ("_ctx", "_flow", "_outcome", "_tls", "user")
 
     def __init__(
-        self, ctx: SessionContext, tls: bool, outcome: str, user: AuthDecision | None = None
+        self, ctx: SessionContext, tls: bool, outcome: str, user: str | None = None
     ) -> None:
         self._ctx = ctx
         self._tls = tls
@@ -229,13 +231,17 @@ class CredentialScanner:
             return self.finish()
         cmd = _Line.parse(line)
         if cmd.verb == "USER" and cmd.arg.strip():
-            self.user = decision = self._ctx.authenticator(cmd.arg.strip())
+            self.user = cmd.arg.strip()
+            decision = self._ctx.authenticator(Credential(self.user))
             return [UsernameSent(decision.display, decision.code, self._tls)]
         if cmd.verb == "PASS" and cmd.raw_arg:
-            d = self.user or _NOBODY
-            tls = self._tls
+            user = self.user
+            d = _NOBODY if user is None else self._ctx.authenticator(Credential(user, cmd.raw_arg))
+            tls, outcome = self._tls, self._outcome
             return [
-                AuthAttempted(USER_MECHANISM, d.display, d.code, tls, True, not tls, self._outcome)
+                AuthAttempted(
+                    USER_MECHANISM, d.display, d.code, tls, True, not tls, outcome, d.proof
+                )
             ]
         args = cmd.args
         if cmd.verb == "AUTH" and 1 <= len(args) <= 2 and args[0].upper() in RECOGNISED:
@@ -299,7 +305,7 @@ class Pop3Core:
         self._disrupted: Disrupted | None = None
         self._errors = 0
         self._auth_failures = 0
-        self._user: AuthDecision | None = None  # after USER, until PASS
+        self._user: str | None = None  # the USER name (in memory), until PASS
         self._flow: SaslFlow | None = None  # the AUTH exchange in progress
         self._decided: tuple[str, AuthDecision] | None = None
 
@@ -505,17 +511,19 @@ class Pop3Core:
         name = cmd.arg.strip()
         if not name:
             return self._error("syntax", ERR_USER_SYNTAX)
-        self._user = decision = self._decide(name)
+        self._user = name
+        decision = self._decide(name)
         sent = UsernameSent(decision.display, decision.code, self._tls)
         return [Record(sent), Send(line(OK_USER))]
 
     def _pass(self, cmd: _Line) -> list[Command]:
         if not cmd.raw_arg:
             return self._error("syntax", ERR_PASS_SYNTAX)
-        decision, self._user = self._user, None
-        if decision is None:
+        name, self._user = self._user, None
+        if name is None:
             attempt = self._attempt(USER_MECHANISM, _NOBODY, True, "refused")
             return [Record(attempt), *self._error("bad_sequence", ERR_NO_USER)]
+        decision = self._ctx.authenticator(Credential(name, password=cmd.raw_arg))
         ok = decision.ok
         attempt = self._attempt(USER_MECHANISM, decision, True, SUCCESS if ok else FAILURE)
         return [Record(attempt), *(self._logged_in() if ok else self._auth_failed())]
@@ -645,13 +653,14 @@ class Pop3Core:
             secret_sent=secret_sent,
             secret_in_clear=secret_sent and not self._tls,
             outcome=outcome,
+            proof=decision.proof,
         )
 
     def _decide(self, username: str) -> AuthDecision:
         """Ask the authenticator once per username (transcript and handler both need it)."""
         if self._decided is not None and self._decided[0] == username:
             return self._decided[1]
-        decision = self._ctx.authenticator(username)
+        decision = self._ctx.authenticator(Credential(username))
         self._decided = (username, decision)
         return decision
 

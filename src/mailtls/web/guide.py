@@ -124,6 +124,11 @@ FINDING_TEXT = {
         "but it reached the login. Check your answer; the server's observation counts."
     ),
     "binding_mismatch": "A login came from a connection not attached to this step.",
+    "username_misused": (
+        "Someone else used your test username with a wrong password (it travels unencrypted "
+        "during the tests, so anyone on the path can read it). This does not count as your "
+        "app's result."
+    ),
     "loop": "Your app reconnected again and again without logging in.",
 }
 
