@@ -51,7 +51,7 @@ def one_session(
     user, password = run.username, run.password
     ctx = tls_context(inst)
     if protocol == "smtp":
-        s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=5)
+        s = smtplib.SMTP(HOST, inst.port_for(user, "smtp_submission"), timeout=5)
         assert s.sock is not None
         cport = s.sock.getsockname()[1]
         try:
@@ -66,7 +66,7 @@ def one_session(
         finally:
             s.close()
     elif protocol == "imap":
-        m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=5)
+        m = imaplib.IMAP4(HOST, inst.port_for(user, "imap"), timeout=5)
         try:
             greeted.append((protocol, m.sock.getsockname()[1]))
             if tls:
@@ -78,7 +78,7 @@ def one_session(
             with contextlib.suppress(OSError):  # logout closed it already
                 m.shutdown()
     else:
-        p = poplib.POP3(HOST, inst.ports["pop3"], timeout=5)
+        p = poplib.POP3(HOST, inst.port_for(user, "pop3"), timeout=5)
         try:
             greeted.append((protocol, p.sock.getsockname()[1]))
             if tls:
@@ -219,9 +219,9 @@ def test_run_state_survives_kill_9(tmp_path: Path) -> None:
     third = start_serve(data, ports=first.ports)
     try:
         api = Api(third)
-        assert smtp_client(third, run.username, run.password, False).startswith(
-            "stopped:"
-        )  # t3 refuses
+        api.get(run)
+        # t3 refuses
+        assert smtp_client(third, run.username, run.password, False).startswith("stopped:")
         step = api.finish(run, 2)
         assert verdict(step) == ("INCONCLUSIVE", "aborted_after_downgrade")
         assert step["protocols"]["smtp"]["connections"] == 1

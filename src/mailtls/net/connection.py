@@ -148,9 +148,11 @@ def batch_sink(sink: Sink) -> Callable[[list[dict[str, Any]]], object]:
     return each
 
 
-def policy_for(binding: Binding | None) -> TestCase:
+def policy_for(binding: Binding | None, protocol: str) -> TestCase:
+    """The policy of an accepted connection: its step's test case where that applies to the
+    protocol (``TestCase.serving``), else the honest baseline."""
     if binding is not None and binding.active:
-        return TESTCASES.get(binding.testcase, BASELINE)
+        return TESTCASES.get(binding.testcase, BASELINE).serving(protocol)
     return BASELINE
 
 
@@ -179,6 +181,14 @@ def observation_fields(o: Observation) -> dict[str, Any]:
     if names is None:
         return o.as_fields()
     return {name: getattr(o, name) for name in names}
+
+
+SINK_FAILURE_LOG_SECONDS = 60.0
+_sink_failure_logged = -SINK_FAILURE_LOG_SECONDS
+
+
+def _discard(records: object) -> None:
+    """The sink of a connection whose records can no longer be written."""
 
 
 class MailConnection(asyncio.BufferedProtocol):
@@ -268,6 +278,8 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._open(transport)
             self._uncork()
+        except OSError as exc:
+            self._cannot_record(exc)
         except Exception:
             log.exception("connection setup failed")
             self._abort("error")
@@ -293,7 +305,7 @@ class MailConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         host.register(self)
-        self.policy = policy_for(self.binding)
+        self.policy = policy_for(self.binding, spec.protocol)
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self._record(
             obs.ConnectionOpened(
@@ -325,11 +337,34 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._received(_READ_VIEW[:nbytes])
             self._uncork()
+        except OSError as exc:
+            self._cannot_record(exc)
         except Exception:
             log.exception("connection %s failed", self.conn_id)
             self._abort("error")
         finally:
             self._out = self._recs = None
+
+    def _cannot_record(self, exc: OSError) -> None:
+        """The sink cannot record (the store raises an ``OSError`` such as ENOSPC when the disk
+        is full): the client gets the protocol's temporary-failure goodbye (SMTP 421, IMAP
+        BYE, POP3 -ERR) instead of a bare close, and nothing more is recorded for it."""
+        global _sink_failure_logged
+        now = time.monotonic()
+        if now - _sink_failure_logged >= SINK_FAILURE_LOG_SECONDS:
+            _sink_failure_logged = now
+            log.error("cannot record mail connections (%s); answering a temporary failure", exc)
+        self._sink = self._sink_many = _discard
+        self._out, self._recs = [], []
+        if self._core is None or not self._connected or self._closing:
+            self._abort("error")
+            return
+        try:
+            self._dispatch(Kicked("cannot record now (disk full); try again later"), "error")
+            self._uncork()
+        except Exception:
+            log.exception("connection %s failed", self.conn_id)
+            self._abort("error")
 
     def _flush_records(self) -> None:
         """Hand the corked records to the sink (a subscriber may add more: loop)."""
@@ -365,6 +400,8 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._lost(exc)
             self._flush_records()
+        except OSError:  # the sink cannot record (disk full): already said, once
+            pass
         except Exception:
             log.exception("connection %s failed when closed", self.conn_id)
         finally:
