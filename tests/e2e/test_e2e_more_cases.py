@@ -194,7 +194,7 @@ STDLIB_EXPECTED = {
 @pytest.mark.parametrize(("protocol", "testcase", "strict"), sorted(STDLIB_EXPECTED))
 def test_stdlib(api: Api, inst: ServeInstance, protocol: str, testcase: str, strict: bool) -> None:
     run = new_step(api, testcase)
-    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", strict)
+    outcome = CLIENTS[protocol](inst, run.username, run.password, strict)
     step = api.finish(run)
     assert verdict(step) == STDLIB_EXPECTED[protocol, testcase, strict], outcome
     if verdict(step)[0] == "FAIL" and testcase != "inject":

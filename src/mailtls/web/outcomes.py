@@ -192,6 +192,11 @@ FINDINGS: dict[str, FindingText] = {
         "but it reached the login. Check your answer; the server's observation counts."
     ),
     "binding_mismatch": FindingText("A login came from a connection not attached to this step."),
+    "username_misused": FindingText(
+        "Someone else used your test username with a wrong password (it travels unencrypted "
+        "during the tests, so anyone on the path can read it). This does not count as your "
+        "app's result."
+    ),
     "loop": FindingText("Your app reconnected again and again without logging in."),
     "credentials_before_530": FindingText(
         "Your app sent its password with the very first login line, before the server could "
