@@ -132,6 +132,32 @@ class StarttlsDisrupted(Observation):
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseInjected(Observation):
+    """``inject``: the STARTTLS go-ahead was followed, in the same plaintext write, by a forged
+    answer (``nbytes`` long) to the client's first command inside TLS."""
+
+    TYPE: ClassVar[str] = "response_injected"
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreauthGreeted(Observation):
+    """``preauth``: the IMAP greeting was ``* PREAUTH`` (authenticated without TLS)."""
+
+    TYPE: ClassVar[str] = "preauth_greeted"
+
+
+@dataclass(frozen=True, slots=True)
+class PreauthUsed(Observation):
+    """A mailbox command (``verb``: SELECT, FETCH, APPEND, LIST...) in a session that the
+    ``PREAUTH`` greeting authenticated: the attacker would read or write this mail."""
+
+    TYPE: ClassVar[str] = "preauth_used"
+    verb: str
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PipelinedAfterStarttls(Observation):
     TYPE: ClassVar[str] = "pipelined_after_starttls"
     bytes_discarded: int

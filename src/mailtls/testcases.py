@@ -11,6 +11,19 @@ in its own protocol (SMTP ``454``, IMAP tagged ``NO`` / untagged ``* BAD``, POP3
 - ``implicit_tls()``: ACCEPT connections on implicit-TLS ports, or BLOCK them (t1–t3) so that
   clients are pushed onto the STARTTLS ports.
 
+and, for the cases beyond T1–T4:
+
+- ``plaintext_login()``: ALLOW a login before TLS, or REFUSE it as a careful server behind a
+  stripping attacker does (``starttls_required``: IMAP ``LOGINDISABLED``, SMTP ``530``);
+- ``preauth()``: greet IMAP clients with ``* PREAUTH`` (authenticated in the clear, so STARTTLS
+  is no longer allowed);
+- ``inject_response()``: follow the STARTTLS go-ahead, in the same plaintext segment, with a
+  forged answer to the client's first command inside TLS (``inject``).
+
+``protocols`` names the protocols a case applies to; elsewhere the honest baseline is served
+(``serving(protocol)``). ``cleartext_finding`` names, per protocol, the finding a secret sent in
+the clear under the case is reported as (besides ``plaintext_auth``).
+
 Each subclass overrides only what differs from the honest ``Baseline``. Refusing a STARTTLS that
 was not advertised is the cores' rule, not a policy's.
 """
@@ -18,7 +31,11 @@ was not advertised is the cores' rule, not a policy's.
 from __future__ import annotations
 
 import enum
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar, Final
+
+ALL_PROTOCOLS: Final = frozenset({"smtp", "imap", "pop3"})
 
 
 class StarttlsAction(enum.Enum):
@@ -37,6 +54,11 @@ class ImplicitTls(enum.Enum):
     BLOCK = "block"
 
 
+class PlaintextLogin(enum.Enum):
+    ALLOW = "allow"
+    REFUSE = "refuse"
+
+
 class BlockStyle(enum.StrEnum):
     """How a blocked implicit-TLS port behaves; ``SILENCE`` is what an on-path attacker does."""
 
@@ -53,6 +75,8 @@ class TestCase:
     __test__ = False  # not a pytest class
     name: ClassVar[str] = "baseline"
     summary: ClassVar[str] = "honest server: STARTTLS offered and honoured"
+    protocols: ClassVar[frozenset[str]] = ALL_PROTOCOLS
+    cleartext_finding: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def offer_starttls(self) -> bool:
         return True
@@ -65,6 +89,19 @@ class TestCase:
 
     def implicit_tls(self) -> ImplicitTls:
         return ImplicitTls.ACCEPT
+
+    def plaintext_login(self) -> PlaintextLogin:
+        return PlaintextLogin.ALLOW
+
+    def preauth(self) -> bool:
+        return False
+
+    def inject_response(self) -> bool:
+        return False
+
+    def serving(self, protocol: str) -> TestCase:
+        """The policy a connection of ``protocol`` gets in a step of this case."""
+        return self if protocol in self.protocols else BASELINE
 
     def __repr__(self) -> str:
         return f"<TestCase {self.name}>"
@@ -118,10 +155,73 @@ class DisruptSession(TestCase):
         return AfterTls.DISRUPT_FIRST_COMMAND
 
 
+class StarttlsRequired(TestCase):
+    """The stripping attacker in front of a careful server (NDSS 2025: only 9 of 29 clients
+    honour ``LOGINDISABLED``; 11 of 29 push SMTP credentials before the ``530``)."""
+
+    __slots__ = ()
+    name = "starttls_required"
+    summary = "STARTTLS stripped in front of a server that refuses logins without TLS"
+    protocols = frozenset({"smtp", "imap"})  # POP3 has no standard equivalent
+    cleartext_finding = MappingProxyType(
+        {"smtp": "credentials_before_530", "imap": "ignored_logindisabled"}
+    )
+
+    def offer_starttls(self) -> bool:
+        return False
+
+    def implicit_tls(self) -> ImplicitTls:
+        return ImplicitTls.BLOCK
+
+    def plaintext_login(self) -> PlaintextLogin:
+        return PlaintextLogin.REFUSE
+
+
+class Preauth(TestCase):
+    """EAST (USENIX Security 2021), P_1-P_5: a ``PREAUTH`` greeting keeps a client in
+    plaintext, where the attacker reads and writes its mail."""
+
+    __slots__ = ()
+    name = "preauth"
+    summary = "IMAP greeting PREAUTH: authenticated in the clear, STARTTLS no longer allowed"
+    protocols = frozenset({"imap"})
+
+    def implicit_tls(self) -> ImplicitTls:
+        return ImplicitTls.BLOCK
+
+    def preauth(self) -> bool:
+        return True
+
+
+class InjectResponse(TestCase):
+    """EAST (USENIX Security 2021): 17 of 28 clients accept STARTTLS response injection."""
+
+    __slots__ = ()
+    name = "inject"
+    summary = "STARTTLS go-ahead followed by a forged answer to the first command inside TLS"
+
+    def inject_response(self) -> bool:
+        return True
+
+    def implicit_tls(self) -> ImplicitTls:
+        return ImplicitTls.BLOCK
+
+
 TESTCASES: dict[str, TestCase] = {
     tc.name: tc
-    for tc in (TestCase(), StripStarttls(), BreakHandshake(), RefuseStarttls(), DisruptSession())
+    for tc in (
+        TestCase(),
+        StripStarttls(),
+        BreakHandshake(),
+        RefuseStarttls(),
+        DisruptSession(),
+        StarttlsRequired(),
+        Preauth(),
+        InjectResponse(),
+    )
 }
+STANDARD: Final = ("baseline", "t1", "t2", "t3", "t4")  # the guided run's nine steps use these
+MORE: Final = tuple(name for name in TESTCASES if name not in STANDARD)  # the optional tests
 BASELINE = TESTCASES["baseline"]
 SCENARIOS = ("immediate", "two_phase")
 

@@ -7,6 +7,11 @@ the run's code, and the user's reports; it returns a ``StepResult``: the verdict
 findings (tags with event ids as evidence) and one verdict per protocol.
 
 Rules, per protocol, from the connections whose accept-time binding is this step:
+- FAIL (cases beyond T1-T4, from the policy the connection got): ``credentials_before_530`` /
+  ``ignored_logindisabled`` (a secret sent in the clear although the server said STARTTLS is
+  required), ``preauth_plaintext`` (mailbox commands in a PREAUTH session without TLS),
+  ``response_injection`` (a login inside TLS that followed the forged answer). NOT_APPLICABLE
+  ``testcase_not_applicable`` for a protocol the step's case does not apply to (unless FAIL).
 - FAIL: a secret-carrying message (``auth`` with ``secret_in_clear``) without TLS, by this run's
   account or an unknown username (a typo still leaks the password). FAIL always wins, whatever
   else happened (a skipped step, a prompt, a later TLS login). A login with another run's code
@@ -58,6 +63,10 @@ SEVERITY: dict[Verdict, int] = {
 
 # the order findings are listed in
 TAGS = (
+    "credentials_before_530",
+    "ignored_logindisabled",
+    "preauth_plaintext",
+    "response_injection",
     "plaintext_auth",
     "starttls_not_attempted",
     "username_plaintext",
@@ -246,7 +255,12 @@ class _Evidence:
 
 def _is_attack_event(event: Event) -> bool:
     kind = event.get("type")
-    if kind in ("starttls_disrupted", "implicit_tls_blocked"):
+    if kind in (
+        "starttls_disrupted",
+        "implicit_tls_blocked",
+        "preauth_greeted",
+        "response_injected",
+    ):
         return True
     if kind == "starttls_refused":
         return event.get("reason") in ("testcase", "not_advertised")
@@ -282,6 +296,7 @@ class _ProtocolJudge:
 
     def __init__(self, info: StepInfo, protocol: str, conns: list[_Conn]) -> None:
         self.info = info
+        self.protocol = protocol
         self.bound = [c for c in conns if c.bound]
         self.others = [c for c in conns if not c.bound]
         self.found = _Evidence(protocol)
@@ -336,11 +351,61 @@ class _ProtocolJudge:
             self.mismatched,
         )
         count = len(self.bound)
+        case_failure = self._case_failures()
+        if case_failure is not None:
+            return ProtocolResult(Verdict.FAIL, case_failure, count)
         if failed:
             return ProtocolResult(Verdict.FAIL, "plaintext_auth", count)
         if self.mismatched:
             return ProtocolResult(Verdict.INCONCLUSIVE, "binding_mismatch", count)
         return self._judge_active(loop_connections, loop_seconds)
+
+    def _case_failures(self) -> str | None:
+        """The FAILs of the cases beyond T1-T4, on the active connections of this step (the
+        policy a connection got is its recorded test case); returns the first one's tag."""
+        found: list[str] = []
+        for conn in self.bound:
+            policy = TESTCASES.get(conn.testcase)
+            if not conn.active or policy is None:
+                continue
+            tag = policy.cleartext_finding.get(self.protocol)
+            if tag is not None:
+                clear = [e for e in self._logins(conn, "auth") if e.get("secret_in_clear")]
+                detail = CASE_DETAIL[tag]
+                if clear:
+                    self.found.add(tag, detail, clear)
+                    found.append(tag)
+            if policy.preauth():
+                used = [e for e in conn.of_type("preauth_used") if not e.get("tls")]
+                if used:
+                    self.found.add("preauth_plaintext", CASE_DETAIL["preauth_plaintext"], used)
+                    found.append("preauth_plaintext")
+            if policy.inject_response():
+                used = self._injection_used(conn)
+                if used:
+                    self.found.add("response_injection", CASE_DETAIL["response_injection"], used)
+                    found.append("response_injection")
+        return min(found, key=TAGS.index) if found else None
+
+    def _injection_used(self, conn: _Conn) -> list[Event]:
+        """``inject``: logins inside TLS that show the forged answer was used: a PLAIN login
+        (only the forged answer offered PLAIN), or (SMTP) a login without the client's own EHLO
+        inside TLS."""
+        starts = [_int(e.get("id")) for e in conn.of_type("tls_established")]
+        if not conn.of_type("response_injected") or not starts:
+            return []
+        start = min(starts)
+        greeted = [_int(e.get("id")) for e in conn.of_type("client_identified")]
+        used = []
+        for auth in self._logins(conn, "auth"):
+            at = _int(auth.get("id"))
+            if not auth.get("tls") or at < start:
+                continue
+            plain = auth.get("mechanism") == "PLAIN"
+            no_ehlo = self.protocol == "smtp" and not any(start < g < at for g in greeted)
+            if plain or no_ehlo:
+                used.append(auth)
+        return used
 
     def _collect_bound_findings(self) -> None:
         for conn in self.bound:
@@ -430,6 +495,22 @@ def _report_findings(
     return findings, verdicts
 
 
+# what the findings of the cases beyond T1-T4 mean, for the finding's detail
+CASE_DETAIL = {
+    "credentials_before_530": (
+        "the client sent its password with AUTH before the server could answer that STARTTLS "
+        "is required (530)"
+    ),
+    "ignored_logindisabled": "the client logged in although the server said LOGINDISABLED",
+    "preauth_plaintext": (
+        "the client used a PREAUTH session without TLS (an attacker reads and writes its mail)"
+    ),
+    "response_injection": (
+        "the client used a forged answer injected in the clear after the STARTTLS go-ahead"
+    ),
+}
+
+
 def step_verdict(
     info: StepInfo,
     events: Sequence[Event],
@@ -446,6 +527,13 @@ def step_verdict(
     for protocol in sorted({c.protocol for c in conns}):
         judge = _ProtocolJudge(info, protocol, [c for c in conns if c.protocol == protocol])
         result = judge.judge(loop_connections, loop_seconds)
+        policy = TESTCASES.get(info.testcase)
+        not_applicable = policy is not None and protocol not in policy.protocols
+        if not_applicable and result.verdict is not Verdict.FAIL:
+            # the honest baseline served this protocol: nothing about the case to judge
+            result = ProtocolResult(
+                Verdict.NOT_APPLICABLE, "testcase_not_applicable", len(judge.bound)
+            )
         if judge.bound or judge.mismatched:
             protocols[protocol] = result
         findings.extend(judge.found.findings())

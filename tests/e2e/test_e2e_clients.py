@@ -10,8 +10,9 @@ Each client exercises a different obligation of the servers:
   by itself and logs in without TLS on its second connection.
 - ``getmail6`` ``SimpleIMAPRetriever``/``SimplePOP3Retriever``: never tries STARTTLS at all.
 
-The server here holds disrupted connections (t2/t4) for 3 s instead of 10 s to keep the suite
-fast; nothing else differs from the defaults.
+Every client connects to its run's own endpoints (ports from the API's ``account``), as a user
+copies them from the step page. The server here holds disrupted connections (t2/t4) for 3 s
+instead of 10 s to keep the suite fast; nothing else differs from the defaults.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def test_curl(inst: ServeInstance, api: Api, protocol: str, flag: str, testcase:
         "--user",
         f"{run.username}:canary-pw",
         "--url",
-        CURL_URLS[protocol].format(**inst.ports),
+        CURL_URLS[protocol].format(**inst.ports_for(run.username)),
     ]
     if protocol == "smtp":
         argv += ["--mail-from", "a@example.net", "--mail-rcpt", "b@mailtls.test", "-T", "/dev/null"]
@@ -145,7 +146,8 @@ SWAKS_EXPECTED = {
 def test_swaks(inst: ServeInstance, api: Api, flag: str, testcase: str) -> None:
     swaks = require_tool("swaks")
     run = new_step(api, testcase)
-    argv = [swaks, "--server", "127.0.0.1", "--port", str(inst.ports["smtp_submission"])]
+    port = inst.port_for(run.username, "smtp_submission")
+    argv = [swaks, "--server", "127.0.0.1", "--port", str(port)]
     argv += [flag, "--tls-verify", "--tls-ca-path", str(inst.ca), "--timeout", "10"]
     argv += ["-a", "PLAIN", "-au", run.username, "-ap", "canary-pw"]
     argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]
@@ -198,7 +200,7 @@ def mutt_session(inst: ServeInstance, run: Run, home: Path, settings: str) -> by
         home / "muttrc",
         f'set imap_user="{run.username}"\n'
         'set imap_pass="canary-pw"\n'
-        f'set folder="imap://127.0.0.1:{inst.ports["imap"]}/" spoolfile="+INBOX"\n'
+        f'set folder="imap://127.0.0.1:{inst.port_for(run.username, "imap")}/" spoolfile="+INBOX"\n'
         'set record="" header_cache="" message_cachedir=""\n'
         f'set certificate_file="{home}/certs" ssl_verify_host=no\n'
         "set imap_passive=yes timeout=1 connect_timeout=5 quit=yes\n" + settings,
@@ -258,7 +260,8 @@ def fetchmail_poll(inst: ServeInstance, run: Run, home: Path, protocol: str = "i
     rc = write_private(
         home / "fetchmailrc",
         "set no bouncemail\n"
-        f"poll 127.0.0.1 service {inst.ports[protocol]} protocol {protocol.upper()} auth password"
+        f"poll 127.0.0.1 service {inst.port_for(run.username, protocol)}"
+        f" protocol {protocol.upper()} auth password"
         f" timeout {DISRUPTED_SECONDS + 10}\n"
         f'  user "{run.username}" there with password "canary-pw" is "nobody" here\n'
         '  no sslcertck keep fetchall mda "/bin/true"\n',
@@ -333,7 +336,8 @@ def test_getmail_plain_mode_fails_in_baseline(
     rc = write_private(
         home / "getmailrc",
         f"[retriever]\ntype = {retriever}\nserver = 127.0.0.1\n"
-        f"port = {inst.ports[protocol]}\nusername = {run.username}\npassword = canary-pw\n"
+        f"port = {inst.port_for(run.username, protocol)}\n"
+        f"username = {run.username}\npassword = canary-pw\n"
         f"timeout = 10\n\n[destination]\ntype = Maildir\npath = {home}/Maildir/\n\n"
         "[options]\nverbose = 2\nread_all = false\ndelete = false\n",
     )

@@ -171,9 +171,9 @@ class FakeScanner:
     seen: list[bytes] = field(default_factory=list)
     finished: int = 0
 
-    def line(self, line: bytes) -> list[obs.Observation]:
-        self.seen.append(line)
-        if line.startswith(b"AUTH"):
+    def feed(self, data: bytes) -> list[obs.Observation]:
+        self.seen.append(data)
+        if b"AUTH PLAIN" in data:
             return [obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, "disrupted")]
         return []
 
@@ -182,34 +182,45 @@ class FakeScanner:
         return []
 
 
+def verb(data: bytes) -> str:
+    return first_verb(data, frozenset({"AUTH", "EHLO"}))
+
+
 def test_disrupted_records_chunks_and_secrets_without_replies() -> None:
     scanner = FakeScanner()
-    d = Disrupted(False, 100, scanner, frozenset({"AUTH", "EHLO"}))
+    d = Disrupted(scanner, verb)
     commands = d.handle(DataReceived(b"\x15\x03\x03\x00\x02\x02\x28"))
     assert commands == [Record(obs.DataAfterDisruption(7, True, ""))]
-    commands = d.handle(DataReceived(b"EHLO x\r\nAUTH PL"))
-    commands += d.handle(DataReceived(b"AIN xyz\r\n"))
-    assert not any(isinstance(c, Send) for c in commands)
-    assert scanner.seen == [b"EHLO x", b"AUTH PLAIN xyz"]
-    assert [type(c.observation) for c in commands if isinstance(c, Record)] == [
-        obs.DataAfterDisruption,
-        obs.DataAfterDisruption,
-        obs.AuthAttempted,
+    commands = d.handle(DataReceived(b"EHLO x\r\nAUTH PLAIN xyz\r\n"))
+    assert commands == [
+        Record(obs.DataAfterDisruption(24, False, "EHLO")),
+        Record(obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, "disrupted")),
     ]
+    assert scanner.seen == [b"EHLO x\r\nAUTH PLAIN xyz\r\n"]  # alerts are not scanned
     assert d.handle(Timeout()) == [Close()]
     assert scanner.finished == 1
     assert d.handle(DataReceived(b"more")) == [] and d.data(b"more") == []
 
 
+def test_disrupted_closing_on_data_records_the_first_chunk_then_closes() -> None:
+    scanner = FakeScanner()
+    d = Disrupted(scanner, verb, close_on_data=True)
+    assert d.handle(DataReceived(b"EHLO x\r\n")) == [
+        Record(obs.DataAfterDisruption(8, False, "EHLO")),
+        Close(),
+    ]
+    assert scanner.finished == 1 and d.handle(Timeout()) == []
+
+
 @pytest.mark.parametrize("event", [Closed(), Kicked("bye")])
 def test_disrupted_ends(event: Closed | Kicked) -> None:
-    d = Disrupted(True, 100, FakeScanner(), frozenset())
+    d = Disrupted(FakeScanner(), verb)
     commands = d.handle(event)
     assert commands[-1] == Close() and not any(isinstance(c, Send) for c in commands)
 
 
 def test_disrupted_is_bounded() -> None:
-    d = Disrupted(False, 100, FakeScanner(), frozenset())
+    d = Disrupted(FakeScanner(), verb)
     chunks = 0
     while d.handle(DataReceived(b"x" * 10))[-1] != Close():
         chunks += 1

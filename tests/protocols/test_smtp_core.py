@@ -41,8 +41,9 @@ from mailtls.protocols.base import (
     TlsFailed,
     TlsInfo,
 )
+from mailtls.protocols.flow import Phase
 from mailtls.protocols.smtp import DataBody, SmtpCore, State
-from mailtls.testcases import TESTCASES
+from mailtls.testcases import STANDARD, TESTCASES
 
 HOST = "mx.mailtls.test"
 DOMAIN = "mailtls.test"
@@ -50,7 +51,7 @@ USER = "test-abc123"
 CANARY = "Canary-Pa55w0rd-7f3e9"
 TOKEN = "ya29.CanaryToken-0c1d2e3f"
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256")
-ALL_CASES = list(TESTCASES)
+ALL_CASES = list(STANDARD)  # T1-T4; the other cases have their own tests
 STARTTLS_CASES = [name for name in ALL_CASES if TESTCASES[name].offer_starttls()]
 LIMITS = Limits()
 
@@ -317,35 +318,37 @@ def t2_disrupted() -> Session:
     s.ready()
     commands = s.data(b"STARTTLS\r\n")
     assert sent(commands) == R.S220_READY_TLS
-    assert commands[-2:] == [ReadClientHello(), SetTimer(LIMITS.disrupted_seconds)]
+    assert commands[-2:] == [ReadClientHello(), SetTimer(LIMITS.line_seconds)]
     assert only(commands, obs.StarttlsAccepted) == obs.StarttlsAccepted()
     commands = s.event(ClientHelloReceived(517, True))
     assert sent(commands) == R.S454_TLS_NA and raw(commands) == b""
     disrupted = only(commands, obs.StarttlsDisrupted)
     assert disrupted == obs.StarttlsDisrupted("handshake", 517, True, R.text(R.S454_TLS_NA))
     assert commands[-1] == SetTimer(LIMITS.disrupted_seconds)
-    assert s.core.state is State.DISRUPTED
+    assert s.core.phase is Phase.DISRUPTED
     return s
 
 
-def test_t2_records_alert_and_plaintext_auth_after_disruption() -> None:
+def test_t2_an_alert_after_the_broken_handshake_ends_the_connection() -> None:
     s = t2_disrupted()
     commands = s.data(TLS_ALERT)
-    assert commands == [Record(obs.DataAfterDisruption(len(TLS_ALERT), True, ""))]
-    auth_line = f"AUTH PLAIN {PLAIN_OK}\r\n".encode()
-    chunk = b"EHLO x\r\n" + auth_line
-    commands = s.data(chunk[:20])  # the AUTH line arrives in two pieces
-    commands += s.data(chunk[20:])
+    assert commands == [Record(obs.DataAfterDisruption(len(TLS_ALERT), True, "")), Close()]
+    assert s.event(DataReceived(b"QUIT\r\n")) == [] and s.event(Timeout()) == []
+
+
+def test_t2_plaintext_auth_after_the_broken_handshake_is_recorded_then_closed() -> None:
+    """As a real TLS server behind the attacker: the first bytes that are not a TLS record end
+    the connection, and a secret in them is still the evidence."""
+    s = t2_disrupted()
+    chunk = b"EHLO x\r\n" + f"AUTH PLAIN {PLAIN_OK}\r\n".encode()
+    commands = s.data(chunk)
     assert sent(commands) == b"" and raw(commands) == b""  # no replies while disrupted
-    chunks = records(commands, obs.DataAfterDisruption)
-    assert chunks == [
-        obs.DataAfterDisruption(20, False, "EHLO"),
-        obs.DataAfterDisruption(len(chunk) - 20, False, "?"),
+    assert records(commands, obs.DataAfterDisruption) == [
+        obs.DataAfterDisruption(len(chunk), False, "EHLO")
     ]
     auth = only(commands, obs.AuthAttempted)
     assert auth == obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, "disrupted")
-    assert s.event(Timeout()) == [Close()]
-    assert s.event(DataReceived(b"QUIT\r\n")) == []
+    assert commands[-1] == Close()
 
 
 def test_t2_plaintext_instead_of_client_hello() -> None:
@@ -358,7 +361,7 @@ def test_t2_plaintext_instead_of_client_hello() -> None:
     assert only(commands, obs.DataAfterDisruption).verb == "AUTH"
     # LOGIN's initial response is the username only: no secret, a UsernameSent
     assert records(commands, obs.AuthAttempted) == []
-    assert s.event(Closed()) == [Record(obs.UsernameSent(USER, "abc123", False)), Close()]
+    assert commands[-2:] == [Record(obs.UsernameSent(USER, "abc123", False)), Close()]
 
 
 def test_t2_bytes_held_while_the_client_hello_is_read_are_bounded() -> None:
@@ -372,14 +375,7 @@ def test_t2_bytes_held_while_the_client_hello_is_read_are_bounded() -> None:
     assert sum(c.nbytes for c in records(commands, obs.DataAfterDisruption)) <= LIMITS.line_bytes
 
 
-def test_t2_disrupted_state_is_bounded_and_kickable() -> None:
-    s = t2_disrupted()
-    closed = False
-    for _ in range(100):
-        if Close() in s.data(b"x" * 100):
-            closed = True
-            break
-    assert closed
+def test_t2_disrupted_state_is_kickable() -> None:
     s = t2_disrupted()
     commands = s.event(Kicked("step started"))
     assert commands == [Record(obs.SessionKicked("step started")), Close()]
@@ -459,7 +455,7 @@ def test_t4_over_long_first_command_inside_tls_is_disrupted_too() -> None:
     s.event(TlsEstablished(TLS))
     commands = s.data(b"X" * (LIMITS.line_bytes + 10) + b"\r\n")
     assert sent(commands) == b"" and raw(commands) == R.S454_TLS_NA
-    assert s.core.state is State.DISRUPTED
+    assert s.core.phase is Phase.DISRUPTED
 
 
 def test_t4_pipelined_auth_inside_tls_then_plaintext_auth_outside() -> None:
@@ -901,7 +897,7 @@ def test_simple_commands() -> None:
     assert s.line("RSET") == R.S250_OK
     commands = s.data(b"QUIT\r\nNOOP\r\n")
     assert sent(commands) == R.S221_BYE and commands[-1] == Close()
-    assert s.core.state is State.CLOSED
+    assert s.core.phase is Phase.CLOSED
     assert s.data(b"NOOP\r\n") == []
 
 
@@ -970,7 +966,7 @@ def test_over_long_sasl_response_ends_the_exchange() -> None:
     s.ready()
     s.line("AUTH PLAIN")
     commands = s.data(b"A" * 100 + b"\r\n")
-    assert sent(commands) == R.S500_LINE_TOO_LONG
+    assert sent(commands) == R.S501_AUTH_DECODE
     auth = only(commands, obs.AuthAttempted)
     assert (auth.outcome, auth.secret_sent) == ("failure", True)
     assert s.core.state is State.COMMAND

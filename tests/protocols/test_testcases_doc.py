@@ -55,7 +55,7 @@ from mailtls.protocols.pop3 import Pop3Core
 from mailtls.protocols.smtp import SmtpCore
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
-from mailtls.testcases import TESTCASES
+from mailtls.testcases import STANDARD, TESTCASES, AfterTls, ImplicitTls
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "testcases.md"
 HOSTNAME = "mail.example.test"
@@ -172,7 +172,8 @@ def test_transcript_is_what_the_core_does(t: Transcript) -> None:
 
 def test_every_protocol_and_testcase_has_a_transcript() -> None:
     covered = {(t.protocol, t.testcase) for t in transcripts()}
-    assert covered == {(p, tc) for p in CORES for tc in TESTCASES}
+    applicable = {(p, tc) for p in CORES for tc in TESTCASES if p in TESTCASES[tc].protocols}
+    assert covered == applicable
 
 
 # --- inline reply lines ---------------------------------------------------------------------------
@@ -229,6 +230,31 @@ def test_at_a_glance_table_matches_the_policies() -> None:
         method = first_code(row[0])
         for name, cell in zip(("baseline", "t1", "t2", "t3", "t4"), row[1:], strict=True):
             answer: Any = getattr(TESTCASES[name], method)()
+            expected = ("yes" if answer else "no") if isinstance(answer, bool) else answer.value
+            assert first_code(cell) == expected, f"{method} for {name}"
+
+
+def test_beyond_t1_t4_table_matches_the_policies() -> None:
+    names = ("starttls_required", "preauth", "inject")
+    rows = table_rows("| | starttls_required | preauth | inject |")
+    methods = {first_code(row[0]) for row in rows}
+    assert methods == {
+        "protocols",
+        "offer_starttls",
+        "plaintext_login",
+        "preauth",
+        "inject_response",
+        "implicit_tls",
+    }
+    assert set(names) == set(TESTCASES) - set(STANDARD)
+    for row in rows:
+        method = first_code(row[0])
+        for name, cell in zip(names, row[1:], strict=True):
+            policy = TESTCASES[name]
+            if method == "protocols":
+                assert set(first_code(cell).split()) == policy.protocols
+                continue
+            answer: Any = getattr(policy, method)()
             expected = ("yes" if answer else "no") if isinstance(answer, bool) else answer.value
             assert first_code(cell) == expected, f"{method} for {name}"
 
@@ -370,16 +396,15 @@ async def test_implicit_tls_ports_as_documented(tmp_path: Path, testcase: str) -
             greeting, outcome = await asyncio.wait_for(
                 asyncio.to_thread(implicit_client, port, ca, protocol), timeout=20
             )
-            if testcase in ("t1", "t2", "t3"):  # blocked: silence, then close
+            policy = TESTCASES[testcase].serving(protocol)  # the baseline where n/a
+            if policy.implicit_tls() is ImplicitTls.BLOCK:  # blocked: silence, then close
                 assert (greeting, outcome) == (b"", "no handshake: SSLEOFError"), protocol
-            elif testcase == "t4":
+            elif policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND:
                 assert greeting and outcome == "cleartext inside TLS", protocol
             else:
                 assert greeting and outcome == "answered", protocol
         blocked = [r["style"] for r in records if r["type"] == "implicit_tls_blocked"]
         disrupted = [r["stage"] for r in records if r["type"] == "starttls_disrupted"]
-        if testcase in ("t1", "t2", "t3"):
-            assert blocked == ["silence"] * 3
-        else:
-            assert not blocked
+        policies = [TESTCASES[testcase].serving(p) for p in CORES]
+        assert blocked == ["silence"] * sum(p.implicit_tls() is ImplicitTls.BLOCK for p in policies)
         assert disrupted == (["session"] * 3 if testcase == "t4" else [])

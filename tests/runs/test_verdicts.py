@@ -75,7 +75,7 @@ class Conn:
     binding: dict[str, Any] | None
     ts: float
 
-    def add(self, kind: str, *, dt: float = 0.0, **fields: Any) -> int:
+    def add(self, kind: str, /, *, dt: float = 0.0, **fields: Any) -> int:
         self.ts += dt
         event = {
             "id": self.log.next_id,
@@ -406,6 +406,100 @@ def implicit_blocked(log: Log) -> None:
     c.close()
 
 
+# --- the cases beyond T1-T4 ---------------------------------------------------------------
+
+
+def logindisabled_ignored(log: Log) -> None:
+    c = log.conn("c1", testcase="starttls_required")
+    c.add("capabilities_sent", starttls_offered=False, auth_mechanisms=[], tls=False)
+    c.auth(tls=False, outcome="refused")
+    c.close()
+
+
+def logindisabled_honoured(log: Log) -> None:
+    c = log.conn("c1", testcase="starttls_required")
+    c.add("capabilities_sent", starttls_offered=False, auth_mechanisms=[], tls=False)
+    c.close()
+
+
+def credentials_before_530(log: Log) -> None:
+    c = log.conn("c1", testcase="starttls_required", protocol="smtp")
+    c.caps(starttls=False)
+    c.auth(tls=False, outcome="refused")
+    c.close()
+
+
+def waited_for_530(log: Log) -> None:
+    c = log.conn("c1", testcase="starttls_required", protocol="smtp")
+    c.caps(starttls=False)
+    c.add(
+        "auth",
+        mechanism="LOGIN",
+        username="",
+        code=None,
+        tls=False,
+        secret_sent=False,
+        secret_in_clear=False,
+        outcome="refused",
+    )
+    c.close()
+
+
+def pop3_under_starttls_required(log: Log) -> None:
+    """POP3 has no equivalent: the connection got the baseline and logged in over TLS."""
+    c = log.conn("c1", testcase="baseline", protocol="pop3")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
+    c.auth(tls=True)
+
+
+def pop3_plaintext_under_starttls_required(log: Log) -> None:
+    c = log.conn("c1", testcase="baseline", protocol="pop3")
+    c.caps(starttls=True)
+    c.auth(tls=False)
+
+
+def preauth_used(log: Log) -> None:
+    c = log.conn("c1", testcase="preauth")
+    c.add("preauth_greeted")
+    c.add("capabilities_sent", starttls_offered=False, auth_mechanisms=[], tls=False)
+    c.add("preauth_used", verb="SELECT", tls=False)
+    c.close()
+
+
+def preauth_disconnected(log: Log) -> None:
+    c = log.conn("c1", testcase="preauth")
+    c.add("preauth_greeted")
+    c.add("capabilities_sent", starttls_offered=False, auth_mechanisms=[], tls=False)
+    c.add("starttls_requested", advertised=False)
+    c.close()
+
+
+def injected_then(mechanism: str, protocol: str = "imap", ehlo: bool = True) -> Builder:
+    def build(log: Log) -> None:
+        c = log.conn("c1", testcase="inject", protocol=protocol)
+        c.caps(starttls=True)
+        c.starttls()
+        c.add("starttls_accepted")
+        c.add("response_injected", nbytes=40)
+        c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
+        if ehlo:
+            c.add("client_identified", kind="ehlo", value="client.example")
+        c.add(
+            "auth",
+            mechanism=mechanism,
+            username=f"test-{CODE}",
+            code=CODE,
+            tls=True,
+            secret_sent=True,
+            secret_in_clear=False,
+            outcome="success",
+        )
+
+    return build
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -695,6 +789,95 @@ ROWS = [
         Verdict.INCONCLUSIVE,
         "aborted_after_downgrade",
         step=info("t4"),
+    ),
+    Row(
+        "starttls_required: IMAP LOGIN although LOGINDISABLED",
+        logindisabled_ignored,
+        Verdict.FAIL,
+        "ignored_logindisabled",
+        frozenset({"ignored_logindisabled", "plaintext_auth"}),
+        step=info("starttls_required"),
+    ),
+    Row(
+        "starttls_required: LOGINDISABLED honoured",
+        logindisabled_honoured,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"ignored_logindisabled", "plaintext_auth"}),
+        step=info("starttls_required"),
+    ),
+    Row(
+        "starttls_required: SMTP AUTH with the secret before the 530",
+        credentials_before_530,
+        Verdict.FAIL,
+        "credentials_before_530",
+        frozenset({"credentials_before_530", "plaintext_auth"}),
+        step=info("starttls_required"),
+    ),
+    Row(
+        "starttls_required: SMTP AUTH without the secret, gave up after the 530",
+        waited_for_530,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"credentials_before_530", "plaintext_auth"}),
+        step=info("starttls_required"),
+    ),
+    Row(
+        "starttls_required: POP3 is not applicable",
+        pop3_under_starttls_required,
+        Verdict.NOT_APPLICABLE,
+        "testcase_not_applicable",
+        frozenset({"tls_auth"}),
+        step=info("starttls_required"),
+    ),
+    Row(
+        "starttls_required: a POP3 password in the clear still fails",
+        pop3_plaintext_under_starttls_required,
+        Verdict.FAIL,
+        "plaintext_auth",
+        frozenset({"plaintext_auth", "starttls_not_attempted"}),
+        step=info("starttls_required"),
+    ),
+    Row(
+        "preauth: mailbox commands without TLS",
+        preauth_used,
+        Verdict.FAIL,
+        "preauth_plaintext",
+        frozenset({"preauth_plaintext"}),
+        step=info("preauth"),
+    ),
+    Row(
+        "preauth: the client disconnected",
+        preauth_disconnected,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"preauth_plaintext"}),
+        step=info("preauth"),
+    ),
+    Row(
+        "inject: PLAIN login inside TLS (only the forged answer offered it)",
+        injected_then("PLAIN"),
+        Verdict.FAIL,
+        "response_injection",
+        frozenset({"response_injection", "tls_auth"}),
+        step=info("inject"),
+    ),
+    Row(
+        "inject: SMTP login inside TLS without its own EHLO",
+        injected_then("LOGIN", "smtp", ehlo=False),
+        Verdict.FAIL,
+        "response_injection",
+        frozenset({"response_injection"}),
+        step=info("inject"),
+    ),
+    Row(
+        "inject: the forged answer discarded (CRAM-MD5 after its own EHLO)",
+        injected_then("CRAM-MD5", "smtp"),
+        Verdict.PASS,
+        "tls_auth",
+        frozenset({"tls_auth"}),
+        frozenset({"response_injection"}),
+        step=info("inject"),
     ),
 ]
 

@@ -148,9 +148,11 @@ def batch_sink(sink: Sink) -> Callable[[list[dict[str, Any]]], object]:
     return each
 
 
-def policy_for(binding: Binding | None) -> TestCase:
+def policy_for(binding: Binding | None, protocol: str) -> TestCase:
+    """The policy of an accepted connection: its step's test case where that applies to the
+    protocol (``TestCase.serving``), else the honest baseline."""
     if binding is not None and binding.active:
-        return TESTCASES.get(binding.testcase, BASELINE)
+        return TESTCASES.get(binding.testcase, BASELINE).serving(protocol)
     return BASELINE
 
 
@@ -303,7 +305,7 @@ class MailConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         host.register(self)
-        self.policy = policy_for(self.binding)
+        self.policy = policy_for(self.binding, spec.protocol)
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self._record(
             obs.ConnectionOpened(

@@ -8,9 +8,11 @@ it returns, in order (``Record``, ``Send``, ``SendRaw``, ``StartTls``, ``ReadCli
 leaves. Cores never raise on peer input: garbage becomes a protocol error reply and a
 ``ProtocolError`` observation.
 
-Attack behaviour is not decided here: a core asks its ``TestCase`` policy
-(``mailtls.testcases``) the same named questions in every protocol. The rule that an
-unadvertised STARTTLS is refused belongs to the cores, so no policy can forget it.
+The lifecycle every core shares (STARTTLS, handshake and ClientHello waits, t2/t4 disruption,
+SASL outcome, budgets, timers) is written once in ``flow.AttackFlow``; a core supplies its
+wording, its reader and one command table. Attack behaviour is not decided here: the flow asks
+the ``TestCase`` policy (``mailtls.testcases``) the same named questions in every protocol. The
+rule that an unadvertised STARTTLS is refused belongs to the flow, so no policy can forget it.
 
 Must not import: ``asyncio``, ``socket``, ``ssl`` sockets, ``mailtls.net``, ``mailtls.store``,
 ``mailtls.web``.

@@ -23,6 +23,7 @@ Imports only ``mailtls.observations`` and sibling modules of ``mailtls.protocols
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Final, Protocol
 
@@ -48,6 +49,7 @@ from mailtls.protocols.base import (
     Send,
     SetTimer,
     Timeout,
+    decode,
     truncate,
 )
 from mailtls.protocols.sasl import (
@@ -85,17 +87,19 @@ KNOWN_MECHANISMS: Final = RECOGNISED | {
 class Outbox:
     """The commands of one ``handle`` call, in order; consecutive replies become one ``Send``."""
 
-    __slots__ = ("_commands", "_pending")
+    __slots__ = ("_commands", "_pending", "replied")
 
     def __init__(self) -> None:
         self._commands: list[Command] = []
         self._pending: list[bytes] = []
+        self.replied = False  # a reply was queued in this call
 
     def record(self, observation: Observation) -> None:
         self._commands.append(Record(observation))
 
     def reply(self, data: bytes) -> None:
         """Queue reply bytes; they are sent, joined, before the next non-reply command."""
+        self.replied = True
         self._pending.append(data)
 
     def add(self, command: Command) -> None:
@@ -297,16 +301,80 @@ class SaslFlow:
         return self.fail_line(nonempty=not empty)
 
 
-# --- the disrupted state (t2 after the cleartext line, t4 after SendRaw) -----------------------
+# --- lines the server never answers --------------------------------------------------------
 
 
 class SecretScanner(Protocol):
-    """A protocol's reader of lines the server never answers (disrupted, pipelined after
-    STARTTLS): it returns the observations of secrets and usernames those lines carry."""
+    """A protocol's reader of bytes the server never answers (disrupted, pipelined after
+    STARTTLS): it returns the observations of secrets and usernames those bytes carry."""
 
-    def line(self, line: bytes) -> list[Observation]: ...
+    def feed(self, data: bytes) -> list[Observation]: ...
 
     def finish(self) -> list[Observation]: ...
+
+
+class LineScanner:
+    """A ``SecretScanner`` for line protocols (SMTP, POP3): ``command(line)`` is the protocol's
+    part (a line that is not a SASL response); the SASL lines after an ``AUTH`` and the exchange's
+    end are handled here. ``outcome`` goes into ``AuthAttempted`` (``refused``, ``disrupted``)."""
+
+    __slots__ = ("_authenticator", "_flow", "_hostname", "_lines", "outcome", "tls")
+
+    def __init__(
+        self, authenticator: Authenticator, hostname: str, line_limit: int, tls: bool, outcome: str
+    ) -> None:
+        self._authenticator = authenticator
+        self._hostname = hostname
+        self._lines = LineBuffer(line_limit)
+        self._flow: SaslFlow | None = None
+        self.tls = tls
+        self.outcome = outcome
+
+    def command(self, line: bytes) -> list[Observation]:
+        """Observations of one command line; start an exchange with ``start_sasl``."""
+        raise NotImplementedError
+
+    def line(self, line: bytes) -> list[Observation]:
+        if self._flow is not None:
+            if isinstance(self._flow.respond(decode(line)), bytes):
+                return []
+            return self.finish()
+        return self.command(line)
+
+    def start_sasl(self, mechanism: str, initial: str | None) -> list[Observation]:
+        self._flow = SaslFlow(mechanism, self.tls, self._authenticator, self._hostname)
+        if isinstance(self._flow.start(initial), bytes):
+            return []
+        return self.finish()
+
+    def decide(self, username: str) -> AuthDecision:
+        return self._authenticator(username)
+
+    def feed(self, data: bytes) -> list[Observation]:
+        self._lines.feed(data)
+        found: list[Observation] = []
+        while (line := self._lines.next_line()) is not None:
+            if isinstance(line, bytes) and line:
+                found += self.line(line)
+        return found
+
+    def finish(self) -> list[Observation]:
+        """End of the bytes: a partial last line counts, an unfinished exchange is concluded."""
+        rest = self._lines.take_rest().rstrip(b"\r")
+        found = self.line(rest) if rest else []
+        flow, self._flow = self._flow, None
+        if flow is None:
+            return found
+        if flow.secret_sent:
+            return [*found, *flow.records(self.outcome)[:1]]
+        decision = flow.decision
+        if decision is not None:
+            return [*found, UsernameSent(decision.display, decision.code, self.tls)]
+        return found
+
+    def scan(self, data: bytes) -> list[Observation]:
+        """Every line of a byte string (a partial last line included), then ``finish``."""
+        return self.feed(data) + self.finish()
 
 
 MAX_DISRUPTED_CHUNKS: Final = 64
@@ -314,18 +382,20 @@ MAX_DISRUPTED_BYTES: Final = 64 * 1024
 
 
 class Disrupted:
-    """No replies; record what arrives; ``Close`` on ``Timeout``/``Closed``/``Kicked`` or when
-    the chunk or byte bound is reached. The core arms ``SetTimer(limits.disrupted_seconds)``."""
+    """The t2/t4 *disrupted* state: no replies; each chunk recorded as ``DataAfterDisruption``
+    (``verb`` names it without copying a secret), secrets found by the protocol's
+    ``SecretScanner`` recorded too; ``Close`` on ``Timeout``/``Closed``/``Kicked``, when the
+    chunk or byte bound is reached, or (``close_on_data``: t2, as a real TLS server behind the
+    attacker would abort on bytes that are not a valid TLS record) after the first chunk."""
 
-    __slots__ = ("_bytes", "_chunks", "_closed", "_known", "_lines", "_scanner", "_tls")
+    __slots__ = ("_bytes", "_chunks", "_close_on_data", "_closed", "_scanner", "_verb")
 
     def __init__(
-        self, tls: bool, line_limit: int, scanner: SecretScanner, known: frozenset[str]
+        self, scanner: SecretScanner, verb: Callable[[bytes], str], close_on_data: bool = False
     ) -> None:
-        self._tls = tls
-        self._lines = LineBuffer(line_limit)
         self._scanner = scanner
-        self._known = known
+        self._verb = verb
+        self._close_on_data = close_on_data
         self._chunks = 0
         self._bytes = 0
         self._closed = False
@@ -342,28 +412,23 @@ class Disrupted:
         return []
 
     def data(self, data: bytes) -> list[Command]:
-        if self._closed:
+        if self._closed or not data:
             return []
         self._chunks += 1
         self._bytes += len(data)
         alert = looks_like_tls_record(data)
-        verb = "" if alert else first_verb(data, self._known)
-        out: list[Command] = [Record(DataAfterDisruption(len(data), alert, verb))]
+        out: list[Command] = [
+            Record(DataAfterDisruption(len(data), alert, "" if alert else self._verb(data)))
+        ]
         if not alert:
-            out += [Record(o) for o in self.scan(data)]
-        if self._chunks >= MAX_DISRUPTED_CHUNKS or self._bytes >= MAX_DISRUPTED_BYTES:
+            out += [Record(o) for o in self._scanner.feed(data)]
+        if (
+            self._close_on_data
+            or self._chunks >= MAX_DISRUPTED_CHUNKS
+            or self._bytes >= MAX_DISRUPTED_BYTES
+        ):
             out += [*self._finish(), Close()]
         return out
-
-    def scan(self, data: bytes) -> list[Observation]:
-        """Look for secrets in plaintext bytes without recording them as a chunk (bytes that
-        were already buffered when the disruption began)."""
-        self._lines.feed(data)
-        found: list[Observation] = []
-        while (line := self._lines.next_line()) is not None:
-            if isinstance(line, bytes):
-                found += self._scanner.line(line)
-        return found
 
     def _finish(self) -> list[Record]:
         self._closed = True

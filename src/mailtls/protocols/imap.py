@@ -6,8 +6,8 @@ the IMAP states where it is legal) dispatches. Connection-level commands (CAPABI
 LOGIN, AUTHENTICATE, ID, IDLE, NOOP, LOGOUT) live here; the mailbox commands of the
 authenticated and selected states run on ``imap_mailboxes.MailStore``. Two sub-modes read bare
 lines instead of commands: a SASL exchange (``+`` continuations) and IDLE (until ``DONE``). The
-test-case policy is asked the contract's questions at STARTTLS and after TLS; the answers are
-phrased here in IMAP.
+connection's lifecycle (STARTTLS, handshake, t2/t4 disruption, timers, budgets, SASL outcome) is
+``flow.AttackFlow``'s; its lines are phrased here in IMAP.
 
 Secrets (LOGIN passwords, SASL responses) are never kept: transcripts show
 ``<redacted, N bytes>`` and usernames appear only as ``AuthDecision.display``.
@@ -29,60 +29,32 @@ from mailtls.observations import (
     CapabilitiesSent,
     ClientIdentified,
     CommandReceived,
-    DataAfterDisruption,
     MessageReceived,
     Observation,
-    PipelinedAfterStarttls,
-    ProtocolError,
-    SessionKicked,
-    StarttlsAccepted,
-    StarttlsDisrupted,
-    StarttlsRefused,
-    StarttlsRequested,
-    TlsHandshakeFailed,
-    TlsStarted,
+    PreauthGreeted,
+    PreauthUsed,
     UsernameSent,
 )
 from mailtls.protocols.base import (
     AuthDecision,
-    ClientHelloReceived,
-    Close,
-    Closed,
-    Command,
-    Connected,
-    DataReceived,
-    Event,
-    Kicked,
     LineBuffer,
     LineTooLong,
-    ReadClientHello,
-    Record,
     Send,
-    SendRaw,
     SessionContext,
-    SetTimer,
-    StartTls,
-    Timeout,
-    TlsEstablished,
-    TlsFailed,
-    TlsInfo,
     decode,
     truncate,
 )
 from mailtls.protocols.common import (
-    CANCELLED,
     FAILURE,
-    MALFORMED,
-    MAX_DISRUPTED_BYTES,
-    MAX_DISRUPTED_CHUNKS,
     SUCCESS,
     SaslFlow,
-    looks_like_tls_record,
+    SecretScanner,
     mechanism_allowed,
     mechanism_label,
-    mechanisms,
     redacted_line,
+    set_timer,
 )
+from mailtls.protocols.flow import AttackFlow, AuthReply, Phase, StarttlsReply, Wording
 from mailtls.protocols.imap_mailboxes import (
     AUTHENTICATED_COMMANDS,
     SELECTED_COMMANDS,
@@ -106,7 +78,6 @@ from mailtls.protocols.imap_parse import (
 )
 from mailtls.protocols.imap_parse import Command as ImapCommand
 from mailtls.protocols.sasl import RECOGNISED
-from mailtls.testcases import AfterTls, StarttlsAction
 
 # --- capabilities and named replies ------------------------------------------------------------
 
@@ -147,18 +118,25 @@ class State(enum.Enum):
 
 
 class Mode(enum.Enum):
-    """What the next client bytes are: commands, SASL responses, IDLE's DONE, or nothing."""
+    """What the next client bytes are, inside the flow's ``Phase.READING``: commands, SASL
+    responses or IDLE's DONE."""
 
     COMMAND = "command"
     SASL = "sasl"
     IDLE = "idle"
-    AWAIT_TLS = "await_tls"  # StartTls issued: bytes go to the handshake
-    AWAIT_HELLO = "await_hello"  # t2: ReadClientHello issued
-    DISRUPTED = "disrupted"  # t2/t4: no replies, record what arrives
-    CLOSED = "closed"
 
 
-_READING: Final = (Mode.COMMAND, Mode.SASL, Mode.IDLE)
+def _wire(line: str) -> bytes:
+    return line.encode() + b"\r\n"
+
+
+def next_tag(tag: str) -> str:
+    """The tag a client that counts up uses next (``a1`` -> ``a2``, ``A0009`` -> ``A0010``)."""
+    stem = tag.rstrip("0123456789")
+    digits = tag[len(stem) :]
+    if not digits or len(digits) > 18:
+        return tag + "1"
+    return stem + str(int(digits) + 1).zfill(len(digits))
 
 
 def _clean(text: str, limit: int = 200) -> str:
@@ -179,46 +157,11 @@ def _verb(data: bytes) -> str:
     return "?"
 
 
-class _Turn:
-    """Commands produced while handling one event; consecutive replies share one ``Send``."""
-
-    __slots__ = ("_pending", "commands", "login", "replied")
-
-    def __init__(self) -> None:
-        self.commands: list[Command] = []
-        self._pending: list[str] = []
-        self.replied = False
-        self.login: AuthDecision | None = None  # the LOGIN command's username, decided once
-
-    def send(self, line: str, delay: float = 0.0) -> None:
-        self.replied = True
-        if delay:
-            self.flush()
-            self.commands.append(Send((line + "\r\n").encode(), delay))
-        else:
-            self._pending.append(line)
-
-    def record(self, observation: Observation) -> None:
-        self.add(Record(observation))
-
-    def add(self, command: Command) -> None:
-        self.flush()
-        self.commands.append(command)
-
-    def flush(self) -> None:
-        if self._pending:
-            self.commands.append(Send(("\r\n".join(self._pending) + "\r\n").encode()))
-            self._pending.clear()
-
-    def done(self) -> list[Command]:
-        self.flush()
-        return self.commands
-
-
-class SecretScanner:
+class CommandScanner:
     """Finds credentials in IMAP commands that get no reply (pipelined after STARTTLS, the t4
     first command, plaintext after a disruption): LOGIN, and AUTHENTICATE with the SASL lines
-    that follow it. Lines are reassembled into commands (literals included) as the core does."""
+    that follow it. Lines are reassembled into commands (literals included) as the core does.
+    Implements ``common.SecretScanner``."""
 
     __slots__ = ("_buf", "_ctx", "_flow", "_outcome", "_reader", "_tls")
 
@@ -230,10 +173,9 @@ class SecretScanner:
         self._buf = LineBuffer(ctx.limits.line_bytes)
         self._reader = CommandReader(ctx.limits)
 
-    def scan(self, data: bytes, final: bool = True) -> list[Observation]:
-        """Every command in a byte string; ``final``: the bytes end there (a partial last line
-        counts as complete, an unfinished exchange is concluded)."""
-        self._buf.feed(data + b"\r\n" if final and not data.endswith(b"\n") else data)
+    def feed(self, data: bytes) -> list[Observation]:
+        """Every complete command in the bytes received so far."""
+        self._buf.feed(data)
         found: list[Observation] = []
         while True:
             if self._flow is not None:
@@ -252,7 +194,7 @@ class SecretScanner:
                 parsed = parse_command(item.raw)
                 if isinstance(parsed, ImapCommand):
                     found += self.command(parsed, None)
-        return found + self.finish() if final else found
+        return found
 
     def command(self, cmd: ImapCommand, login: AuthDecision | None) -> list[Observation]:
         if cmd.name == "LOGIN" and len(cmd.args) == 2:
@@ -276,7 +218,9 @@ class SecretScanner:
         return self._conclude()
 
     def finish(self) -> list[Observation]:
-        return self._conclude() if self._flow is not None else []
+        """The bytes end here: a partial last line counts, an unfinished exchange concludes."""
+        found = self.feed(b"\r\n") if self._buf.pending else []
+        return found + self._conclude()
 
     def _conclude(self) -> list[Observation]:
         flow, self._flow = self._flow, None
@@ -290,30 +234,41 @@ class SecretScanner:
         return []
 
 
-class ImapCore:
+class ImapCore(AttackFlow):
     """One IMAP connection. ``handle(event)`` returns the commands for the shell, in order."""
 
+    PROTOCOL = "imap"
+    WORDING = Wording(
+        tls_unavailable=_wire(UNTAGGED_TLS_NOT_AVAILABLE),
+        too_many_errors=_wire(BYE_ERRORS),
+        too_many_auth_failures=_wire(BYE_AUTH_FAILURES),
+    )
+
+    __slots__ = (
+        "_flow_tag",
+        "_idle_tag",
+        "_line_timer",
+        "_literal_timer",
+        "_login",
+        "_mode",
+        "_preauthed",
+        "_reader",
+        "_state",
+        "_store",
+    )
+
     def __init__(self, ctx: SessionContext) -> None:
-        self._ctx = ctx
-        self._limits = ctx.limits
-        self._tls: TlsInfo | None = None
+        super().__init__(ctx)
         self._state = State.NOT_AUTHENTICATED
         self._mode = Mode.COMMAND
-        self._buf = LineBuffer(ctx.limits.line_bytes)
         self._reader = CommandReader(ctx.limits)
         self._store = MailStore()
-        self._flow: SaslFlow | None = None
-        self._flow_tag = ""
+        self._flow_tag = ""  # the tag of the LOGIN/AUTHENTICATE being answered
         self._idle_tag = ""
-        self._errors = 0
-        self._auth_failures = 0
+        self._login: AuthDecision | None = None  # the LOGIN command's username, decided once
+        self._preauthed = False  # preauth: the greeting authenticated the session in the clear
         self._line_timer = False  # the absolute deadline of a partial command is armed
         self._literal_timer = False  # the deadline of a big APPEND body is armed
-        self._quiet_since_refusal = False  # t3: nothing received since STARTTLS was refused
-        self._disrupt_pending = False  # t4: the first command inside TLS gets disrupted
-        self._sniffer: SecretScanner | None = None  # plaintext after a disruption
-        self._disrupted_chunks = 0
-        self._disrupted_bytes = 0
 
     @property
     def state(self) -> State:
@@ -325,191 +280,169 @@ class ImapCore:
 
     @property
     def _is_tls(self) -> bool:
-        return self._tls is not None
+        return self._tls
 
-    # --- events ---------------------------------------------------------------------------
+    def _say(self, line: str, delay: float = 0.0) -> None:
+        if delay:
+            self._out.add(Send(_wire(line), delay))
+        else:
+            self._out.reply(_wire(line))
 
-    def handle(self, event: Event) -> list[Command]:
-        if self._mode is Mode.CLOSED:
-            return []
-        turn = _Turn()
-        match event:
-            case DataReceived(data=data):
-                self._on_data(data, turn)
-            case Connected(tls=tls):
-                self._on_connected(tls, turn)
-            case TlsEstablished(info=info):
-                self._on_tls_established(info, turn)
-            case TlsFailed(reason=reason):
-                turn.record(TlsHandshakeFailed(_clean(reason)))
-                self._close(turn)
-            case ClientHelloReceived():
-                self._on_client_hello(event, turn)
-            case Timeout():
-                self._on_timeout(turn)
-            case Closed():
-                self._record_partial(turn)
-                self._end_flow(turn)
-                self._close(turn)
-            case Kicked(reason=reason):
-                self._on_kicked(reason, turn)
-        return turn.done()
+    # --- the flow's hooks -----------------------------------------------------------------
 
-    def _on_connected(self, tls: TlsInfo | None, turn: _Turn) -> None:
-        if tls is not None:
-            self._tls = tls
-            turn.record(TlsStarted(tls.version, tls.cipher, implicit=True))
-            self._disrupt_pending = self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
-        caps = self._capabilities(turn)
-        turn.send(f"* OK [CAPABILITY {caps}] {_clean(self._ctx.hostname, 100)} mailtls IMAP ready")
-        turn.add(SetTimer(self._limits.idle_seconds))
+    def _greeting(self) -> bytes:
+        name = _clean(self._ctx.hostname, 100)
+        if self._policy.preauth() and not self._tls:
+            self._preauthed = True
+            self._state = State.AUTHENTICATED
+            self._reader.allow_messages = True
+            self._out.record(PreauthGreeted())
+            caps = self._capabilities()
+            return _wire(f"* PREAUTH [CAPABILITY {caps}] {name} mailtls IMAP ready, logged in")
+        caps = self._capabilities()
+        return _wire(f"* OK [CAPABILITY {caps}] {name} mailtls IMAP ready")
 
-    def _on_tls_established(self, info: TlsInfo, turn: _Turn) -> None:
-        if self._mode is not Mode.AWAIT_TLS:
-            return
-        self._tls = info
+    def _forged_answer(self, tag: str) -> bytes:
+        return _wire("* CAPABILITY IMAP4rev1 AUTH=PLAIN") + _wire(
+            f"{next_tag(tag)} OK Capability completed"
+        )
+
+    def _starttls_reply(self, kind: StarttlsReply, tag: str) -> bytes:
+        return _wire(f"{tag} {_STARTTLS_REPLIES[kind]}")
+
+    def _timeout_reply(self) -> bytes:
+        return _wire(BYE_TIMEOUT)
+
+    def _kicked_reply(self, reason: str) -> bytes:
+        return _wire(f"* BYE {reason or 'Server shutting down'}")
+
+    def _scanner(self, tls: bool, outcome: str, before: SecretScanner | None) -> SecretScanner:
+        return CommandScanner(self._ctx, tls, outcome)
+
+    def _data_verb(self, data: bytes) -> str:
+        return _verb(data)
+
+    def _challenge(self, data: bytes) -> bytes:
+        return b"+ " + base64.b64encode(data) + b"\r\n"
+
+    def _auth_reply(self, kind: AuthReply) -> bytes:
+        return _wire(f"{self._flow_tag} {_AUTH_REPLIES[kind]}")
+
+    def _logged_in(self, decision: AuthDecision | None) -> None:
+        self._state = State.AUTHENTICATED
+        self._reader.allow_messages = True
+        self._say(f"{self._flow_tag} OK [CAPABILITY {self._capabilities()}] {LOGGED_IN}")
+
+    def _sasl_mode(self, active: bool) -> None:
+        if active:
+            self._mode = Mode.SASL
+        elif self._mode is Mode.SASL:
+            self._mode = Mode.COMMAND
+
+    def _forget_pre_tls(self) -> None:
         self._mode = Mode.COMMAND
-        self._buf = LineBuffer(self._limits.line_bytes)  # forget everything from before TLS
         self._reader = CommandReader(self._limits)
-        self._auth_failures = 0
-        turn.record(TlsStarted(info.version, info.cipher, implicit=False))
-        self._disrupt_pending = self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
-        turn.add(SetTimer(self._limits.idle_seconds))
 
-    def _on_client_hello(self, event: ClientHelloReceived, turn: _Turn) -> None:
-        if self._mode is not Mode.AWAIT_HELLO:
-            return
-        line = UNTAGGED_TLS_NOT_AVAILABLE
-        turn.record(StarttlsDisrupted("handshake", event.nbytes, event.looks_like_tls, line))
-        turn.send(line)
-        self._enter_disrupted(turn)
+    def _may_starttls(self) -> bool:
+        return self._state is State.NOT_AUTHENTICATED
 
-    def _on_timeout(self, turn: _Turn) -> None:
-        self._record_partial(turn)
-        if self._mode in _READING and not self._quiet_since_refusal:
-            self._end_flow(turn)
-            turn.send(BYE_TIMEOUT)
-        self._close(turn)
+    def _discard_input(self) -> bytes:
+        self._reader.abort()
+        return self._lines.take_rest()
 
-    def _on_kicked(self, reason: str, turn: _Turn) -> None:
-        self._record_partial(turn)
-        self._end_flow(turn)
-        turn.record(SessionKicked(_clean(reason)))
-        if self._mode in _READING:
-            turn.send(f"* BYE {_clean(reason) or 'Server shutting down'}")
-        self._close(turn)
-
-    def _record_partial(self, turn: _Turn) -> None:
+    def _interrupted(self) -> None:
         """A command cut short while it waited for a literal still appears in the transcript."""
-        if self._mode is Mode.COMMAND and self._reader.busy:
+        if self.phase is Phase.READING and self._mode is Mode.COMMAND and self._reader.busy:
             text = _redact_partial(self._reader.partial())
-            turn.record(CommandReceived(truncate(text), self._is_tls))
+            self._out.record(CommandReceived(truncate(text), self._is_tls))
             self._reader.abort()
-
-    def _close(self, turn: _Turn) -> None:
-        if self._mode is Mode.DISRUPTED and self._sniffer is not None:
-            for observation in self._sniffer.finish():
-                turn.record(observation)
-        turn.add(Close())
-        self._mode = Mode.CLOSED
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _on_data(self, data: bytes, turn: _Turn) -> None:
-        if self._mode in (Mode.DISRUPTED, Mode.AWAIT_HELLO):
-            self._after_disruption(data, turn)
-            return
-        if self._mode not in _READING:
-            return
-        self._quiet_since_refusal = False
-        self._buf.feed(data)
-        while self._mode in _READING:
+    def _read(self, data: bytes) -> None:
+        self._lines.feed(data)
+        while self.phase is Phase.READING:
             if self._mode is Mode.COMMAND:
-                item = self._reader.next(self._buf)
+                item = self._reader.next(self._lines)
                 if item is None:
                     break
-                self._quiet_since_refusal = False
-                self._on_item(item, turn)
+                self._on_item(item, self._command_starts())
             else:
-                line = self._buf.next_line()
+                line = self._lines.next_line()
                 if line is None:
                     break
                 if self._mode is Mode.SASL:
-                    self._on_sasl_line(line, turn)
+                    self._sasl_line(line)
                 else:
-                    self._on_idle_line(line, turn)
-        self._arm_timer(turn)
+                    self._on_idle_line(line)
 
-    def _arm_timer(self, turn: _Turn) -> None:
-        if self._mode not in _READING:
-            return
+    def _arm_timer(self) -> None:
         limits = self._limits
-        if self._quiet_since_refusal:
-            turn.add(SetTimer(limits.silence_after_refusal))
-        elif self._reader.in_big_literal:
+        if self._reader.in_big_literal:
             if not self._literal_timer:
-                turn.add(SetTimer(limits.idle_seconds))
+                self._out.add(set_timer(limits.idle_seconds))
                 self._literal_timer = True
-        elif self._buf.pending or self._reader.busy:
-            if not self._line_timer or turn.replied:
-                turn.add(SetTimer(limits.line_seconds))
+        elif self._lines.pending or self._reader.busy:
+            if not self._line_timer or self._out.replied:
+                self._out.add(set_timer(limits.line_seconds))
                 self._line_timer = True
         else:
             self._line_timer = self._literal_timer = False
-            turn.add(SetTimer(limits.idle_seconds))
+            self._out.add(set_timer(limits.idle_seconds))
 
-    def _on_item(self, item: ReaderItem, turn: _Turn) -> None:
+    def _on_item(self, item: ReaderItem, disrupt: bool) -> None:
         match item:
             case Complete(raw=raw):
-                self._on_command(raw, turn)
+                self._on_command(raw, disrupt)
             case LiteralWanted():
-                if self._disrupt_pending:  # t4: no "+" inside TLS, the disruption instead
-                    text = _redact_partial(self._reader.partial())
-                    turn.record(CommandReceived(truncate(text), self._is_tls))
-                    self._disrupt_session(turn)
+                if disrupt:  # t4: no "+" inside TLS, the disruption instead
+                    self._disrupt_first(_redact_partial(self._reader.partial()), [])
                 else:
-                    turn.send(CONTINUE_LITERAL)
+                    self._say(CONTINUE_LITERAL)
             case LiteralTooBig():
-                self._on_literal_too_big(item, turn)
-            case Overlong(tag=tag, nbytes=nbytes):
-                if self._disrupt_pending:
-                    self._disrupt_session(turn)
+                if disrupt:
+                    self._disrupt_first(_redact_partial(item.partial), [])
                 else:
-                    self._bad(turn, tag, "line_too_long", f"Line too long ({nbytes} bytes)")
+                    self._on_literal_too_big(item)
+            case Overlong(tag=tag, nbytes=nbytes):
+                if disrupt:
+                    self._disrupt_first(None, [])
+                else:
+                    self._bad(tag, "line_too_long", f"Line too long ({nbytes} bytes)")
 
-    def _on_literal_too_big(self, item: LiteralTooBig, turn: _Turn) -> None:
-        turn.record(CommandReceived(truncate(_redact_partial(item.partial)), self._is_tls))
-        if self._disrupt_pending:
-            self._disrupt_session(turn)
-        elif item.fatal:
-            turn.record(ProtocolError("literal_too_big", BYE_LITERAL))
-            turn.send(BYE_LITERAL)
-            self._close(turn)
+    def _on_literal_too_big(self, item: LiteralTooBig) -> None:
+        self._out.record(CommandReceived(truncate(_redact_partial(item.partial)), self._is_tls))
+        if item.fatal:
+            self._give_up("literal_too_big", _wire(BYE_LITERAL))
         elif item.verb in COMMANDS and self._state not in COMMANDS[item.verb][1]:
-            self._bad(turn, item.tag, "bad_state", "Please log in first")
+            self._bad(item.tag, "bad_state", "Please log in first")
         elif item.verb == "APPEND" and item.synchronizing:
-            turn.send(f"{item.tag or '*'} NO [TOOBIG] Message too large")
+            self._say(f"{item.tag or '*'} NO [TOOBIG] Message too large")
         else:
-            self._bad(turn, item.tag, "literal_too_big", "[TOOBIG] Literal too large")
+            self._bad(item.tag, "literal_too_big", "[TOOBIG] Literal too large")
+
+    def _disrupt_first(self, shown: str | None, found: list[Observation]) -> None:
+        """t4: the first command inside TLS (``shown``, ``None`` when it was over-long)."""
+        self._disrupt_session(shown, CommandScanner(self._ctx, True, "disrupted"), found)
 
     # --- commands ---------------------------------------------------------------------------
 
-    def _on_command(self, raw: RawCommand, turn: _Turn) -> None:
+    def _on_command(self, raw: RawCommand, disrupt: bool) -> None:
         parsed = parse_command(raw)
-        turn.record(CommandReceived(truncate(self._transcript(raw, parsed, turn)), self._is_tls))
-        if self._disrupt_pending:
-            if isinstance(parsed, ImapCommand):
-                scanner = SecretScanner(self._ctx, self._is_tls, "disrupted")
-                for observation in scanner.command(parsed, turn.login) + scanner.finish():
-                    turn.record(observation)
-            self._disrupt_session(turn)
+        self._login = None
+        shown = truncate(self._transcript(raw, parsed))
+        if disrupt:
+            inside = CommandScanner(self._ctx, True, "disrupted")
+            found = inside.command(parsed, self._login) if isinstance(parsed, ImapCommand) else []
+            self._disrupt_session(shown, inside, found)
             return
+        self._out.record(CommandReceived(shown, self._is_tls))
         if isinstance(parsed, BadCommand):
-            self._bad(turn, parsed.tag, "syntax", f"Error in IMAP command: {parsed.reason}")
+            self._bad(parsed.tag, "syntax", f"Error in IMAP command: {parsed.reason}")
             return
         entry = COMMANDS.get(parsed.name)
         if entry is None:
-            self._bad(turn, parsed.tag, "unknown_command", "Unknown command")
+            self._bad(parsed.tag, "unknown_command", "Unknown command")
             return
         handler, states = entry
         if self._state not in states:
@@ -517,17 +450,17 @@ class ImapCore:
                 text = "Please log in first"
             else:
                 text = "No mailbox selected" if State.SELECTED in states else "Wrong state"
-            self._bad(turn, parsed.tag, "bad_state", text)
+            self._bad(parsed.tag, "bad_state", text)
             return
-        handler(self, parsed, turn)
+        handler(self, parsed)
 
-    def _transcript(self, raw: RawCommand, parsed: ImapCommand | BadCommand, turn: _Turn) -> str:
+    def _transcript(self, raw: RawCommand, parsed: ImapCommand | BadCommand) -> str:
         """The redacted transcript line; for LOGIN it also decides the username (once)."""
         if isinstance(parsed, ImapCommand) and parsed.name == "LOGIN" and len(parsed.args) == 2:
             user, password = astring(parsed.args[0]), astring(parsed.args[1])
             if user is not None and password is not None:
-                turn.login = self._ctx.authenticator(decode(user))
-                return f"{parsed.tag} LOGIN {turn.login.display} {redacted_line(len(password))}"
+                self._login = login = self._ctx.authenticator(decode(user))
+                return f"{parsed.tag} LOGIN {login.display} {redacted_line(len(password))}"
         words = raw.lines[0].rstrip(b" ").split(b" ")
         first = [w.upper() for w in words[:2]]
         untagged = bool(first) and first[0] in (b"LOGIN", b"AUTHENTICATE")
@@ -552,239 +485,92 @@ class ImapCore:
             return _unknown_command(raw.transcript())
         return raw.transcript()
 
-    def _bad(self, turn: _Turn, tag: str | None, reason: str, text: str) -> None:
-        reply = f"{tag or '*'} BAD {text}"
-        turn.record(ProtocolError(reason, reply))
-        turn.send(reply)
-        self._errors += 1
-        if self._errors >= self._limits.max_errors:
-            turn.send(BYE_ERRORS)
-            self._close(turn)
+    def _bad(self, tag: str | None, reason: str, text: str) -> None:
+        self._error(reason, _wire(f"{tag or '*'} BAD {text}"))
 
     # --- capabilities, STARTTLS -------------------------------------------------------------
 
-    def _starttls_offered(self) -> bool:
-        return (
-            self._ctx.policy.offer_starttls()
-            and self._tls is None
-            and self._state is State.NOT_AUTHENTICATED
-        )
-
-    def _capabilities(self, turn: _Turn) -> str:
+    def _capabilities(self) -> str:
         """The capability list for the current state; records ``CapabilitiesSent``."""
         if self._state is not State.NOT_AUTHENTICATED:
-            turn.record(CapabilitiesSent(False, (), self._is_tls))
+            self._out.record(CapabilitiesSent(False, (), self._is_tls))
             return AUTHENTICATED_CAPABILITIES
         starttls = self._starttls_offered()
-        offered = mechanisms(self._is_tls)
-        turn.record(CapabilitiesSent(starttls, offered, self._is_tls))
+        disabled = self._login_refused()  # starttls_required: as Dovecot without TLS
+        offered = () if disabled else self._offered_mechanisms()
+        self._out.record(CapabilitiesSent(starttls, offered, self._is_tls))
         parts = [BASE_CAPABILITIES, *(["STARTTLS"] if starttls else [])]
+        parts += ["LOGINDISABLED"] if disabled else []
         return " ".join([*parts, *(f"AUTH={m}" for m in offered)])
 
-    def _cmd_capability(self, cmd: ImapCommand, turn: _Turn) -> None:
+    def _cmd_capability(self, cmd: ImapCommand) -> None:
         if cmd.args:
-            self._bad(turn, cmd.tag, "syntax", "CAPABILITY takes no arguments")
+            self._bad(cmd.tag, "syntax", "CAPABILITY takes no arguments")
             return
-        turn.send(f"* CAPABILITY {self._capabilities(turn)}")
-        turn.send(f"{cmd.tag} OK Capability completed")
+        self._say(f"* CAPABILITY {self._capabilities()}")
+        self._say(f"{cmd.tag} OK Capability completed")
 
-    def _cmd_starttls(self, cmd: ImapCommand, turn: _Turn) -> None:
-        advertised = self._starttls_offered()
-        turn.record(StarttlsRequested(advertised))
-        if not advertised or cmd.args:
-            text = STARTTLS_SYNTAX if advertised else STARTTLS_NOT_AVAILABLE
-            reason = "syntax" if advertised else "already_tls" if self._tls else "not_advertised"
-            turn.record(StarttlsRefused(reason, f"{cmd.tag} {text}"))
-            turn.send(f"{cmd.tag} {text}")
-            return
-        action = self._ctx.policy.on_starttls()
-        if action is StarttlsAction.REFUSE:
-            reply = f"{cmd.tag} {STARTTLS_REFUSED}"
-            turn.record(StarttlsRefused("testcase", reply))
-            turn.send(reply)
-            self._quiet_since_refusal = True
-            return
-        turn.send(f"{cmd.tag} {STARTTLS_PROCEED}")
-        rest = self._buf.take_rest()
-        if rest:  # dropped (command injection); credentials in them went out in the clear
-            turn.record(PipelinedAfterStarttls(len(rest)))
-            for observation in SecretScanner(self._ctx, self._is_tls, "refused").scan(rest):
-                turn.record(observation)
-        turn.record(StarttlsAccepted())
-        if action is StarttlsAction.BREAK_HANDSHAKE:
-            self._mode = Mode.AWAIT_HELLO
-            turn.add(ReadClientHello())
-            turn.add(SetTimer(self._limits.disrupted_seconds))
-        else:
-            self._mode = Mode.AWAIT_TLS
-            turn.add(StartTls())
-            turn.add(SetTimer(self._limits.line_seconds))  # backstop: the shell has a deadline
-
-    # --- disruption (t2, t4) ----------------------------------------------------------------
-
-    def _disrupt_session(self, turn: _Turn) -> None:
-        """t4: answer the first command inside TLS with a cleartext line outside TLS."""
-        self._disrupt_pending = False
-        rest = self._buf.take_rest()
-        self._reader.abort()
-        if rest:  # pipelined behind the first command, inside TLS as well
-            for observation in SecretScanner(self._ctx, self._is_tls, "disrupted").scan(rest):
-                turn.record(observation)
-        line = UNTAGGED_TLS_NOT_AVAILABLE
-        turn.record(StarttlsDisrupted("session", 0, True, line))
-        turn.add(SendRaw((line + "\r\n").encode()))
-        # the shell abandons the TLS session with the raw line: what arrives next is raw TCP
-        self._tls = None
-        self._enter_disrupted(turn)
-
-    def _enter_disrupted(self, turn: _Turn) -> None:
-        self._mode = Mode.DISRUPTED
-        self._sniffer = SecretScanner(self._ctx, self._is_tls, "disrupted")
-        turn.add(SetTimer(self._limits.disrupted_seconds))
-
-    def _after_disruption(self, data: bytes, turn: _Turn) -> None:
-        """No replies; record what arrives, and any credentials a plaintext command carries."""
-        if self._sniffer is None:  # data before the ClientHello was answered (t2)
-            self._sniffer = SecretScanner(self._ctx, self._is_tls, "disrupted")
-        alert = looks_like_tls_record(data)
-        turn.record(DataAfterDisruption(len(data), alert, "" if alert else _verb(data)))
-        if not alert:
-            for observation in self._sniffer.scan(data, final=False):
-                turn.record(observation)
-        self._disrupted_chunks += 1
-        self._disrupted_bytes += len(data)
-        if (
-            self._disrupted_chunks >= MAX_DISRUPTED_CHUNKS
-            or self._disrupted_bytes >= MAX_DISRUPTED_BYTES
-        ):
-            self._close(turn)
+    def _cmd_starttls(self, cmd: ImapCommand) -> None:
+        self._starttls(bool(cmd.args), cmd.tag)
 
     # --- authentication ---------------------------------------------------------------------
 
-    def _attempt(
-        self, mechanism: str, decision: AuthDecision | None, outcome: str
-    ) -> AuthAttempted:
-        """An attempt whose secret was sent (LOGIN) or, without a decision, not known (refused)."""
-        tls = self._is_tls
-        sent = decision is not None
-        return AuthAttempted(
-            mechanism,
-            decision.display if decision else "",
-            decision.code if decision else None,
-            tls,
-            sent,
-            sent and not tls,
-            outcome,
-        )
-
-    def _cmd_login(self, cmd: ImapCommand, turn: _Turn) -> None:
-        decision = turn.login
+    def _cmd_login(self, cmd: ImapCommand) -> None:
+        decision = self._login
         if decision is None:
-            self._bad(turn, cmd.tag, "syntax", "LOGIN expects a user name and a password")
+            self._bad(cmd.tag, "syntax", "LOGIN expects a user name and a password")
             return
-        if self._state is not State.NOT_AUTHENTICATED:
-            turn.record(self._attempt(LOGIN_MECHANISM, decision, "refused"))
-            self._bad(turn, cmd.tag, "bad_state", "Already authenticated")
+        if self._state is not State.NOT_AUTHENTICATED or self._login_refused():
+            self._out.record(self._attempt(LOGIN_MECHANISM, decision, True, "refused"))
+            if self._state is not State.NOT_AUTHENTICATED:
+                self._bad(cmd.tag, "bad_state", "Already authenticated")
+            else:
+                self._flow_tag = cmd.tag
+                self._error(None, self._auth_reply(AuthReply.TLS_REQUIRED))
             return
         ok = decision.ok
-        turn.record(self._attempt(LOGIN_MECHANISM, decision, SUCCESS if ok else FAILURE))
-        self._auth_result(turn, cmd.tag, ok)
-
-    def _auth_result(self, turn: _Turn, tag: str, ok: bool) -> None:
+        self._out.record(self._attempt(LOGIN_MECHANISM, decision, True, SUCCESS if ok else FAILURE))
+        self._flow_tag = cmd.tag
         if ok:
-            self._state = State.AUTHENTICATED
-            self._reader.allow_messages = True
-            turn.send(f"{tag} OK [CAPABILITY {self._capabilities(turn)}] {LOGGED_IN}")
-            return
-        self._auth_failures += 1
-        delay = self._limits.auth_fail_delay
-        turn.send(f"{tag} {AUTH_FAILED}", delay=delay)
-        if self._auth_failures >= self._limits.max_auth_failures:
-            turn.send(BYE_AUTH_FAILURES, delay=delay)
-            self._close(turn)
+            self._logged_in(decision)
+        else:
+            self._auth_failed()
 
-    def _cmd_authenticate(self, cmd: ImapCommand, turn: _Turn) -> None:
+    def _cmd_authenticate(self, cmd: ImapCommand) -> None:
         args = cmd.args
         mechanism = astring(args[0]) if args else None
         initial = astring(args[1]) if len(args) == 2 else None
         if mechanism is None or len(args) > 2 or (len(args) == 2 and initial is None):
-            self._bad(turn, cmd.tag, "syntax", "AUTHENTICATE expects a mechanism")
+            self._bad(cmd.tag, "syntax", "AUTHENTICATE expects a mechanism")
             return
         mech = decode(mechanism).upper()
         text = decode(initial) if initial is not None else None
         authenticated = self._state is not State.NOT_AUTHENTICATED
+        if not authenticated and self._login_refused():
+            self._flow_tag = cmd.tag
+            self._refuse_login(mech, text)
+            return
         if authenticated or not mechanism_allowed(mech, self._is_tls):
-            self._record_refused(mech, text, turn)
+            self._record_refused(mech, text)
             if authenticated:
-                self._bad(turn, cmd.tag, "bad_state", "Already authenticated")
+                self._bad(cmd.tag, "bad_state", "Already authenticated")
             else:
-                turn.send(f"{cmd.tag} {AUTH_UNSUPPORTED}")
+                self._say(f"{cmd.tag} {AUTH_UNSUPPORTED}")
             return
-        flow = SaslFlow(mech, self._is_tls, self._ctx.authenticator, self._ctx.hostname)
         self._flow_tag = cmd.tag
-        self._sasl_result(flow, flow.start(text), turn)
-
-    def _record_refused(self, mech: str, initial: str | None, turn: _Turn) -> None:
-        """A refused AUTHENTICATE still ends in one ``AuthAttempted``: its initial response may
-        have carried a secret."""
-        if mech in RECOGNISED:
-            flow = SaslFlow(mech, self._is_tls, self._ctx.authenticator, self._ctx.hostname)
-            flow.start(initial)
-            for observation in flow.records("refused"):
-                turn.record(observation)
-            return
-        turn.record(self._attempt(mechanism_label(mech), None, "refused"))
-
-    def _on_sasl_line(self, line: bytes | LineTooLong, turn: _Turn) -> None:
-        flow = self._flow
-        assert flow is not None
-        if isinstance(line, LineTooLong):
-            turn.record(CommandReceived(redacted_line(line.nbytes), self._is_tls))
-            self._sasl_result(flow, flow.fail_line(), turn)
-            return
-        text = decode(line)
-        shown = "*" if text.strip() == "*" else redacted_line(len(line))
-        turn.record(CommandReceived(shown, self._is_tls))
-        self._sasl_result(flow, flow.respond(text), turn)
-
-    def _sasl_result(self, flow: SaslFlow, result: bytes | str, turn: _Turn) -> None:
-        if isinstance(result, bytes):
-            self._flow = flow
-            self._mode = Mode.SASL
-            turn.send("+ " + base64.b64encode(result).decode())
-            return
-        tag = self._flow_tag
-        self._finish_flow(flow, FAILURE if result == MALFORMED else result, turn)
-        if result in (SUCCESS, FAILURE):
-            self._auth_result(turn, tag, result == SUCCESS)
-        elif result == CANCELLED:
-            turn.send(f"{tag} {AUTH_CANCELLED}")
-        else:
-            self._bad(turn, tag, "sasl_malformed", "Invalid SASL response")
-
-    def _finish_flow(self, flow: SaslFlow, outcome: str, turn: _Turn) -> None:
-        self._flow = None
-        if self._mode is Mode.SASL:
-            self._mode = Mode.COMMAND
-        for observation in flow.records(outcome):
-            turn.record(observation)
-
-    def _end_flow(self, turn: _Turn) -> None:
-        """An exchange cut short (timeout, kick, peer gone) still gets its ``AuthAttempted``."""
-        if self._flow is not None:
-            self._finish_flow(self._flow, CANCELLED, turn)
+        self._begin_sasl(mech, text)
 
     # --- any state --------------------------------------------------------------------------
 
-    def _cmd_noop(self, cmd: ImapCommand, turn: _Turn) -> None:
-        turn.send(f"{cmd.tag} OK {cmd.name.capitalize()} completed")
+    def _cmd_noop(self, cmd: ImapCommand) -> None:
+        self._say(f"{cmd.tag} OK {cmd.name.capitalize()} completed")
 
-    def _cmd_logout(self, cmd: ImapCommand, turn: _Turn) -> None:
-        turn.send(BYE_LOGOUT)
-        turn.send(f"{cmd.tag} OK Logout completed")
-        self._close(turn)
+    def _cmd_logout(self, cmd: ImapCommand) -> None:
+        self._say(BYE_LOGOUT)
+        self._say(f"{cmd.tag} OK Logout completed")
+        self._close()
 
-    def _cmd_id(self, cmd: ImapCommand, turn: _Turn) -> None:
+    def _cmd_id(self, cmd: ImapCommand) -> None:
         arg = cmd.args[0] if len(cmd.args) == 1 else None
         if isinstance(arg, Group) and len(arg.items) % 2 == 0:
             fields: list[str] = []
@@ -794,46 +580,48 @@ class ImapCore:
                     shown = nstring(value)
                     fields.append(f"{truncate(name, 30)}={truncate(shown or 'NIL', 100)}")
             if fields:
-                turn.record(ClientIdentified("imap_id", truncate("; ".join(fields), 500)))
+                self._out.record(ClientIdentified("imap_id", truncate("; ".join(fields), 500)))
         elif not (isinstance(arg, Atom) and arg.upper() == "NIL"):
-            self._bad(turn, cmd.tag, "syntax", "ID expects NIL or a list of fields")
+            self._bad(cmd.tag, "syntax", "ID expects NIL or a list of fields")
             return
-        turn.send(SERVER_ID)
-        turn.send(f"{cmd.tag} OK ID completed")
+        self._say(SERVER_ID)
+        self._say(f"{cmd.tag} OK ID completed")
 
-    def _cmd_idle(self, cmd: ImapCommand, turn: _Turn) -> None:
+    def _cmd_idle(self, cmd: ImapCommand) -> None:
         if cmd.args:
-            self._bad(turn, cmd.tag, "syntax", "IDLE takes no arguments")
+            self._bad(cmd.tag, "syntax", "IDLE takes no arguments")
             return
         self._idle_tag = cmd.tag
         self._mode = Mode.IDLE
-        turn.send(CONTINUE_IDLE)
+        self._say(CONTINUE_IDLE)
 
-    def _on_idle_line(self, line: bytes | LineTooLong, turn: _Turn) -> None:
+    def _on_idle_line(self, line: bytes | LineTooLong) -> None:
         self._mode = Mode.COMMAND
         if isinstance(line, bytes) and line.strip().upper() == b"DONE":
-            turn.record(CommandReceived("DONE", self._is_tls))
-            turn.send(f"{self._idle_tag} OK Idle completed")
+            self._out.record(CommandReceived("DONE", self._is_tls))
+            self._say(f"{self._idle_tag} OK Idle completed")
             return
         if isinstance(line, bytes):
             raw = RawCommand((line,), ())
-            shown = self._transcript(raw, parse_command(raw), turn)
-            turn.record(CommandReceived(truncate(shown), self._is_tls))
-        self._bad(turn, self._idle_tag, "syntax", "Expected DONE")
+            shown = self._transcript(raw, parse_command(raw))
+            self._out.record(CommandReceived(truncate(shown), self._is_tls))
+        self._bad(self._idle_tag, "syntax", "Expected DONE")
 
     # --- authenticated and selected states --------------------------------------------------
 
-    def _cmd_mailbox(self, cmd: ImapCommand, turn: _Turn) -> None:
+    def _cmd_mailbox(self, cmd: ImapCommand) -> None:
+        if self._preauthed:
+            self._out.record(PreauthUsed(cmd.name, self._is_tls))
         outcome = self._store.run(cmd)
         if outcome.message_bytes is not None:
-            turn.record(MessageReceived(outcome.message_bytes, 0, self._is_tls))
+            self._out.record(MessageReceived(outcome.message_bytes, 0, self._is_tls))
         for line in outcome.untagged:
-            turn.send(line)
+            self._say(line)
         self._state = State.SELECTED if self._store.selected else State.AUTHENTICATED
         if outcome.status == "BAD":
-            self._bad(turn, cmd.tag, "syntax", outcome.text)
+            self._bad(cmd.tag, "syntax", outcome.text)
         else:
-            turn.send(f"{cmd.tag} {outcome.status} {outcome.text}")
+            self._say(f"{cmd.tag} {outcome.status} {outcome.text}")
 
 
 def _redact_partial(text: str) -> str:
@@ -857,7 +645,7 @@ def _unknown_command(text: str) -> str:
     return f"{shown} {redacted_line(len(rest[0].encode()))}" if rest and rest[0] else shown
 
 
-Handler = Callable[[ImapCore, ImapCommand, _Turn], None]
+Handler = Callable[[ImapCore, ImapCommand], None]
 
 _ANY: Final = frozenset(State)
 _AUTH: Final = frozenset({State.AUTHENTICATED, State.SELECTED})
@@ -874,4 +662,18 @@ COMMANDS: Final[dict[str, tuple[Handler, frozenset[State]]]] = {
     "IDLE": (ImapCore._cmd_idle, _AUTH),
     **{verb: (ImapCore._cmd_mailbox, _AUTH) for verb in AUTHENTICATED_COMMANDS},
     **{verb: (ImapCore._cmd_mailbox, _SELECTED) for verb in SELECTED_COMMANDS},
+}
+
+_STARTTLS_REPLIES: Final = {
+    StarttlsReply.GO_AHEAD: STARTTLS_PROCEED,
+    StarttlsReply.TEMPORARY: STARTTLS_REFUSED,
+    StarttlsReply.NOT_ADVERTISED: STARTTLS_NOT_AVAILABLE,
+    StarttlsReply.ALREADY_TLS: STARTTLS_NOT_AVAILABLE,
+    StarttlsReply.SYNTAX: STARTTLS_SYNTAX,
+}
+_AUTH_REPLIES: Final = {
+    AuthReply.FAILED: AUTH_FAILED,
+    AuthReply.CANCELLED: AUTH_CANCELLED,
+    AuthReply.MALFORMED: "BAD Invalid SASL response",
+    AuthReply.TLS_REQUIRED: "NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS",
 }

@@ -9,10 +9,9 @@ Shape of this file:
   stored in observations; ``line(text)`` gives the wire form;
 - ``_VERBS`` is the command table: verb -> handler, the states where it is legal, and how the
   line appears in the transcript;
-- states: ``NEW`` (before the greeting), ``AUTHORIZATION``, ``SASL`` (inside an AUTH exchange),
-  ``TRANSACTION``, ``HANDSHAKE`` (after ``StartTls``), ``CLIENT_HELLO`` (t2, after
-  ``ReadClientHello``), ``DISRUPTED`` (t2/t4: ``common.Disrupted`` records, nothing is
-  answered), ``CLOSED``;
+- the connection's lifecycle (STARTTLS, handshake, t2/t4 disruption, timers, budgets, SASL
+  outcome) is ``flow.AttackFlow``'s; this file supplies its wording and the POP3 states
+  ``AUTHORIZATION``, ``SASL`` (inside an AUTH exchange) and ``TRANSACTION``;
 - ``CredentialScanner`` finds USER/PASS/AUTH credentials in lines that get no reply (pipelined
   after STLS, the t4 first command, the disrupted state).
 
@@ -20,8 +19,8 @@ Secrets (PASS arguments, SASL responses, APOP digests) are never kept nor record
 transcript shows ``<redacted, N bytes>``. A line that is not a POP3 command may be a password
 typed in the wrong place, so only a known verb of some protocol is ever shown from it.
 
-Imports only ``mailtls.observations``, ``mailtls.testcases`` and sibling modules (``base``,
-``common``, ``sasl``). Must not import ``asyncio``, ``socket``, ``ssl``, ``mailtls.net``,
+Imports only ``mailtls.observations`` and sibling modules (``base``, ``common``, ``flow``,
+``sasl``). Must not import ``asyncio``, ``socket``, ``ssl``, ``mailtls.net``,
 ``mailtls.store``, ``mailtls.web``, nor the other cores.
 """
 
@@ -38,59 +37,29 @@ from mailtls.observations import (
     CapabilitiesSent,
     CommandReceived,
     Observation,
-    PipelinedAfterStarttls,
-    ProtocolError,
-    SessionKicked,
-    StarttlsAccepted,
-    StarttlsDisrupted,
-    StarttlsRefused,
-    StarttlsRequested,
-    TlsHandshakeFailed,
-    TlsStarted,
     UsernameSent,
 )
 from mailtls.protocols.base import (
     AuthDecision,
-    ClientHelloReceived,
-    Close,
-    Closed,
-    Command,
-    Connected,
-    DataReceived,
-    Event,
-    Kicked,
-    LineBuffer,
     LineTooLong,
-    ReadClientHello,
-    Record,
-    Send,
-    SendRaw,
     SessionContext,
-    SetTimer,
-    StartTls,
-    Timeout,
-    TlsEstablished,
-    TlsFailed,
-    TlsInfo,
     decode,
     truncate,
 )
 from mailtls.protocols.common import (
-    CANCELLED,
     FAILURE,
-    MALFORMED,
     SUCCESS,
-    Disrupted,
-    SaslFlow,
+    LineScanner,
+    SecretScanner,
     ascii_number,
+    first_verb,
     input_timer,
     mechanism_allowed,
     mechanism_label,
-    mechanisms,
     redacted_line,
 )
+from mailtls.protocols.flow import AttackFlow, AuthReply, Phase, StarttlsReply, Wording
 from mailtls.protocols.sasl import RECOGNISED
-from mailtls.testcases import AfterTls, StarttlsAction
 
 # --- replies (no CRLF: the form stored in observations) ---------------------------------------
 
@@ -116,6 +85,7 @@ ERR_AUTH_MALFORMED: Final = "-ERR Invalid SASL response"
 ERR_AUTH_MECHANISM: Final = "-ERR Unsupported authentication mechanism"
 ERR_AUTH_SYNTAX: Final = "-ERR Syntax: AUTH [mechanism [initial-response]]"
 ERR_APOP: Final = "-ERR APOP not available"
+ERR_TLS_REQUIRED: Final = "-ERR [AUTH] Plaintext authentication disallowed without TLS"
 ERR_USER_SYNTAX: Final = "-ERR Syntax: USER name"
 ERR_PASS_SYNTAX: Final = "-ERR Syntax: PASS password"
 ERR_NO_USER: Final = "-ERR No username given"
@@ -153,17 +123,13 @@ _NOBODY: Final = AuthDecision(ok=False, display="", code=None)
 
 
 class State(enum.Enum):
-    NEW = "new"
+    """The POP3 states inside the flow's ``Phase.READING``."""
+
     AUTHORIZATION = "authorization"
     SASL = "sasl"
     TRANSACTION = "transaction"
-    HANDSHAKE = "handshake"
-    CLIENT_HELLO = "client_hello"
-    DISRUPTED = "disrupted"
-    CLOSED = "closed"
 
 
-_READING: Final = frozenset({State.AUTHORIZATION, State.SASL, State.TRANSACTION})
 _AUTH: Final = frozenset({State.AUTHORIZATION})
 _TRANS: Final = frozenset({State.TRANSACTION})
 _BOTH: Final = _AUTH | _TRANS
@@ -206,446 +172,265 @@ class _Line:
         return self.arg.split()
 
 
-class CredentialScanner:
+class CredentialScanner(LineScanner):
     """Finds credentials in POP3 lines that get no reply (pipelined after STLS, the t4 first
     command, the disrupted state): ``USER``, ``PASS``, ``AUTH <mech> <initial>`` and the SASL
-    lines after it. Implements ``common.SecretScanner``; ``user`` carries a USER across."""
+    lines after it. ``user`` carries a USER across."""
 
-    __slots__ = ("_ctx", "_flow", "_outcome", "_tls", "user")
+    __slots__ = ("user",)
 
     def __init__(
         self, ctx: SessionContext, tls: bool, outcome: str, user: AuthDecision | None = None
     ) -> None:
-        self._ctx = ctx
-        self._tls = tls
-        self._outcome = outcome
-        self._flow: SaslFlow | None = None
+        super().__init__(ctx.authenticator, ctx.hostname, ctx.limits.line_bytes, tls, outcome)
         self.user = user
 
-    def line(self, line: bytes) -> list[Observation]:
-        if self._flow is not None:
-            if isinstance(self._flow.respond(decode(line)), bytes):
-                return []
-            return self.finish()
+    def command(self, line: bytes) -> list[Observation]:
         cmd = _Line.parse(line)
         if cmd.verb == "USER" and cmd.arg.strip():
-            self.user = decision = self._ctx.authenticator(cmd.arg.strip())
-            return [UsernameSent(decision.display, decision.code, self._tls)]
+            self.user = decision = self.decide(cmd.arg.strip())
+            return [UsernameSent(decision.display, decision.code, self.tls)]
         if cmd.verb == "PASS" and cmd.raw_arg:
             d = self.user or _NOBODY
-            tls = self._tls
+            tls = self.tls
             return [
-                AuthAttempted(USER_MECHANISM, d.display, d.code, tls, True, not tls, self._outcome)
+                AuthAttempted(USER_MECHANISM, d.display, d.code, tls, True, not tls, self.outcome)
             ]
         args = cmd.args
         if cmd.verb == "AUTH" and 1 <= len(args) <= 2 and args[0].upper() in RECOGNISED:
-            ctx = self._ctx
-            self._flow = SaslFlow(args[0].upper(), self._tls, ctx.authenticator, ctx.hostname)
-            initial = args[1] if len(args) == 2 else None
-            if isinstance(self._flow.start(initial), bytes):
-                return []
-            return self.finish()
+            return self.start_sasl(args[0].upper(), args[1] if len(args) == 2 else None)
         return []
 
-    def finish(self) -> list[Observation]:
-        flow, self._flow = self._flow, None
-        if flow is None:
-            return []
-        if flow.secret_sent:
-            return flow.records(self._outcome)[:1]
-        decision = flow.decision
-        if decision is not None:
-            return [UsernameSent(decision.display, decision.code, self._tls)]
-        return []
 
-    def scan(self, data: bytes) -> list[Observation]:
-        """Every line of a byte string (a partial last line included), then ``finish``."""
-        found: list[Observation] = []
-        for raw in data.split(b"\n"):
-            if raw.rstrip(b"\r"):
-                found += self.line(raw.rstrip(b"\r"))
-        return found + self.finish()
-
-
-class Pop3Core:
+class Pop3Core(AttackFlow):
     """One POP3 connection, server side. See the module docstring."""
 
-    __slots__ = (
-        "_auth_failures",
-        "_ctx",
-        "_decided",
-        "_disrupt_pending",
-        "_disrupted",
-        "_errors",
-        "_flow",
-        "_in_line",
-        "_limits",
-        "_lines",
-        "_silence",
-        "_state",
-        "_tls",
-        "_user",
+    PROTOCOL = "pop3"
+    WORDING = Wording(
+        tls_unavailable=line(ERR_TLS_TEMP),
+        too_many_errors=line(ERR_TOO_MANY_ERRORS),
+        too_many_auth_failures=line(ERR_TOO_MANY_ERRORS),
     )
 
+    __slots__ = ("_completed", "_decided", "_in_line", "_partial", "_state", "_user")
+
     def __init__(self, ctx: SessionContext) -> None:
-        self._ctx = ctx
-        self._limits = ctx.limits
-        self._state = State.NEW
-        self._tls = False
-        self._lines = LineBuffer(ctx.limits.line_bytes)
+        super().__init__(ctx)
+        self._state = State.AUTHORIZATION
         self._in_line = False  # an incomplete line is buffered (its deadline is armed)
-        self._silence = False  # t3: STLS was refused and the client has sent nothing since
-        self._disrupt_pending = False  # t4: the next command inside TLS is disrupted
-        self._disrupted: Disrupted | None = None
-        self._errors = 0
-        self._auth_failures = 0
+        self._completed = False  # the data just read completed a line
+        self._partial = False  # the data just read ended inside a line
         self._user: AuthDecision | None = None  # after USER, until PASS
-        self._flow: SaslFlow | None = None  # the AUTH exchange in progress
         self._decided: tuple[str, AuthDecision] | None = None
 
     @property
     def state(self) -> State:
         return self._state
 
-    # --- events --------------------------------------------------------------------------
+    # --- the flow's hooks ----------------------------------------------------------------
 
-    def handle(self, event: Event) -> list[Command]:
-        if self._state is State.DISRUPTED and self._disrupted is not None:
-            if isinstance(event, DataReceived | Timeout | Closed | Kicked):
-                commands = self._disrupted.handle(event)
-                if Close() in commands:
-                    self._state = State.CLOSED
-                return commands
-            return []
-        match event:
-            case Connected(tls=info):
-                return self._on_connected(info)
-            case DataReceived(data=data):
-                return self._on_data(data)
-            case TlsEstablished(info=info):
-                return self._on_tls_established(info)
-            case TlsFailed(reason=reason):
-                return self._on_tls_failed(reason)
-            case ClientHelloReceived(nbytes=nbytes, looks_like_tls=looks):
-                return self._on_client_hello(nbytes, looks)
-            case Timeout():
-                return self._on_timeout()
-            case Closed():
-                return self._on_closed()
-            case Kicked(reason=reason):
-                return self._on_kicked(reason)
-        return []
+    def _greeting(self) -> bytes:
+        return line(greeting(self._ctx.hostname))
 
-    def _on_connected(self, info: TlsInfo | None) -> list[Command]:
-        if self._state is not State.NEW:
-            return []
-        out: list[Command] = []
-        if info is not None:  # implicit TLS: the handshake is done
-            self._tls = True
-            out.append(Record(TlsStarted(info.version, info.cipher, implicit=True)))
-            self._disrupt_pending = self._disrupts_after_tls()
-        self._state = State.AUTHORIZATION
-        greet = Send(line(greeting(self._ctx.hostname)))
-        return [*out, greet, SetTimer(self._limits.idle_seconds)]
-
-    def _on_data(self, data: bytes) -> list[Command]:
-        if not data or self._state not in _READING:
-            return []  # mid-handshake (the shell routes bytes to TLS), closed, or not greeted
-        self._silence = False
+    def _read(self, data: bytes) -> None:
         self._lines.feed(data)
-        out: list[Command] = []
-        completed = False
-        while self._state in _READING and (item := self._lines.next_line()) is not None:
-            completed = True
-            out += self._on_item(item)
-        if self._state not in _READING:
-            return out
-        partial = not data.endswith(b"\n")
-        if self._silence and not partial:
-            out.append(SetTimer(self._limits.silence_after_refusal))
-        else:
-            self._silence = False
-            timer = input_timer(self._limits, completed, self._in_line, partial)
-            out += [timer] if timer is not None else []
-        self._in_line = partial
-        return out
+        self._completed = False
+        while self.phase is Phase.READING and (item := self._lines.next_line()) is not None:
+            self._completed = True
+            self._on_item(item)
+        self._partial = not data.endswith(b"\n")
 
-    def _on_item(self, item: bytes | LineTooLong) -> list[Command]:
-        self._silence = False
-        if self._disrupt_pending:
-            return self._disrupt_session(item)
-        if isinstance(item, LineTooLong):
-            return self._on_too_long(item)
-        if self._state is State.SASL:
-            return self._sasl_line(item)
-        return self._command(_Line.parse(item))
+    def _arm_timer(self) -> None:
+        timer = input_timer(self._limits, self._completed, self._in_line, self._partial)
+        if timer is not None:
+            self._out.add(timer)
+        self._in_line = self._partial
 
-    def _on_tls_established(self, info: TlsInfo) -> list[Command]:
-        if self._state is not State.HANDSHAKE:
-            return []
-        self._tls = True
-        self._state = State.AUTHORIZATION
-        self._user = None  # forget all pre-TLS state
-        self._lines = LineBuffer(self._limits.line_bytes)
+    def _starttls_reply(self, kind: StarttlsReply, tag: str) -> bytes:
+        return line(_STLS_REPLIES[kind])
+
+    def _timeout_reply(self) -> bytes:
+        return line(ERR_INACTIVITY)
+
+    def _kicked_reply(self, reason: str) -> bytes:
+        return line(kicked(reason))
+
+    def _scanner(self, tls: bool, outcome: str, before: SecretScanner | None) -> SecretScanner:
+        user = before.user if isinstance(before, CredentialScanner) else self._user
+        return CredentialScanner(self._ctx, tls, outcome, user)
+
+    def _data_verb(self, data: bytes) -> str:
+        return first_verb(data, _KNOWN_VERBS)
+
+    def _challenge(self, data: bytes) -> bytes:
+        return b"+ " + base64.b64encode(data) + b"\r\n"
+
+    def _auth_reply(self, kind: AuthReply) -> bytes:
+        return line(_AUTH_REPLIES[kind])
+
+    def _forged_answer(self, tag: str) -> bytes:
+        return multiline(OK_CAPA, ["USER", "SASL PLAIN"])
+
+    def _logged_in(self, decision: AuthDecision | None) -> None:
+        self._state = State.TRANSACTION
+        self._out.reply(line(OK_LOGGED_IN))
+
+    def _sasl_mode(self, active: bool) -> None:
+        if active:
+            self._state = State.SASL
+        elif self._state is State.SASL:
+            self._state = State.AUTHORIZATION
+
+    def _forget_pre_tls(self) -> None:
+        self._user = None
         self._in_line = False
-        self._disrupt_pending = self._disrupts_after_tls()
-        return [
-            Record(TlsStarted(info.version, info.cipher, implicit=False)),
-            SetTimer(self._limits.idle_seconds),
-        ]
 
-    def _on_tls_failed(self, reason: str) -> list[Command]:
-        if self._state is not State.HANDSHAKE:
-            return []
-        self._state = State.CLOSED
-        return [Record(TlsHandshakeFailed(truncate(reason))), Close()]
+    def _may_starttls(self) -> bool:
+        return self._state is State.AUTHORIZATION
 
-    def _on_client_hello(self, nbytes: int, looks_like_tls: bool) -> list[Command]:
-        """t2: the ClientHello was read and never answered; a cleartext error replaces it."""
-        if self._state is not State.CLIENT_HELLO:
-            return []
-        self._enter_disrupted(CredentialScanner(self._ctx, False, "disrupted", self._user))
-        return [
-            Record(StarttlsDisrupted("handshake", nbytes, looks_like_tls, ERR_TLS_TEMP)),
-            Send(line(ERR_TLS_TEMP)),
-            SetTimer(self._limits.disrupted_seconds),
-        ]
-
-    def _on_timeout(self) -> list[Command]:
-        state = self._state
-        if state is State.CLOSED:
-            return []
-        if state not in _READING or self._silence:
-            self._state = State.CLOSED
-            return [Close()]  # mid-handshake, or t3 silence: no reply
-        out = self._end_flow(CANCELLED)
-        self._state = State.CLOSED
-        return [*out, Send(line(ERR_INACTIVITY)), Close()]
-
-    def _on_closed(self) -> list[Command]:
-        out = self._end_flow(CANCELLED)
-        self._state = State.CLOSED
-        return out
-
-    def _on_kicked(self, reason: str) -> list[Command]:
-        state = self._state
-        if state is State.CLOSED:
-            return []
-        reason = truncate("".join(c if c.isprintable() else " " for c in reason))
-        out = [*self._end_flow(CANCELLED), Record(SessionKicked(reason))]
-        self._state = State.CLOSED
-        if state in _READING:
-            out.append(Send(line(kicked(reason))))
-        return [*out, Close()]
+    def _discard_input(self) -> bytes:
+        self._in_line = False
+        return self._lines.take_rest()
 
     # --- commands ------------------------------------------------------------------------
 
-    def _command(self, cmd: _Line) -> list[Command]:
+    def _on_item(self, item: bytes | LineTooLong) -> None:
+        if self._command_starts():
+            self._disrupt_first(item)
+        elif self._state is State.SASL:
+            self._sasl_line(item)
+        elif isinstance(item, LineTooLong):
+            self._error("line_too_long", line(ERR_LINE_TOO_LONG))
+        else:
+            self._command(_Line.parse(item))
+
+    def _command(self, cmd: _Line) -> None:
         spec = _VERBS.get(cmd.verb)
         if spec is None:
-            record = Record(CommandReceived(self._opaque(cmd), self._tls))
-            return [record, *self._error("unknown_command", ERR_UNKNOWN)]
-        record = Record(CommandReceived(truncate(spec.transcript(self, cmd)), self._tls))
+            self._out.record(CommandReceived(self._opaque(cmd), self._tls))
+            self._error("unknown_command", line(ERR_UNKNOWN))
+            return
+        self._out.record(CommandReceived(truncate(spec.transcript(self, cmd)), self._tls))
         if b"\x00" in cmd.raw and not spec.opaque_arg:
-            return [record, *self._error("bad_character", ERR_BAD_CHARACTER)]
-        if self._state not in spec.states:
-            return [record, *self._error("wrong_state", ERR_WRONG_STATE)]
-        return [record, *spec.run(self, cmd)]
+            self._error("bad_character", line(ERR_BAD_CHARACTER))
+        elif self._state not in spec.states:
+            self._error("wrong_state", line(ERR_WRONG_STATE))
+        else:
+            spec.run(self, cmd)
 
-    def _capa(self, cmd: _Line) -> list[Command]:
-        offered = self._starttls_advertised()
+    def _reply(self, text: str) -> None:
+        self._out.reply(line(text))
+
+    def _fail(self, reason: str, text: str) -> None:
+        self._error(reason, line(text))
+
+    def _capa(self, cmd: _Line) -> None:
+        offered = self._starttls_offered()
         mechs: tuple[str, ...] = ()
         items: list[str] = []
         if self._state is State.AUTHORIZATION:
-            mechs = mechanisms(self._tls)
+            mechs = self._offered_mechanisms()
             items += ["USER", "SASL " + " ".join(mechs), *(["STLS"] if offered else [])]
         items += [*CAPABILITIES, IMPLEMENTATION]
-        sent = CapabilitiesSent(starttls_offered=offered, auth_mechanisms=mechs, tls=self._tls)
-        return [Record(sent), Send(multiline(OK_CAPA, items))]
+        self._out.record(CapabilitiesSent(offered, mechs, self._tls))
+        self._out.reply(multiline(OK_CAPA, items))
 
-    def _stls(self, cmd: _Line) -> list[Command]:
-        advertised = self._starttls_advertised()
-        out: list[Command] = [Record(StarttlsRequested(advertised=advertised))]
-        if not advertised:
-            if self._tls:
-                return [*out, *self._refuse_starttls("already_tls", ERR_TLS_ACTIVE)]
-            return [*out, *self._refuse_starttls("not_advertised", ERR_STLS_NOT_ADVERTISED)]
-        if cmd.arg.strip():
-            return [*out, *self._refuse_starttls("syntax", ERR_STLS_SYNTAX)]
-        action = self._ctx.policy.on_starttls()
-        if action is StarttlsAction.REFUSE:
-            self._silence = True
-            refused = StarttlsRefused("testcase", ERR_TLS_TEMP)
-            return [*out, Record(refused), Send(line(ERR_TLS_TEMP))]
-        out += self._discard_pipelined()
-        out += [Record(StarttlsAccepted()), Send(line(OK_BEGIN_TLS))]
-        if action is StarttlsAction.BREAK_HANDSHAKE:
-            self._state = State.CLIENT_HELLO
-            out.append(ReadClientHello())
-        else:
-            self._state = State.HANDSHAKE
-            out.append(StartTls())
-        return [*out, SetTimer(self._limits.line_seconds)]  # backstop: the shell has a deadline
+    def _stls(self, cmd: _Line) -> None:
+        self._starttls(bool(cmd.arg.strip()))
 
-    def _refuse_starttls(self, reason: str, reply: str) -> list[Command]:
-        return [Record(StarttlsRefused(reason, reply)), *self._error_reply(reply)]
-
-    def _discard_pipelined(self) -> list[Command]:
-        """Bytes sent after STLS, before the handshake, are dropped (command injection); any
-        credentials in them went out in the clear and are recorded as refused."""
-        rest = self._lines.take_rest()
-        self._in_line = False
-        if not rest:
-            return []
-        scanner = CredentialScanner(self._ctx, self._tls, "refused", self._user)
-        found = [Record(o) for o in scanner.scan(rest)]
-        return [Record(PipelinedAfterStarttls(len(rest))), *found]
-
-    def _user_cmd(self, cmd: _Line) -> list[Command]:
+    def _user_cmd(self, cmd: _Line) -> None:
         name = cmd.arg.strip()
         if not name:
-            return self._error("syntax", ERR_USER_SYNTAX)
+            self._fail("syntax", ERR_USER_SYNTAX)
+            return
         self._user = decision = self._decide(name)
-        sent = UsernameSent(decision.display, decision.code, self._tls)
-        return [Record(sent), Send(line(OK_USER))]
+        self._out.record(UsernameSent(decision.display, decision.code, self._tls))
+        self._reply(OK_USER)
 
-    def _pass(self, cmd: _Line) -> list[Command]:
+    def _pass(self, cmd: _Line) -> None:
         if not cmd.raw_arg:
-            return self._error("syntax", ERR_PASS_SYNTAX)
+            self._fail("syntax", ERR_PASS_SYNTAX)
+            return
         decision, self._user = self._user, None
         if decision is None:
-            attempt = self._attempt(USER_MECHANISM, _NOBODY, True, "refused")
-            return [Record(attempt), *self._error("bad_sequence", ERR_NO_USER)]
+            self._out.record(self._attempt(USER_MECHANISM, _NOBODY, True, "refused"))
+            self._fail("bad_sequence", ERR_NO_USER)
+            return
         ok = decision.ok
-        attempt = self._attempt(USER_MECHANISM, decision, True, SUCCESS if ok else FAILURE)
-        return [Record(attempt), *(self._logged_in() if ok else self._auth_failed())]
+        self._out.record(self._attempt(USER_MECHANISM, decision, True, SUCCESS if ok else FAILURE))
+        if ok:
+            self._logged_in(decision)
+        else:
+            self._auth_failed()
 
-    def _apop(self, cmd: _Line) -> list[Command]:
+    def _apop(self, cmd: _Line) -> None:
         args = cmd.args
         decision = self._decide(args[0]) if args else _NOBODY
-        attempt = self._attempt("APOP", decision, len(args) > 1, "refused")
-        return [Record(attempt), *self._error_reply(ERR_APOP)]
+        self._out.record(self._attempt("APOP", decision, len(args) > 1, "refused"))
+        self._error(None, line(ERR_APOP))
 
-    def _auth(self, cmd: _Line) -> list[Command]:
+    def _auth(self, cmd: _Line) -> None:
         args = cmd.args
         if not args:
-            return [Send(multiline(OK_MECHANISMS, list(mechanisms(self._tls))))]
+            self._out.reply(multiline(OK_MECHANISMS, list(self._offered_mechanisms())))
+            return
         if len(args) > 2:
-            return self._error("syntax", ERR_AUTH_SYNTAX)
+            self._fail("syntax", ERR_AUTH_SYNTAX)
+            return
         mech = args[0].upper()
         initial = args[1] if len(args) > 1 else None
-        ctx = self._ctx
+        if self._login_refused():
+            self._refuse_login(mech, initial)
+            return
         if not mechanism_allowed(mech, self._tls):
-            if mech in RECOGNISED:  # CRAM-MD5 before TLS: an initial response is still seen
-                flow = SaslFlow(mech, self._tls, ctx.authenticator, ctx.hostname)
-                flow.start(initial)
-                refused = [Record(o) for o in flow.records("refused")]
-            else:
-                attempt = self._attempt(mechanism_label(mech), _NOBODY, False, "refused")
-                refused = [Record(attempt)]
-            return [*refused, *self._error("auth_refused", ERR_AUTH_MECHANISM)]
-        flow = SaslFlow(mech, self._tls, ctx.authenticator, ctx.hostname)
-        return self._sasl_result(flow, flow.start(initial))
+            self._record_refused(mech, initial)
+            self._fail("auth_refused", ERR_AUTH_MECHANISM)
+            return
+        self._begin_sasl(mech, initial)
 
-    def _stat(self, cmd: _Line) -> list[Command]:
-        return [Send(line(OK_STAT))]
+    def _stat(self, cmd: _Line) -> None:
+        self._reply(OK_STAT)
 
-    def _list(self, cmd: _Line) -> list[Command]:
-        return self._no_message(cmd.args, 1) if cmd.args else [Send(multiline(OK_LIST, []))]
+    def _list(self, cmd: _Line) -> None:
+        if cmd.args:
+            self._no_message(cmd.args, 1)
+        else:
+            self._out.reply(multiline(OK_LIST, []))
 
-    def _uidl(self, cmd: _Line) -> list[Command]:
-        return self._no_message(cmd.args, 1) if cmd.args else [Send(multiline(OK_UIDL, []))]
+    def _uidl(self, cmd: _Line) -> None:
+        if cmd.args:
+            self._no_message(cmd.args, 1)
+        else:
+            self._out.reply(multiline(OK_UIDL, []))
 
-    def _retr(self, cmd: _Line) -> list[Command]:  # RETR and DELE
-        return self._no_message(cmd.args, 1)
+    def _retr(self, cmd: _Line) -> None:  # RETR and DELE
+        self._no_message(cmd.args, 1)
 
-    def _top(self, cmd: _Line) -> list[Command]:
+    def _top(self, cmd: _Line) -> None:
         args = cmd.args
         if len(args) != 2 or ascii_number(args[1]) is None:
-            return self._error("syntax", ERR_TOP_SYNTAX)
-        return self._no_message(args, 2)
+            self._fail("syntax", ERR_TOP_SYNTAX)
+            return
+        self._no_message(args, 2)
 
-    def _noop(self, cmd: _Line) -> list[Command]:
-        return [Send(line(OK_NOOP))]
+    def _noop(self, cmd: _Line) -> None:
+        self._reply(OK_NOOP)
 
-    def _rset(self, cmd: _Line) -> list[Command]:
-        return [Send(line(OK_RSET))]
+    def _rset(self, cmd: _Line) -> None:
+        self._reply(OK_RSET)
 
-    def _quit(self, cmd: _Line) -> list[Command]:
+    def _quit(self, cmd: _Line) -> None:
         # In TRANSACTION state this enters UPDATE: nothing was marked deleted, nothing to do.
-        self._state = State.CLOSED
-        return [Send(line(OK_QUIT)), Close()]
+        self._reply(OK_QUIT)
+        self._close()
 
-    def _no_message(self, args: list[str], count: int) -> list[Command]:
+    def _no_message(self, args: list[str], count: int) -> None:
         """The maildrop is empty: a well-formed message number names no message."""
         number = ascii_number(args[0]) if len(args) == count else None
         if number is None or number < 1:
-            return self._error("syntax", ERR_MESSAGE_NUMBER)
-        return [Send(line(ERR_NO_SUCH_MESSAGE))]
-
-    # --- SASL ----------------------------------------------------------------------------
-
-    def _sasl_line(self, raw: bytes) -> list[Command]:
-        flow = self._flow
-        assert flow is not None
-        text = decode(raw)
-        shown = "*" if text.strip() == "*" else redacted_line(len(raw))
-        record = Record(CommandReceived(shown, self._tls))
-        return [record, *self._sasl_result(flow, flow.respond(text))]
-
-    def _sasl_result(self, flow: SaslFlow, result: bytes | str) -> list[Command]:
-        if isinstance(result, bytes):
-            self._flow = flow
-            self._state = State.SASL
-            return [Send(b"+ " + base64.b64encode(result) + b"\r\n")]
-        out = self._finish_flow(flow, result)
-        if result == SUCCESS:
-            return [*out, *self._logged_in()]
-        if result == FAILURE:
-            return [*out, *self._auth_failed()]
-        if result == CANCELLED:
-            return [*out, Send(line(ERR_AUTH_CANCELLED))]
-        return [*out, *self._error("sasl_malformed", ERR_AUTH_MALFORMED)]
-
-    def _finish_flow(self, flow: SaslFlow, result: str) -> list[Command]:
-        self._flow = None
-        if self._state is State.SASL:
-            self._state = State.AUTHORIZATION
-        outcome = FAILURE if result == MALFORMED else result
-        return [Record(o) for o in flow.records(outcome)]
-
-    def _end_flow(self, outcome: str) -> list[Command]:
-        """An exchange cut short (timeout, kick, peer gone) still gets its ``AuthAttempted``."""
-        return self._finish_flow(self._flow, outcome) if self._flow is not None else []
-
-    # --- authentication outcome ----------------------------------------------------------
-
-    def _logged_in(self) -> list[Command]:
-        self._state = State.TRANSACTION
-        return [Send(line(OK_LOGGED_IN))]
-
-    def _auth_failed(self) -> list[Command]:
-        self._state = State.AUTHORIZATION
-        self._auth_failures += 1
-        out: list[Command] = [Send(line(ERR_AUTH_FAILED), delay=self._limits.auth_fail_delay)]
-        if self._auth_failures >= self._limits.max_auth_failures:
-            self._state = State.CLOSED
-            final = ProtocolError("too_many_auth_failures", ERR_TOO_MANY_ERRORS)
-            out += [Record(final), Send(line(ERR_TOO_MANY_ERRORS)), Close()]
-        return out
-
-    def _attempt(
-        self, mechanism: str, decision: AuthDecision, secret_sent: bool, outcome: str
-    ) -> AuthAttempted:
-        return AuthAttempted(
-            mechanism=mechanism,
-            username=decision.display,
-            code=decision.code,
-            tls=self._tls,
-            secret_sent=secret_sent,
-            secret_in_clear=secret_sent and not self._tls,
-            outcome=outcome,
-        )
+            self._fail("syntax", ERR_MESSAGE_NUMBER)
+        else:
+            self._reply(ERR_NO_SUCH_MESSAGE)
 
     def _decide(self, username: str) -> AuthDecision:
         """Ask the authenticator once per username (transcript and handler both need it)."""
@@ -655,76 +440,24 @@ class Pop3Core:
         self._decided = (username, decision)
         return decision
 
-    # --- t2/t4 disruption ----------------------------------------------------------------
-
-    def _disrupt_session(self, item: bytes | LineTooLong) -> list[Command]:
-        """t4: record the first command inside TLS, answer it in cleartext outside TLS."""
-        self._disrupt_pending = False
+    def _disrupt_first(self, item: bytes | LineTooLong) -> None:
+        """t4: the first command inside TLS; an over-long one is not shown."""
         inside = CredentialScanner(self._ctx, True, "disrupted", self._user)
-        out: list[Command] = []
-        if isinstance(item, bytes):
-            cmd = _Line.parse(item)
-            spec = _VERBS.get(cmd.verb)
-            shown = truncate(spec.transcript(self, cmd)) if spec else self._opaque(cmd)
-            out.append(Record(CommandReceived(shown, self._tls)))
-            out += [Record(o) for o in inside.line(item)]
-        # lines pipelined behind it were sent inside TLS as well
-        out += [Record(o) for o in inside.scan(self._lines.take_rest())]
-        # The shell abandons the TLS session with the raw write: what arrives next is raw TCP.
-        self._tls = False
-        self._enter_disrupted(CredentialScanner(self._ctx, False, "disrupted", inside.user))
-        return [
-            *out,
-            Record(StarttlsDisrupted("session", 0, True, ERR_TLS_TEMP)),
-            SendRaw(line(ERR_TLS_TEMP)),
-            SetTimer(self._limits.disrupted_seconds),
-        ]
+        if isinstance(item, LineTooLong):
+            self._disrupt_session(None, inside, [])
+            return
+        cmd = _Line.parse(item)
+        spec = _VERBS.get(cmd.verb)
+        shown = spec.transcript(self, cmd) if spec else self._opaque(cmd)
+        self._disrupt_session(shown, inside, inside.feed(item + b"\n"))
 
-    def _enter_disrupted(self, scanner: CredentialScanner) -> None:
-        known = frozenset(_VERBS) | FOREIGN_VERBS
-        self._disrupted = Disrupted(self._tls, self._limits.line_bytes, scanner, known)
-        self._state = State.DISRUPTED
-
-    # --- helpers -------------------------------------------------------------------------
-
-    def _on_too_long(self, item: LineTooLong) -> list[Command]:
-        out: list[Command] = []
-        if self._state is State.SASL and self._flow is not None:
-            out.append(Record(CommandReceived(redacted_line(item.nbytes), self._tls)))
-            out += self._finish_flow(self._flow, self._flow.fail_line())
-        return [*out, *self._error("line_too_long", ERR_LINE_TOO_LONG)]
-
-    def _error(self, reason: str, reply: str) -> list[Command]:
-        return [Record(ProtocolError(reason, reply)), *self._error_reply(reply)]
-
-    def _error_reply(self, reply: str) -> list[Command]:
-        """A negative reply counted against ``limits.max_errors``; past it, a final line and
-        ``Close``."""
-        self._errors += 1
-        out: list[Command] = [Send(line(reply))]
-        if self._errors >= self._limits.max_errors:
-            self._state = State.CLOSED
-            final = ProtocolError("too_many_errors", ERR_TOO_MANY_ERRORS)
-            out += [Record(final), Send(line(ERR_TOO_MANY_ERRORS)), Close()]
-        return out
+    # --- transcript forms ----------------------------------------------------------------
 
     def _opaque(self, cmd: _Line) -> str:
         """Transcript of a line that is not a POP3 command: never what may be a secret."""
         if cmd.verb in FOREIGN_VERBS:
             return _redacted(cmd.sent_verb, len(cmd.raw_arg)) if cmd.raw_arg else cmd.sent_verb
         return f"<unrecognised, {len(cmd.raw)} bytes>"
-
-    def _starttls_advertised(self) -> bool:
-        return (
-            self._ctx.policy.offer_starttls()
-            and not self._tls
-            and self._state is State.AUTHORIZATION
-        )
-
-    def _disrupts_after_tls(self) -> bool:
-        return self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
-
-    # --- transcript forms ----------------------------------------------------------------
 
     def _show_plain(self, cmd: _Line) -> str:
         return decode(cmd.raw)
@@ -753,11 +486,26 @@ class Pop3Core:
         return _redacted(head, len(initial)) if initial else head
 
 
+_STLS_REPLIES: Final = {
+    StarttlsReply.GO_AHEAD: OK_BEGIN_TLS,
+    StarttlsReply.TEMPORARY: ERR_TLS_TEMP,
+    StarttlsReply.NOT_ADVERTISED: ERR_STLS_NOT_ADVERTISED,
+    StarttlsReply.ALREADY_TLS: ERR_TLS_ACTIVE,
+    StarttlsReply.SYNTAX: ERR_STLS_SYNTAX,
+}
+_AUTH_REPLIES: Final = {
+    AuthReply.FAILED: ERR_AUTH_FAILED,
+    AuthReply.CANCELLED: ERR_AUTH_CANCELLED,
+    AuthReply.MALFORMED: ERR_AUTH_MALFORMED,
+    AuthReply.TLS_REQUIRED: ERR_TLS_REQUIRED,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class _Verb:
     """One row of the command table."""
 
-    run: Callable[[Pop3Core, _Line], list[Command]]
+    run: Callable[[Pop3Core, _Line], None]
     states: frozenset[State]
     transcript: Callable[[Pop3Core, _Line], str] = Pop3Core._show_plain
     opaque_arg: bool = False  # the argument may hold any byte, NUL included (a secret)
@@ -780,3 +528,4 @@ _VERBS: Final[dict[str, _Verb]] = {
     "RSET": _Verb(Pop3Core._rset, _TRANS),
     "QUIT": _Verb(Pop3Core._quit, _BOTH),
 }
+_KNOWN_VERBS: Final = frozenset(_VERBS) | FOREIGN_VERBS

@@ -1,12 +1,13 @@
 """The SMTP server core (sans-IO): greeting, EHLO/HELO, STARTTLS, AUTH, MAIL/RCPT/DATA, ...
 
-Shape: ``SmtpCore.handle(event)`` dispatches the event by type; ``DataReceived`` is split into
-lines by ``LineBuffer`` and each command line goes through the verb table ``_COMMANDS`` (verb ->
-handler). A DATA body is read by ``DataBody``, which ends only at ``CRLF.CRLF`` (a bare LF
-``.`` LF is body, not an end: SMTP smuggling). Replies of a pipelined batch are joined into one
-``Send``; every ``Record`` precedes the reply it explains. Attack behaviour comes from
-``ctx.policy`` (``mailtls.testcases``); everything shared with IMAP and POP3 lives in
-``protocols.common``. See ``docs/protocol-cores.md`` for the contract.
+Shape: the connection's lifecycle (events, STARTTLS, handshake, t2/t4 disruption, timers,
+budgets, SASL outcome) is ``flow.AttackFlow``'s; this file supplies SMTP's wording and reader:
+``DataReceived`` is split into lines by ``LineBuffer`` and each command line goes through the verb
+table ``_COMMANDS`` (verb -> handler). A DATA body is read by ``DataBody``, which ends only at
+``CRLF.CRLF`` (a bare LF ``.`` LF is body, not an end: SMTP smuggling). Replies of a pipelined
+batch are joined into one ``Send``; every ``Record`` precedes the reply it explains. Attack
+behaviour comes from ``ctx.policy`` (``mailtls.testcases``), asked by the flow. See
+``docs/protocol-cores.md`` for the contract.
 
 Must not import ``imap``, ``pop3``, ``asyncio``, sockets, ``mailtls.net``/``store``/``web``.
 """
@@ -19,65 +20,33 @@ from collections.abc import Callable
 from typing import Final
 
 from mailtls.observations import (
-    AuthAttempted,
     CapabilitiesSent,
     ClientIdentified,
     CommandReceived,
     MessageReceived,
     Observation,
-    PipelinedAfterStarttls,
-    ProtocolError,
-    SessionKicked,
-    StarttlsAccepted,
-    StarttlsDisrupted,
-    StarttlsRefused,
-    StarttlsRequested,
-    TlsHandshakeFailed,
-    TlsStarted,
-    UsernameSent,
 )
 from mailtls.protocols import smtp_replies as R
 from mailtls.protocols.base import (
     AuthDecision,
-    ClientHelloReceived,
-    Close,
-    Closed,
-    Command,
-    Connected,
-    DataReceived,
-    Event,
-    Kicked,
-    LineBuffer,
     LineTooLong,
     PortRole,
-    ReadClientHello,
-    Send,
-    SendRaw,
     SessionContext,
-    StartTls,
-    Timeout,
-    TlsEstablished,
-    TlsFailed,
+    decode,
     truncate,
 )
 from mailtls.protocols.common import (
-    CANCELLED,
-    FAILURE,
-    MALFORMED,
-    SUCCESS,
-    Disrupted,
-    Outbox,
-    SaslFlow,
+    LineScanner,
+    SecretScanner,
     ascii_number,
+    first_verb,
     input_timer,
     mechanism_allowed,
     mechanism_label,
-    mechanisms,
-    redacted_line,
     set_timer,
 )
+from mailtls.protocols.flow import AttackFlow, AuthReply, Phase, StarttlsReply, Wording
 from mailtls.protocols.sasl import RECOGNISED, redacted
-from mailtls.testcases import AfterTls, StarttlsAction
 
 MAX_RECIPIENTS: Final = 100
 # Verbs of other protocols and old SMTP extensions that are shown by name in the transcript
@@ -94,10 +63,6 @@ class State(enum.Enum):
     COMMAND = "command"
     AUTH = "auth"  # a SASL exchange awaits the client's next line
     DATA = "data"  # reading a message body
-    TLS_HANDSHAKE = "tls_handshake"  # StartTls issued, awaiting TlsEstablished/TlsFailed
-    CLIENT_HELLO = "client_hello"  # t2: ReadClientHello issued, awaiting ClientHelloReceived
-    DISRUPTED = "disrupted"
-    CLOSED = "closed"
 
 
 class DataBody:
@@ -172,216 +137,123 @@ def _path(arg: str, prefix: str) -> tuple[str, list[str]] | None:
     return words[0], words[1:]
 
 
-class AuthLineScanner:
+class AuthLineScanner(LineScanner):
     """Finds secrets in SMTP lines the server will never answer (pipelined after STARTTLS, or
     after a disruption): ``AUTH <mech> <initial>`` and the SASL lines that follow it."""
 
-    __slots__ = ("_ctx", "_flow", "_outcome", "_tls")
+    __slots__ = ()
 
     def __init__(self, ctx: SessionContext, tls: bool, outcome: str) -> None:
-        self._ctx = ctx
-        self._tls = tls
-        self._outcome = outcome
-        self._flow: SaslFlow | None = None
+        super().__init__(ctx.authenticator, ctx.hostname, ctx.limits.line_bytes, tls, outcome)
 
-    def line(self, line: bytes) -> list[Observation]:
-        text = line.decode("utf-8", "replace")
-        if self._flow is not None:
-            if isinstance(self._flow.respond(text), bytes):
-                return []
-            return self._conclude()
-        verb, _, arg = text.partition(" ")
+    def command(self, line: bytes) -> list[Observation]:
+        verb, _, arg = decode(line).partition(" ")
         if verb.upper() != "AUTH":
             return []
         mech, initial = _split_auth(arg)
-        if mech not in RECOGNISED:
-            return []
-        self._flow = SaslFlow(mech, self._tls, self._ctx.authenticator, self._ctx.hostname)
-        if isinstance(self._flow.start(initial), bytes):
-            return []
-        return self._conclude()
-
-    def finish(self) -> list[Observation]:
-        return self._conclude() if self._flow is not None else []
-
-    def _conclude(self) -> list[Observation]:
-        flow, self._flow = self._flow, None
-        if flow is None:
-            return []
-        if flow.secret_sent:
-            return flow.records(self._outcome)[:1]
-        decision = flow.decision
-        if decision is not None:
-            return [UsernameSent(decision.display, decision.code, self._tls)]
-        return []
-
-    def scan(self, data: bytes) -> list[Observation]:
-        """Every line of a byte string (a partial last line included), then ``finish``."""
-        found: list[Observation] = []
-        for raw in data.split(b"\n"):
-            if raw:
-                found += self.line(raw.rstrip(b"\r"))
-        return found + self.finish()
+        return self.start_sasl(mech, initial) if mech in RECOGNISED else []
 
 
 Handler = Callable[["SmtpCore", str], None]
 
 
-class SmtpCore:
+class SmtpCore(AttackFlow):
     """One SMTP connection, server side. ``handle(event)`` -> commands for the shell."""
+
+    PROTOCOL = "smtp"
+    WORDING = Wording(
+        tls_unavailable=R.S454_TLS_NA,
+        too_many_errors=R.S421_TOO_MANY_ERRORS,
+        too_many_auth_failures=R.S421_TOO_MANY_ERRORS,
+    )
 
     __slots__ = (
         "_auth",
-        "_auth_failures",
         "_body",
-        "_ctx",
-        "_disrupt_next",
-        "_disrupted",
+        "_completed",
         "_domain_suffix",
-        "_errors",
-        "_flow",
         "_greeted",
-        "_held",
-        "_limits",
-        "_lines",
         "_mail",
-        "_out",
+        "_partial_before",
         "_rcpts",
         "_rejected",
-        "_silence",
-        "_tls",
         "state",
     )
 
     def __init__(self, ctx: SessionContext) -> None:
-        self._ctx = ctx
-        self._limits = ctx.limits
+        super().__init__(ctx)
         self._domain_suffix = "@" + ctx.domain.lower()
-        self._lines = LineBuffer(ctx.limits.line_bytes)
         self.state = State.COMMAND
-        self._tls = False
         self._greeted = False  # HELO/EHLO seen (in the current TLS epoch)
         self._auth: AuthDecision | None = None
-        self._flow: SaslFlow | None = None
         self._mail = False
         self._rcpts = 0
         self._rejected = 0
         self._body: DataBody | None = None
-        self._errors = 0
-        self._auth_failures = 0
-        self._disrupt_next = False  # t4: the next command line inside TLS is disrupted
-        self._disrupted: Disrupted | None = None
-        self._held = b""  # bytes that arrived while a ClientHello was being read
-        self._silence = False  # t3: the last thing that happened is the refusal
-        self._out = Outbox()
+        self._completed = False  # the data just read completed a line
+        self._partial_before = False  # a partial line was buffered before the data
 
-    # --- events ---------------------------------------------------------------------------
+    # --- the flow's hooks -----------------------------------------------------------------
 
-    def handle(self, event: Event) -> list[Command]:
-        if self.state is State.CLOSED:
-            return []
-        if self.state is State.DISRUPTED and self._disrupted is not None:
-            commands = self._disrupted.handle(event)
-            if commands and isinstance(commands[-1], Close):
-                self.state = State.CLOSED
-            return commands
-        self._out = Outbox()
-        _EVENTS[type(event)](self, event)
-        return self._out.finish()
+    def _greeting(self) -> bytes:
+        return R.greeting(self._ctx.hostname)
 
-    def _on_connected(self, event: Event) -> None:
-        assert isinstance(event, Connected)
-        if event.tls is not None:  # implicit TLS: the shell leaves TlsStarted to the core
-            self._tls = True
-            self._out.record(TlsStarted(event.tls.version, event.tls.cipher, True))
-            self._disrupt_next = self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
-        self._out.reply(R.greeting(self._ctx.hostname))
-        self._out.add(set_timer(self._limits.idle_seconds))
+    def _read(self, data: bytes) -> None:
+        self._partial_before = self._lines.pending > 0
+        self._completed = self._pump(data)
 
-    def _on_data(self, event: Event) -> None:
-        assert isinstance(event, DataReceived)
-        if self.state is State.CLIENT_HELLO:
-            room = self._limits.line_bytes - len(self._held)
-            if room > 0:
-                self._held += event.data[:room]
-            return
-        if self.state is State.TLS_HANDSHAKE:
-            return
-        self._silence = False
-        partial_before = self._lines.pending > 0
-        completed = self._pump(event.data)
-        if self.state is State.DATA and self._body is not None:
+    def _arm_timer(self) -> None:
+        body = self._body
+        if self.state is State.DATA and body is not None:
             # a body line gets the same absolute deadline as a command line (no slow trickle)
-            body = self._body
             if not body.line_open:
                 body.deadline_armed = False
                 self._out.add(set_timer(self._limits.idle_seconds))
             elif not body.deadline_armed:
                 body.deadline_armed = True
                 self._out.add(set_timer(self._limits.line_seconds))
-        elif self._reading_lines():
-            if self._silence:
-                self._out.add(set_timer(self._limits.silence_after_refusal))
-                return
-            timer = input_timer(self._limits, completed, partial_before, self._lines.pending > 0)
-            if timer is not None:
-                self._out.add(timer)
-
-    def _on_tls_established(self, event: Event) -> None:
-        assert isinstance(event, TlsEstablished)
-        if self.state is not State.TLS_HANDSHAKE:
             return
-        self._tls = True
+        partial = self._lines.pending > 0
+        timer = input_timer(self._limits, self._completed, self._partial_before, partial)
+        if timer is not None:
+            self._out.add(timer)
+
+    def _starttls_reply(self, kind: StarttlsReply, tag: str) -> bytes:
+        return _STARTTLS_REPLIES[kind]
+
+    def _timeout_reply(self) -> bytes:
+        return R.timeout(self._ctx.hostname)
+
+    def _kicked_reply(self, reason: str) -> bytes:
+        return R.S421_KICKED
+
+    def _scanner(self, tls: bool, outcome: str, before: SecretScanner | None) -> SecretScanner:
+        return AuthLineScanner(self._ctx, tls, outcome)
+
+    def _data_verb(self, data: bytes) -> str:
+        return first_verb(data, _KNOWN_VERBS)
+
+    def _challenge(self, data: bytes) -> bytes:
+        return R.challenge(base64.b64encode(data))
+
+    def _auth_reply(self, kind: AuthReply) -> bytes:
+        return _AUTH_REPLIES[kind]
+
+    def _forged_answer(self, tag: str) -> bytes:
+        return R.forged_ehlo(self._ctx.hostname)
+
+    def _logged_in(self, decision: AuthDecision | None) -> None:
+        self._auth = decision
+        self._out.reply(R.S235_AUTH_SUCCESS)
+
+    def _sasl_mode(self, active: bool) -> None:
+        self.state = State.AUTH if active else State.COMMAND
+
+    def _forget_pre_tls(self) -> None:
         self._greeted = False
         self._auth = None
         self._reset_transaction()
         self.state = State.COMMAND
-        self._out.record(TlsStarted(event.info.version, event.info.cipher, False))
-        self._disrupt_next = self._ctx.policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND
-        self._out.add(set_timer(self._limits.idle_seconds))
-
-    def _on_tls_failed(self, event: Event) -> None:
-        assert isinstance(event, TlsFailed)
-        if self.state is not State.TLS_HANDSHAKE:
-            return
-        self._out.record(TlsHandshakeFailed(truncate(event.reason)))
-        self._close()
-
-    def _on_client_hello(self, event: Event) -> None:
-        assert isinstance(event, ClientHelloReceived)
-        if self.state is not State.CLIENT_HELLO:
-            return
-        reply = R.S454_TLS_NA
-        self._out.record(
-            StarttlsDisrupted("handshake", event.nbytes, event.looks_like_tls, R.text(reply))
-        )
-        self._out.reply(reply)
-        self._out.add(set_timer(self._limits.disrupted_seconds))
-        disrupted = self._enter_disrupted()
-        if self._held:
-            held, self._held = self._held, b""
-            for command in disrupted.data(held):
-                self._out.add(command)
-
-    def _on_timeout(self, event: Event) -> None:
-        self._end_flow(CANCELLED)
-        if self._silence or self.state in (State.TLS_HANDSHAKE, State.CLIENT_HELLO):
-            self._close()
-            return
-        self._out.reply(R.timeout(self._ctx.hostname))
-        self._close()
-
-    def _on_closed(self, event: Event) -> None:
-        self._end_flow(CANCELLED)
-        self.state = State.CLOSED
-
-    def _on_kicked(self, event: Event) -> None:
-        assert isinstance(event, Kicked)
-        self._end_flow(CANCELLED)
-        self._out.record(SessionKicked(truncate(event.reason)))
-        if self.state not in (State.TLS_HANDSHAKE, State.CLIENT_HELLO):
-            self._out.reply(R.S421_KICKED)
-        self._close()
 
     # --- input ----------------------------------------------------------------------------
 
@@ -400,13 +272,12 @@ class SmtpCore:
             if line is None:
                 break
             completed = True
-            self._silence = False
-            if self._disrupt_next:  # never in AUTH: the first line of a fresh TLS session
-                self._disrupt_session(line)
-            elif isinstance(line, LineTooLong):
-                self._line_too_long(line)
+            if self._command_starts():  # never in AUTH: the first line of a fresh TLS session
+                self._disrupt_first(line)
             elif self.state is State.AUTH:
                 self._sasl_line(line)
+            elif isinstance(line, LineTooLong):
+                self._error("line_too_long", R.S500_LINE_TOO_LONG)
             else:
                 self._command(line)
             if self.state is State.DATA:
@@ -419,10 +290,10 @@ class SmtpCore:
     def _reading_lines(self) -> bool:
         """In a state that reads command or SASL lines (identity tests: enum hashing is slow)."""
         state = self.state
-        return state is State.COMMAND or state is State.AUTH
+        return self.phase is Phase.READING and (state is State.COMMAND or state is State.AUTH)
 
     def _command(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace")
+        text = decode(line)
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         handler = _COMMANDS.get(verb)
@@ -430,9 +301,9 @@ class SmtpCore:
         if handler is None or bad_character:
             self._out.record(CommandReceived(self._transcript(verb, text, arg), self._tls))
             if bad_character:
-                self._error(R.S500_BAD_CHAR, "bad_character")
+                self._error("bad_character", R.S500_BAD_CHAR)
             else:
-                self._error(R.S500_UNKNOWN, "unknown_command")
+                self._error("unknown_command", R.S500_UNKNOWN)
             return
         if verb != "AUTH":  # AUTH records its own, redacted, line
             self._out.record(CommandReceived(truncate(text), self._tls))
@@ -448,28 +319,16 @@ class SmtpCore:
             return redacted(verb, None, len(arg)) if arg else verb
         return f"<unrecognised, {len(text)} bytes>"
 
-    def _line_too_long(self, line: LineTooLong) -> None:
-        if self.state is State.AUTH and self._flow is not None:
-            self._out.record(CommandReceived(redacted_line(line.nbytes), self._tls))
-            self._finish_flow(self._flow, self._flow.fail_line())
-        self._error(R.S500_LINE_TOO_LONG, "line_too_long")
-
-    # --- errors and endings ---------------------------------------------------------------
-
-    def _error(self, reply: bytes, reason: str | None) -> None:
-        """A negative reply that counts toward ``limits.max_errors``."""
-        if reason is not None:
-            self._out.record(ProtocolError(reason, R.text(reply)))
-        self._out.reply(reply)
-        self._errors += 1
-        if self._errors >= self._limits.max_errors:
-            self._out.record(ProtocolError("too_many_errors", R.text(R.S421_TOO_MANY_ERRORS)))
-            self._out.reply(R.S421_TOO_MANY_ERRORS)
-            self._close()
-
-    def _close(self) -> None:
-        self._out.add(Close())
-        self.state = State.CLOSED
+    def _disrupt_first(self, line: bytes | LineTooLong) -> None:
+        """t4: the first command inside TLS; an over-long one is not shown (as in IMAP, POP3)."""
+        inside = AuthLineScanner(self._ctx, True, "disrupted")
+        if isinstance(line, LineTooLong):
+            self._disrupt_session(None, inside, [])
+            return
+        text = decode(line)
+        verb, _, arg = text.partition(" ")
+        shown = self._transcript(verb.upper(), text, arg)
+        self._disrupt_session(shown, inside, inside.feed(line + b"\n"))
 
     def _reset_transaction(self) -> None:
         self._mail = False
@@ -481,20 +340,20 @@ class SmtpCore:
     def _cmd_ehlo(self, arg: str) -> None:
         name = arg.strip()
         if not name:
-            self._error(R.S501_SYNTAX_EHLO, "syntax")
+            self._error("syntax", R.S501_SYNTAX_EHLO)
             return
         self._out.record(ClientIdentified("ehlo", truncate(name)))
         self._greeted = True
         self._reset_transaction()
-        mechs = mechanisms(self._tls)
-        starttls = self._ctx.policy.offer_starttls() and not self._tls
+        mechs = self._offered_mechanisms()
+        starttls = self._starttls_offered()
         self._out.record(CapabilitiesSent(starttls, mechs, self._tls))
         self._out.reply(R.ehlo(self._ctx.hostname, self._limits.message_bytes, starttls, mechs))
 
     def _cmd_helo(self, arg: str) -> None:
         name = arg.strip()
         if not name:
-            self._error(R.S501_SYNTAX_HELO, "syntax")
+            self._error("syntax", R.S501_SYNTAX_HELO)
             return
         self._out.record(ClientIdentified("helo", truncate(name)))
         self._greeted = True
@@ -506,7 +365,7 @@ class SmtpCore:
 
     def _cmd_rset(self, arg: str) -> None:
         if arg.strip():
-            self._error(R.S501_SYNTAX_RSET, "syntax")
+            self._error("syntax", R.S501_SYNTAX_RSET)
             return
         self._reset_transaction()
         self._out.reply(R.S250_OK)
@@ -515,10 +374,10 @@ class SmtpCore:
         self._out.reply(R.S252_CANNOT_VRFY)
 
     def _cmd_expn(self, arg: str) -> None:
-        self._error(R.S502_EXPN, None)
+        self._error(None, R.S502_EXPN)
 
     def _cmd_help(self, arg: str) -> None:
-        offered = self._ctx.policy.offer_starttls() and not self._tls
+        offered = self._starttls_offered()
         self._out.reply(R.S214_HELP_STARTTLS if offered else R.S214_HELP)
 
     def _cmd_quit(self, arg: str) -> None:
@@ -528,69 +387,7 @@ class SmtpCore:
     # --- STARTTLS -------------------------------------------------------------------------
 
     def _cmd_starttls(self, arg: str) -> None:
-        policy = self._ctx.policy
-        advertised = policy.offer_starttls() and not self._tls
-        self._out.record(StarttlsRequested(advertised))
-        if not advertised:
-            reason = "already_tls" if self._tls else "not_advertised"
-            self._refuse_starttls(R.S502_STARTTLS_NOT_OFFERED, reason)
-            return
-        if arg.strip():
-            self._refuse_starttls(R.S501_SYNTAX_STARTTLS, "syntax")
-            return
-        action = policy.on_starttls()
-        if action is StarttlsAction.REFUSE:
-            self._out.record(StarttlsRefused("testcase", R.text(R.S454_TLS_NA)))
-            self._out.reply(R.S454_TLS_NA)
-            self._silence = True
-            return
-        rest = self._lines.take_rest()
-        if rest:
-            self._out.record(PipelinedAfterStarttls(len(rest)))
-            for observation in AuthLineScanner(self._ctx, self._tls, "refused").scan(rest):
-                self._out.record(observation)
-        self._out.record(StarttlsAccepted())
-        self._out.reply(R.S220_READY_TLS)
-        if action is StarttlsAction.BREAK_HANDSHAKE:
-            self._out.add(ReadClientHello())
-            self._out.add(set_timer(self._limits.disrupted_seconds))
-            self.state = State.CLIENT_HELLO
-        else:
-            self._out.add(StartTls())
-            self.state = State.TLS_HANDSHAKE
-
-    def _refuse_starttls(self, reply: bytes, reason: str) -> None:
-        self._out.record(StarttlsRefused(reason, R.text(reply)))
-        self._error(reply, None)
-
-    def _enter_disrupted(self) -> Disrupted:
-        scanner = AuthLineScanner(self._ctx, self._tls, "disrupted")
-        self._disrupted = Disrupted(self._tls, self._limits.line_bytes, scanner, _KNOWN_VERBS)
-        self.state = State.DISRUPTED
-        return self._disrupted
-
-    def _disrupt_session(self, line: bytes | LineTooLong) -> None:
-        """t4: the first command inside TLS gets a cleartext 454 outside TLS.
-
-        The line and whatever was pipelined behind it arrived inside TLS (an AUTH there is a
-        TLS auth); ``SendRaw`` abandons the TLS session, so later bytes arrive as raw TCP.
-        An over-long first line is not shown (as in IMAP and POP3)."""
-        self._disrupt_next = False
-        if isinstance(line, LineTooLong):
-            line = b""
-        else:
-            text = line.decode("utf-8", "replace")
-            verb, _, arg = text.partition(" ")
-            self._out.record(CommandReceived(self._transcript(verb.upper(), text, arg), True))
-        scanner = AuthLineScanner(self._ctx, True, "disrupted")
-        for observation in scanner.scan(line + b"\n" + self._lines.take_rest()):
-            self._out.record(observation)
-        reply = R.S454_TLS_NA
-        self._out.record(StarttlsDisrupted("session", 0, True, R.text(reply)))
-        self._out.add(SendRaw(reply))
-        self._out.add(set_timer(self._limits.disrupted_seconds))
-        self._tls = False
-        self._enter_disrupted()
+        self._starttls(bool(arg.strip()))
 
     # --- AUTH -----------------------------------------------------------------------------
 
@@ -598,15 +395,17 @@ class SmtpCore:
         mech, initial = _split_auth(arg)
         self._out.record(CommandReceived(_auth_transcript(mech, initial), self._tls))
         if not mech:
-            self._error(R.S501_SYNTAX_AUTH, "syntax")
+            self._error("syntax", R.S501_SYNTAX_AUTH)
             return
         refusal = self._auth_refusal(mech)
+        if refusal is None and self._login_refused():
+            self._refuse_login(mech, initial)
+            return
         if refusal is not None:
             self._record_refused(mech, initial)
-            self._error(refusal, "auth_refused")
+            self._error("auth_refused", refusal)
             return
-        flow = SaslFlow(mech, self._tls, self._ctx.authenticator, self._ctx.hostname)
-        self._sasl_result(flow, flow.start(initial))
+        self._begin_sasl(mech, initial)
 
     def _auth_refusal(self, mech: str) -> bytes | None:
         if not self._greeted:
@@ -619,78 +418,19 @@ class SmtpCore:
             return R.S504_AUTH_MECHANISM
         return None
 
-    def _record_refused(self, mech: str, initial: str | None) -> None:
-        """A refused AUTH still ends in one ``AuthAttempted``: its initial response may have
-        carried a secret (in the clear, before TLS)."""
-        if mech in RECOGNISED:
-            flow = SaslFlow(mech, self._tls, self._ctx.authenticator, self._ctx.hostname)
-            flow.start(initial)
-            for observation in flow.records("refused"):
-                self._out.record(observation)
-            return
-        label = mechanism_label(mech)
-        self._out.record(AuthAttempted(label, "", None, self._tls, False, False, "refused"))
-
-    def _sasl_line(self, line: bytes) -> None:
-        flow = self._flow
-        assert flow is not None
-        text = line.decode("utf-8", "replace")
-        shown = "*" if text.strip() == "*" else redacted_line(len(line))
-        self._out.record(CommandReceived(shown, self._tls))
-        self._sasl_result(flow, flow.respond(text))
-
-    def _sasl_result(self, flow: SaslFlow, result: bytes | str) -> None:
-        if isinstance(result, bytes):
-            self._flow = flow
-            self.state = State.AUTH
-            self._out.reply(R.challenge(base64.b64encode(result)))
-            return
-        self._finish_flow(flow, result)
-        if result == SUCCESS:
-            self._auth = flow.decision
-            self._out.reply(R.S235_AUTH_SUCCESS)
-        elif result == FAILURE:
-            self._auth_failed()
-        elif result == CANCELLED:
-            self._out.reply(R.S501_AUTH_ABORTED)
-        else:
-            self._error(R.S501_AUTH_DECODE, "sasl_malformed")
-
-    def _finish_flow(self, flow: SaslFlow, result: str) -> None:
-        self._flow = None
-        self.state = State.COMMAND
-        outcome = FAILURE if result == MALFORMED else result
-        for observation in flow.records(outcome):
-            self._out.record(observation)
-
-    def _end_flow(self, outcome: str) -> None:
-        """An exchange cut short (timeout, kick, peer gone) still gets its ``AuthAttempted``."""
-        if self._flow is not None:
-            self._finish_flow(self._flow, outcome)
-
-    def _auth_failed(self) -> None:
-        self._auth_failures += 1
-        self._out.add(Send(R.S535_AUTH_INVALID, self._limits.auth_fail_delay))
-        if self._auth_failures >= self._limits.max_auth_failures:
-            self._out.record(
-                ProtocolError("too_many_auth_failures", R.text(R.S421_TOO_MANY_ERRORS))
-            )
-            self._out.reply(R.S421_TOO_MANY_ERRORS)
-            self._close()
-
     # --- mail transaction -----------------------------------------------------------------
 
     def _cmd_mail(self, arg: str) -> None:
         if not self._greeted:
-            self._error(R.S503_HELO_FIRST, "bad_sequence")
+            self._error("bad_sequence", R.S503_HELO_FIRST)
         elif self._ctx.role is PortRole.SUBMISSION and self._auth is None:
-            self._error(R.S530_AUTH_REQUIRED, None)
+            self._error(None, R.S530_AUTH_REQUIRED)
         elif self._mail:
-            self._error(R.S503_NESTED_MAIL, "bad_sequence")
+            self._error("bad_sequence", R.S503_NESTED_MAIL)
         elif (parsed := _path(arg, "FROM:")) is None:
-            self._error(R.S501_SYNTAX_MAIL, "syntax")
+            self._error("syntax", R.S501_SYNTAX_MAIL)
         elif (bad := self._mail_parameters(parsed[1])) is not None:
-            self._error(bad, "mail_parameter")
+            self._error("mail_parameter", bad)
         else:
             self._mail = True
             self._rcpts = self._rejected = 0
@@ -715,9 +455,9 @@ class SmtpCore:
 
     def _cmd_rcpt(self, arg: str) -> None:
         if not self._mail:
-            self._error(R.S503_NEED_MAIL, "bad_sequence")
+            self._error("bad_sequence", R.S503_NEED_MAIL)
         elif (parsed := _path(arg, "TO:")) is None:
-            self._error(R.S501_SYNTAX_RCPT, "syntax")
+            self._error("syntax", R.S501_SYNTAX_RCPT)
         elif self._rcpts >= MAX_RECIPIENTS:
             self._out.reply(R.S452_TOO_MANY_RCPTS)
         elif (
@@ -726,7 +466,7 @@ class SmtpCore:
             and not self._local_recipient(parsed[0])
         ):
             self._rejected += 1
-            self._error(R.S550_RELAY_DENIED, None)
+            self._error(None, R.S550_RELAY_DENIED)
         else:
             self._rcpts += 1
             self._out.reply(R.S250_RCPT_OK)
@@ -738,14 +478,14 @@ class SmtpCore:
 
     def _cmd_data(self, arg: str) -> None:
         if arg.strip():
-            self._error(R.S501_SYNTAX_DATA, "syntax")
+            self._error("syntax", R.S501_SYNTAX_DATA)
         elif not self._mail:
-            self._error(R.S503_NEED_MAIL, "bad_sequence")
+            self._error("bad_sequence", R.S503_NEED_MAIL)
         elif not self._rcpts:
             if self._rejected:
-                self._error(R.S554_NO_VALID_RCPTS, None)
+                self._error(None, R.S554_NO_VALID_RCPTS)
             else:
-                self._error(R.S503_NEED_RCPT, "bad_sequence")
+                self._error("bad_sequence", R.S503_NEED_RCPT)
         else:
             self._out.reply(R.S354_START_DATA)
             self._body = DataBody()
@@ -759,13 +499,14 @@ class SmtpCore:
         limit = self._limits.message_bytes
         if rest is None:
             if body.nbytes > 2 * limit:  # far over the bound: stop reading at all
-                self._error(R.S552_TOO_BIG, "message_too_large")
-                self._close()
+                self._error("message_too_large", R.S552_TOO_BIG)
+                if self.phase is not Phase.CLOSED:
+                    self._close()
             return None
         self._body = None
         self.state = State.COMMAND
         if body.nbytes > limit:
-            self._error(R.S552_TOO_BIG, "message_too_large")
+            self._error("message_too_large", R.S552_TOO_BIG)
         else:
             self._out.record(MessageReceived(body.nbytes, self._rcpts, self._tls))
             self._out.reply(R.S250_MESSAGE_OK)
@@ -789,14 +530,16 @@ _COMMANDS: dict[str, Handler] = {
     "HELP": SmtpCore._cmd_help,
 }
 _KNOWN_VERBS: Final = frozenset(_COMMANDS) | FOREIGN_VERBS
-
-_EVENTS: dict[type, Callable[[SmtpCore, Event], None]] = {
-    Connected: SmtpCore._on_connected,
-    DataReceived: SmtpCore._on_data,
-    TlsEstablished: SmtpCore._on_tls_established,
-    TlsFailed: SmtpCore._on_tls_failed,
-    ClientHelloReceived: SmtpCore._on_client_hello,
-    Timeout: SmtpCore._on_timeout,
-    Closed: SmtpCore._on_closed,
-    Kicked: SmtpCore._on_kicked,
+_STARTTLS_REPLIES: Final = {
+    StarttlsReply.GO_AHEAD: R.S220_READY_TLS,
+    StarttlsReply.TEMPORARY: R.S454_TLS_NA,
+    StarttlsReply.NOT_ADVERTISED: R.S502_STARTTLS_NOT_OFFERED,
+    StarttlsReply.ALREADY_TLS: R.S502_STARTTLS_NOT_OFFERED,
+    StarttlsReply.SYNTAX: R.S501_SYNTAX_STARTTLS,
+}
+_AUTH_REPLIES: Final = {
+    AuthReply.FAILED: R.S535_AUTH_INVALID,
+    AuthReply.CANCELLED: R.S501_AUTH_ABORTED,
+    AuthReply.MALFORMED: R.S501_AUTH_DECODE,
+    AuthReply.TLS_REQUIRED: R.S530_STARTTLS_FIRST,
 }

@@ -54,6 +54,7 @@ S503_NEED_RCPT = b"503 5.5.1 Error: need RCPT command\r\n"
 S503_NESTED_MAIL = b"503 5.5.1 Error: nested MAIL command\r\n"
 S504_AUTH_MECHANISM = b"504 5.5.4 Unrecognized authentication type\r\n"
 S530_AUTH_REQUIRED = b"530 5.7.0 Authentication required\r\n"
+S530_STARTTLS_FIRST = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
 S535_AUTH_INVALID = b"535 5.7.8 Authentication credentials invalid\r\n"
 S550_RELAY_DENIED = b"550 5.7.1 Relay access denied\r\n"
 S552_TOO_BIG = b"552 5.3.4 Message size exceeds fixed limit\r\n"
@@ -87,6 +88,11 @@ def ehlo(hostname: str, size: int, starttls: bool, mechanisms: tuple[str, ...]) 
     lines += ["AUTH " + " ".join(mechanisms), "ENHANCEDSTATUSCODES", "8BITMIME"]
     head = "".join(f"250-{line}\r\n" for line in lines[:-1])
     return f"{head}250 {lines[-1]}\r\n".encode()
+
+
+def forged_ehlo(hostname: str) -> bytes:
+    """``inject``: the EHLO reply forged after the STARTTLS go-ahead (only AUTH PLAIN)."""
+    return f"250-{hostname}\r\n250 AUTH PLAIN\r\n".encode()
 
 
 def text(reply: bytes) -> str:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mailtls.runs.binding import address_key
+from mailtls.runs.endpoints import PoolExhausted
 from mailtls.web.clientaddr import Network, client_address
 from mailtls.web.deletions import Deletions
 from mailtls.web.ratelimit import RateLimiter
@@ -122,7 +123,7 @@ class ApiContext:
     def creation_allowed(self, request: Request) -> bool:
         """The run creation limit, per address; an IPv6 prefix (like a binding) is one."""
         ip = self.client_ip(request)
-        return self.create_limiter.allow(address_key(ip, self.ipv6_prefix) or ip)
+        return self.create_limiter.allow(address_key(ip, self.ipv6_prefix) or ip, address=ip)
 
     def run_or_404(self, run_id: str) -> Any:
         try:
@@ -139,10 +140,17 @@ class ApiContext:
         return visible_events(records, run.code)
 
 
+def pool_exhausted(exc: PoolExhausted) -> HTTPException:
+    """Every run's own endpoints are in use: 503, never a silent fall-back to shared ports."""
+    return HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "300"})
+
+
 def _step_call(ctx: ApiContext, run_id: str, n: int, fn: Any, *args: Any) -> Any:
     ctx.run_or_404(run_id)
     try:
         return fn(run_id, n, *args)
+    except PoolExhausted as exc:
+        raise pool_exhausted(exc) from None
     except LookupError:
         raise HTTPException(status_code=404, detail=f"run has no step {n}") from None
     except ValueError as exc:
@@ -159,7 +167,10 @@ def build_router(ctx: ApiContext) -> APIRouter:
         steps: list[tuple[str, str]] | None = None
         if body.steps:
             steps = [(str(s.scenario), str(s.testcase)) for s in body.steps]
-        run = ctx.manager.create_run(steps=steps, plan=body.plan, protocol=body.protocol)
+        try:
+            run = ctx.manager.create_run(steps=steps, plan=body.plan, protocol=body.protocol)
+        except PoolExhausted as exc:
+            raise pool_exhausted(exc) from None
         return ctx.manager.view(run.id, ctx.base_url)
 
     @router.get("/runs/{run_id}", summary="The run: account, steps, verdicts, findings")

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 
+from mailtls.runs.model import RunsRefused
 from mailtls.store import StoreError, StoreFull
 
 log = logging.getLogger("mailtls.web")
@@ -32,7 +33,7 @@ def add_fault_handlers(app: FastAPI) -> None:
             last_logged.clear()
             last_logged[key] = now
             log.error("web request %s failed: %s", request.url.path, exc)
-        message = FULL_MESSAGE if isinstance(exc, StoreFull) else FAULT_MESSAGE
+        message = FULL_MESSAGE if isinstance(exc, StoreFull | RunsRefused) else FAULT_MESSAGE
         http = HTTPException(status_code=503, detail=message, headers={"Retry-After": "60"})
         # the pages' handler (when registered) renders the HTML page; the API gets JSON
         handler: Any = app.exception_handlers.get(HTTPException, http_exception_handler)
@@ -41,3 +42,4 @@ def add_fault_handlers(app: FastAPI) -> None:
         return response
 
     app.add_exception_handler(StoreError, store_fault)
+    app.add_exception_handler(RunsRefused, store_fault)
