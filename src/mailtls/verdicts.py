@@ -37,8 +37,8 @@ the store, net or web.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -548,7 +548,9 @@ def _misuse_finding(misuses: Sequence[Misuse]) -> list[StepFinding]:
     if not misuses:
         return []
     times = sorted(m.at for m in misuses)
-    shown = ", ".join(time.strftime("%H:%M:%S", time.gmtime(t)) for t in times[:MAX_MISUSE_TIMES])
+    shown = ", ".join(
+        dt.datetime.fromtimestamp(t, dt.UTC).strftime("%H:%M:%S") for t in times[:MAX_MISUSE_TIMES]
+    )
     more = f" and {len(times) - MAX_MISUSE_TIMES} more" if len(times) > MAX_MISUSE_TIMES else ""
     where = (
         " (some from your own address: maybe your app with a mistyped password)"
