@@ -8,8 +8,8 @@ Other bound connections appear reduced to neutral facts (type, protocol, port, t
 so two users behind one NAT never see each other's strings. A login with the run's username and a
 wrong password (``proof`` false) presents nothing: someone else's unbound connection that only did
 that is left out altogether, a bound one (the run's own endpoint too) is reduced to neutral facts
-(the step's ``username_misused`` finding counts it). The shareable view (``share=True``) additionally hides addresses, EHLO and ID strings
-on every event.
+(the step's ``username_misused`` finding counts it). The shareable view (``share=True``)
+additionally hides addresses, EHLO and ID strings on every event.
 """
 
 from __future__ import annotations
