@@ -7,7 +7,8 @@ export DEBIAN_FRONTEND=noninteractive
 PKGS=(openssl curl swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
       mutt fetchmail getmail6 postfix dovecot-core dovecot-imapd dovecot-pop3d tmux
       chromium fonts-dejavu-core
-      thunderbird xvfb xauth xdotool libnss3-tools gnutls-bin imagemagick)
+      thunderbird xvfb xauth xdotool libnss3-tools gnutls-bin imagemagick
+      systemd)  # systemd-analyze verify checks deploy/mailtls.service
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

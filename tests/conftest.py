@@ -49,6 +49,7 @@ import urllib.request  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 PORT_NAMES = (
     "smtp_mx",
@@ -75,6 +76,32 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+POOL_SIZE = 1000  # ports of a test server's endpoint pool (six per run, kept for the grace)
+
+
+def free_port_range(size: int = POOL_SIZE, hosts: tuple[str, ...] = ("127.0.0.1", "::1")) -> int:
+    """The first port of ``size`` consecutive ports that are free now on ``hosts`` (below the
+    ephemeral range that ``free_ports`` draws from, so the two never meet)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(50):
+        first = rng.randrange(10000, 32000 - size)
+        if all(_bindable(host, port) for port in range(first, first + size) for host in hosts):
+            return first
+    raise RuntimeError("no free port range for the endpoint pool")
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == 99  # EADDRNOTAVAIL: no such address here (no IPv6)
+    return True
+
+
 @dataclass
 class ServeInstance:
     data_dir: Path
@@ -82,6 +109,29 @@ class ServeInstance:
     proc: subprocess.Popen[bytes]
     log: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    # account name (before the @) -> listener kind -> the run's own port (filled by the kits)
+    accounts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def port_for(self, username: str, kind: str) -> int:
+        """The run's own port of ``kind`` for the account, else the shared one."""
+        return self.ports_for(username)[kind]
+
+    def ports_for(self, username: str) -> dict[str, int]:
+        """``ports`` with the run's own endpoints in place of the shared ones."""
+        local = username.split("@", 1)[0].strip().lower()
+        return {**self.ports, **self.accounts.get(local, {})}
+
+    def remember(self, view: dict[str, Any]) -> None:
+        """Note a run's endpoints from the API's ``account`` (protocol: host, port, security)."""
+        account = view["account"]
+        names = {("smtp", "starttls"): "smtp_submission", ("smtp", "tls"): "smtp_tls"}
+        ports: dict[str, int] = {}
+        for protocol, servers in account["servers"].items():
+            for srv in servers:
+                kind = names.get((protocol, srv["security"]))
+                kind = kind or (protocol if srv["security"] == "starttls" else protocol + "_tls")
+                ports.setdefault(kind, int(srv["port"]))
+        self.accounts[str(account["username"]).split("@", 1)[0].lower()] = ports
 
     @property
     def url(self) -> str:
@@ -110,9 +160,12 @@ def start_serve(
     config_extra: str = "",
     ports: dict[str, int] | None = None,
     limits: dict[str, float | int] | None = None,
+    endpoints: dict[str, Any] | None = None,
 ) -> ServeInstance:
-    """``config_extra``: top-level TOML keys; ``limits``: extra keys of the ``[limits]`` table
-    (written here, TOML forbids a second one)."""
+    """``config_extra``: top-level TOML keys; ``limits`` and ``endpoints``: extra keys of the
+    ``[limits]`` and ``[endpoints]`` tables (written here, TOML forbids a second one). The
+    endpoint pool is on, as by default, over a free port range (``{"enabled": False}``: address
+    binding, the fall-back)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if ports is None:
         ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
@@ -120,6 +173,11 @@ def start_serve(
     limit_lines = "\n".join(
         f"{k} = {v}" for k, v in {"auth_fail_delay": 0.05, **(limits or {})}.items()
     )
+    pool = dict(endpoints or {})
+    if pool.get("enabled", True) and "port_first" not in pool and not pool.get("prefix"):
+        first = free_port_range()
+        pool |= {"port_first": first, "port_last": first + POOL_SIZE - 1}
+    endpoint_lines = "\n".join(f"{k} = {_toml(v)}" for k, v in pool.items())
     config = data_dir / "mailtls.toml"
     config.write_text(
         f'data_dir = "{data_dir}"\n'
@@ -127,6 +185,7 @@ def start_serve(
         f"{config_extra}\n"
         f"[ports]\n{port_lines}\n"
         f"[limits]\n{limit_lines}\n"
+        f"[endpoints]\n{endpoint_lines}\n"
     )
     log = data_dir / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
@@ -150,6 +209,14 @@ def start_serve(
         time.sleep(0.1)
     inst.stop(signal.SIGKILL)
     raise RuntimeError(f"mailtls serve did not become ready:\n{inst.output()}")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return str(value)
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["export", "--data-dir", str(data), "--run", "nope", "-o", "/dev/null"]) == 2
     assert "no run" in capsys.readouterr().err
     for output in (tmp_path / "no" / "such" / "dir.jsonl", tmp_path):  # missing folder, a folder
-        assert main(["export", "--data-dir", str(data), "-o", str(output)]) == 2
+        assert main(["export", "--data-dir", str(data), "-o", str(output)]) == 3  # cannot run
         err = capsys.readouterr().err
         assert "cannot write" in err and "Traceback" not in err
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from mailtls.retention import prune_once, scrub
 from mailtls.store import Store
 
@@ -56,3 +58,33 @@ def test_prune_once_rewrites_only_old_records(tmp_path: Path) -> None:
         store.close()
     journal = (tmp_path / "events.jsonl").read_text()
     assert "192.0.2.9" not in journal
+
+
+def test_a_failing_prune_is_logged_once_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    from mailtls.retention import prune_periodically
+    from mailtls.store import StoreFull
+
+    caplog.set_level(logging.INFO, "mailtls.retention")
+    calls: list[float] = []
+
+    class FullStore:
+        def prune(self, older_than: float, transform: object) -> int:
+            calls.append(older_than)
+            if len(calls) < 4:
+                raise StoreFull("cannot compact the journal: No space left on device")
+            return 0
+
+    async def run() -> None:
+        task = asyncio.create_task(prune_periodically(FullStore(), 30, every=3600, retry=0.01))
+        while len(calls) < 4:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    errors = [r for r in caplog.records if "retention pruning failed" in r.getMessage()]
+    assert len(errors) == 1 and "No space left" in errors[0].getMessage()
+    assert any("works again" in r.getMessage() for r in caplog.records)

@@ -38,7 +38,7 @@ def test_run_cli_drives_a_t1_step_to_fail(serve: ServeInstance) -> None:
         assert not c.has_extn("starttls")  # t1 stripped it
         c.login(run["account"]["username"], "pw")
     finished = _run(serve, "finish", run["id"], "1")
-    assert finished.returncode == 0 and "FAIL" in finished.stdout
+    assert finished.returncode == 1 and "FAIL" in finished.stdout  # exit 1: a step FAILed
     events = _run(serve, "events", run["id"])
     assert events.returncode == 0
     assert "\x1b" not in events.stdout and "\x07" not in events.stdout
@@ -59,7 +59,7 @@ def test_run_cli_user_errors_are_one_line(serve: ServeInstance) -> None:
         text=True,
         timeout=30,
     )
-    assert down.returncode == 2 and "cannot reach" in down.stderr
+    assert down.returncode == 3 and "cannot reach" in down.stderr  # could not run
 
 
 class _NotMailtls(http.server.BaseHTTPRequestHandler):

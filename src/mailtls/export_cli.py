@@ -12,16 +12,33 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from mailtls.cli import UserError
+from mailtls.cli import CannotRun, UserError
 from mailtls.store import JOURNAL_NAME
 from mailtls.store.journal import read_records
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("export", help="export the event journal (all, or one run) as JSONL")
-    p.add_argument("--data-dir", type=Path, default=Path("var"), help="the service's data folder")
+    p = sub.add_parser(
+        "export",
+        help="export the event journal (all, or one run) as JSONL",
+        description=(
+            "Write the event journal, one JSON object per line, to standard output or a file: "
+            "all of it, or one run's records. Safe while `mailtls serve` runs (read-only)."
+        ),
+        epilog="exit codes: 0 ok, 2 no journal or no such run, 3 cannot write, "
+        "141 output closed (e.g. `| head`)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var"),
+        metavar="DIR",
+        help="the service's data folder (default ./var)",
+    )
     p.add_argument("--run", metavar="RUN_ID", help="only this run's records")
-    p.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write here instead of standard output"
+    )
     p.set_defaults(func=run)
 
 
@@ -60,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             out = args.output.open("wb")
         except OSError as exc:
-            raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+            raise CannotRun(f"cannot write {args.output}: {exc.strerror or exc}") from None
         with out:
             count = export(path, out, args.run)
     else:

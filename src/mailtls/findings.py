@@ -78,6 +78,8 @@ class Finding:
     evidence: tuple[str, ...] = ()
     confirmed_live: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # what is exposed, as the auditor's severity table names it (docs/audit.md); None for probe
+    exposure: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,6 +135,7 @@ def to_sarif(findings: Sequence[Finding], tool_name: str, tool_version: str) -> 
                 "setting": f.setting,
                 "effective_value": f.effective_value,
                 "evidence": list(f.evidence),
+                "exposure": f.exposure,
             },
         }
         if f.file:

@@ -78,11 +78,27 @@ def prune_once(store: Prunable, retention_days: float, now: float | None = None)
     return changed
 
 
-async def prune_periodically(store: Prunable, retention_days: float, every: float = DAY) -> None:
-    """Prune at start and then daily, in a worker thread (compaction reads the journal)."""
+RETRY = 600.0  # seconds before a failed prune is tried again
+
+
+async def prune_periodically(
+    store: Prunable, retention_days: float, every: float = DAY, retry: float = RETRY
+) -> None:
+    """Prune at start and then daily, in a worker thread (compaction reads the journal).
+
+    A failed prune (a full disk, say) is logged once with its cause and tried again after
+    ``retry`` seconds, for as long as it fails; it never stops the pruner."""
+    failing = ""
     while True:
         try:
             await asyncio.to_thread(prune_once, store, retention_days)
-        except OSError:
-            log.exception("retention pruning failed; will retry")
+        except Exception as exc:  # a task boundary: the pruner must outlive any failure
+            if str(exc) != failing:
+                log.error("retention pruning failed (%s); retrying every %g s", exc, retry)
+                failing = str(exc)
+            await asyncio.sleep(retry)
+            continue
+        if failing:
+            log.info("retention pruning works again")
+            failing = ""
         await asyncio.sleep(every)

@@ -61,11 +61,85 @@ class Binding:
 
 
 @dataclass(frozen=True)
+class Endpoints:
+    """Dedicated endpoints per run (DESIGN §6 source 1; docs/binding.md).
+
+    Port mode (the default): each run gets one port per listener kind from
+    ``port_first..port_last`` on the service's listen addresses. Address mode (``prefix`` and
+    ``zone`` set): each run gets an address from ``prefix`` and the host name
+    ``<label>.<zone>`` on the standard ports. ``enabled = false`` falls back to address binding.
+    """
+
+    enabled: bool = True
+    port_first: int = 20000  # below Linux's ephemeral range (32768-60999)
+    port_last: int = 25999  # 6,000 ports: max_runs runs of six kinds
+    max_runs: int = 1000  # runs holding endpoints at once (descriptors: see docs/binding.md)
+    idle_seconds: float = 21600.0  # a run without any step activity this long gives them back
+    prefix: str = ""  # e.g. "2001:db8:1:2::/64" routed to the host (AnyIP), or 127.0.10.0/24
+    zone: str = ""  # e.g. "t.mailtls.example": the run's host name is <label>.<zone>
+    freebind: bool = False  # IP_FREEBIND: bind run addresses not configured on an interface
+
+
+@dataclass(frozen=True)
+class Dns:
+    """The authoritative DNS responder for ``endpoints.zone`` (off while ``port`` is 0)."""
+
+    port: int = 0  # 53 in production (UDP and TCP)
+    listen: tuple[str, ...] = ()  # empty: the service's listen addresses
+    web_addresses: tuple[str, ...] = ()  # A/AAAA of autoconfig./autodiscover. (the web app)
+    mail_addresses: tuple[str, ...] = ()  # A/AAAA of the zone's own name and its MX (shared)
+    nameservers: tuple[str, ...] = ()  # NS names of the zone (default: ns.<zone>)
+    ttl: int = 60
+    queries_per_second: float = 20.0  # per client address (IPv6: per prefix)
+    tcp_connections: int = 64
+
+
+@dataclass(frozen=True)
 class Connections:
     per_ip: int = 50
     total: int = 20000
     accept_rate: float = 0.0  # new connections per second per listener, 0 = unlimited
-    exempt: tuple[str, ...] = ()  # networks exempt from the per-address limit (load tests)
+    exempt: tuple[str, ...] = ()  # networks exempt from the per-address limits (labs, load tests)
+    fd_reserve: int = 256  # descriptors kept for the journal, index, certificates and threads
+
+
+@dataclass(frozen=True)
+class Log:
+    """What ``serve`` logs while it works (``serve --quiet`` turns both off)."""
+
+    activity: bool = True  # one line per run event (created, step started/armed/finished)
+    status_seconds: float = 60.0  # a status line this often; 0 = never
+
+
+@dataclass(frozen=True)
+class RunCreation:
+    """How many runs one address (an IPv6 prefix) may create: a token bucket. Networks in
+    ``connections.exempt`` are not limited (a lab scripting a client matrix)."""
+
+    rate_per_minute: float = 10.0  # refill
+    burst: int = 20  # runs created at once before the refill rate applies
+
+
+@dataclass(frozen=True)
+class Web:
+    """The HTTP side: read timeouts, connection caps, live streams."""
+
+    header_seconds: float = 10.0  # a request's headers must arrive within this
+    body_seconds: float = 30.0  # and its body within this after the headers
+    idle_seconds: float = 30.0  # an idle keep-alive connection is closed after this
+    per_ip: int = 32  # open HTTP connections per client address (IPv6: per prefix)
+    total: int = 2048  # open HTTP connections in all (kept apart from the mail listeners')
+    streams_per_run: int = 4  # live event streams (SSE) per run (more: 429)
+    streams_total: int = 1000  # live event streams in all (more: 503)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The data disk: a free-space floor, and the index queue."""
+
+    min_free_mb: int = 256  # below this: unbound traffic is not recorded, new runs are refused
+    check_seconds: float = 5.0  # how often free space is checked (and a low-space line logged)
+    index_queue: int = 20000  # records queued for the index in memory (more wait in the journal)
 
 
 @dataclass(frozen=True)
@@ -84,7 +158,13 @@ class Settings:
     tls: Tls = field(default_factory=Tls)
     binding: Binding = field(default_factory=Binding)
     connections: Connections = field(default_factory=Connections)
+    web: Web = field(default_factory=Web)
+    storage: Storage = field(default_factory=Storage)
+    endpoints: Endpoints = field(default_factory=Endpoints)
+    dns: Dns = field(default_factory=Dns)
     limits: Limits = field(default_factory=Limits)
+    run_creation: RunCreation = field(default_factory=RunCreation)
+    log: Log = field(default_factory=Log)
 
     @property
     def http_url(self) -> str:
@@ -190,5 +270,40 @@ def _validate(settings: Settings) -> None:
         value = getattr(settings.ports, port.name)
         if not 0 <= value <= 65535:
             raise SettingsError(f"bad value for ports.{port.name}: {value} (0-65535)")
+    if settings.run_creation.rate_per_minute < 0 or settings.run_creation.burst < 1:
+        raise SettingsError(
+            "bad value for run_creation: rate_per_minute must be >= 0 and burst >= 1"
+        )
+    _validate_endpoints(settings)
     if not 0 <= settings.binding.ipv6_prefix <= 128:
         raise SettingsError(f"bad value for binding.ipv6_prefix: {settings.binding.ipv6_prefix}")
+
+
+def _validate_endpoints(settings: Settings) -> None:
+    ep, dns = settings.endpoints, settings.dns
+    if not 1024 <= ep.port_first <= ep.port_last <= 65535:
+        raise SettingsError(
+            f"bad endpoints port range {ep.port_first}-{ep.port_last} (1024-65535, first <= last)"
+        )
+    standard = {getattr(settings.ports, f.name) for f in dataclasses.fields(settings.ports)}
+    clash = sorted(p for p in standard if ep.port_first <= p <= ep.port_last)
+    if ep.enabled and not ep.prefix and clash:
+        raise SettingsError(f"the endpoints port range holds a standard port: {clash[0]}")
+    if ep.max_runs < 1:
+        raise SettingsError("endpoints.max_runs must be at least 1")
+    if bool(ep.prefix) != bool(ep.zone):
+        raise SettingsError("endpoints.prefix and endpoints.zone go together (both or neither)")
+    if ep.prefix:
+        try:
+            ipaddress.ip_network(ep.prefix, strict=False)
+        except ValueError:
+            raise SettingsError(f"bad value for endpoints.prefix: {ep.prefix!r}") from None
+    for address in (*dns.web_addresses, *dns.mail_addresses, *dns.listen):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise SettingsError(f"bad address in [dns]: {address!r}") from None
+    if not 0 <= dns.port <= 65535:
+        raise SettingsError(f"bad value for dns.port: {dns.port}")
+    if dns.port and not ep.zone:
+        raise SettingsError("dns.port needs endpoints.zone (the zone it answers for)")

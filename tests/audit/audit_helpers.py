@@ -71,10 +71,7 @@ def dovecot_contexts(config: DovecotConfig, version: str | None = None) -> list[
 
 
 def dovecot_findings(config: DovecotConfig, version: str | None = None) -> list[Finding]:
-    v = detect_version(config, version)
-    return checks_dovecot.check_version_settings(config, v) + checks_dovecot.run_checks(
-        contexts(config, v)
-    )
+    return checks_dovecot.audit_config(config, detect_version(config, version))[0]
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:

@@ -46,11 +46,17 @@ def test_cleartext_auth_before_starttls_is_high_per_protocol() -> None:
     assert mechs and "cram-md5" in mechs[0].reason
 
 
-def test_ssl_no_with_cleartext_is_critical() -> None:
+def test_ssl_no_with_cleartext_is_two_findings() -> None:
+    """TLS off everywhere, and cleartext logins allowed: two settings to change, two findings."""
     findings = dovecot_findings(dovecot_file(D23 / "ssl_no" / "dovecot.conf"))
-    assert [(f.id, f.severity, f.service) for f in findings] == [
-        (SSL_NO, Severity.CRITICAL, "imap")
+    assert [(f.id, f.severity, f.service, f.setting, f.line) for f in findings] == [
+        (SSL_NO, Severity.HIGH, "imap", "ssl", 3),
+        (CLEAR, Severity.CRITICAL, "imap", "disable_plaintext_auth", 4),
     ]
+    assert "only in cleartext" in findings[1].reason
+    # ssl = no with cleartext refused: TLS off is still a finding, credentials are not
+    cfg = dovecot_text("protocols = imap\nssl = no\ndisable_plaintext_auth = yes\n")
+    assert [f.id for f in dovecot_findings(cfg)] == [SSL_NO]
 
 
 def test_default_23_config_with_a_certificate_is_only_informational() -> None:

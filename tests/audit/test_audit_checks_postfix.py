@@ -36,7 +36,8 @@ def test_insecure_config_reports_each_exposure_with_its_source() -> None:
     auth = {f.port: f for f in by_id(findings, AUTH)}
     assert auth[587].severity is Severity.HIGH
     assert "accepts cleartext credentials on port 587" in auth[587].reason.lower()
-    assert auth[25].severity is Severity.MEDIUM  # AUTH on the MX port without tls_auth_only
+    # AUTH on the MX port without tls_auth_only: the same exposure, the same severity
+    assert auth[25].severity is Severity.HIGH
     assert auth[587].setting == "smtpd_tls_auth_only"
     assert auth[587].effective_value == "no"
     assert (auth[587].file or "").endswith("insecure/main.cf") and auth[587].line == 6
@@ -64,7 +65,7 @@ def test_sasl_without_any_tls_is_critical_on_submission() -> None:
     auth = {f.port: f for f in by_id(findings, AUTH)}
     assert auth[587].severity is Severity.CRITICAL
     assert "only in cleartext" in auth[587].reason
-    assert auth[25].severity is Severity.HIGH
+    assert auth[25].severity is Severity.CRITICAL
     assert {f.port for f in by_id(findings, NO_TLS)} == {25, 587}
 
 
@@ -192,7 +193,8 @@ def test_fix_names_the_file_and_the_exact_line() -> None:
     assert "-o smtpd_tls_auth_only=yes" in sub.fix
     assert "master.cf" in sub.fix
     mx = next(f for f in by_id(findings, AUTH) if f.port == 25)
-    assert mx.fix == "In main.cf: smtpd_tls_auth_only = yes"
+    assert mx.fix.startswith("In main.cf: smtpd_tls_auth_only = yes ")
+    assert "-o smtpd_sasl_auth_enable=no under the 'smtp inet' entry" in mx.fix
     assert sub.doc == "https://www.postfix.org/postconf.5.html#smtpd_tls_auth_only"
 
 

@@ -292,7 +292,7 @@ def test_unreachable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHODAN_API_KEY", KEY)
-    assert census(closed_port_url(), tmp_path) == 6
+    assert census(closed_port_url(), tmp_path) == 3
     err = capsys.readouterr().err
     assert "could not be reached" in err and "connection refused" in err
 
@@ -364,3 +364,23 @@ def test_bad_arguments_are_usage_errors(
     err = capsys.readouterr().err
     assert err.startswith("mailtls: error:") and "Traceback" not in err
     assert fake.requests == []
+
+
+def test_json_carries_every_query_sent_with_its_raw_total(
+    fake: FakeShodan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, doc = run_json(fake, tmp_path, capsys)
+    assert code == 0
+    sent = set(fake.queries)
+    listed = {q["query"]: q["total"] for q in doc["queries"]}
+    assert set(listed) == sent
+    assert all(isinstance(t, int) for t in listed.values())
+    derived = 0
+    for base in doc["bases"]:
+        for ind in base["indicators"]:
+            assert ind["plus_total"] == listed[ind["plus_query"]]
+            if ind["minus_query"] is not None:
+                derived += 1
+                assert ind["minus_total"] == listed[ind["minus_query"]]
+                assert ind["count"] == ind["plus_total"] - ind["minus_total"]
+    assert derived > 0  # the "minus" queries behind the derived indicators are all there

@@ -140,7 +140,7 @@ def test_unreachable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SHODAN_API_KEY", CANARY)
-    assert census(closed_port_url(), tmp_path) == 6
+    assert census(closed_port_url(), tmp_path) == 3
     out, err = capsys.readouterr()
     assert_no_canary(out, err, debug_logs.text)
 

@@ -80,7 +80,7 @@ def mutt_session(inst: ServeInstance, run: Run, home: Path, settings: str) -> by
         home / "muttrc",
         f'set imap_user="{run.username}"\n'
         'set imap_pass="canary-pw"\n'
-        f'set folder="imap://127.0.0.1:{inst.ports["imap"]}/" spoolfile="+INBOX"\n'
+        f'set folder="imap://127.0.0.1:{inst.port_for(run.username, "imap")}/" spoolfile="+INBOX"\n'
         'set record="" header_cache="" message_cachedir=""\n'
         f'set certificate_file="{home}/certs" ssl_verify_host=no\n'
         "set imap_passive=yes timeout=1 connect_timeout=5 quit=yes\n" + settings,
@@ -100,7 +100,8 @@ def fetchmail_poll(
     rc = write_private(
         home / "fetchmailrc",
         "set no bouncemail\n"
-        f"poll 127.0.0.1 service {inst.ports[protocol]} protocol {protocol.upper()} auth password"
+        f"poll 127.0.0.1 service {inst.port_for(run.username, protocol)}"
+        f" protocol {protocol.upper()} auth password"
         f" timeout {hold + 10}\n"
         f'  user "{run.username}" there with password "canary-pw" is "nobody" here\n'
         '  no sslcertck keep fetchall mda "/bin/true"\n',
@@ -119,7 +120,8 @@ def getmail_poll(inst: ServeInstance, run: Run, home: Path, retriever: str, prot
     rc = write_private(
         home / "getmailrc",
         f"[retriever]\ntype = {retriever}\nserver = 127.0.0.1\n"
-        f"port = {inst.ports[protocol]}\nusername = {run.username}\npassword = canary-pw\n"
+        f"port = {inst.port_for(run.username, protocol)}\n"
+        f"username = {run.username}\npassword = canary-pw\n"
         f"timeout = 10\n\n[destination]\ntype = Maildir\npath = {home}/Maildir/\n\n"
         "[options]\nverbose = 2\nread_all = false\ndelete = false\n",
     )
@@ -135,7 +137,7 @@ def curl_login(inst: ServeInstance, run: Run, protocol: str, *flags: str) -> str
         "--user",
         f"{run.username}:canary-pw",
         "--url",
-        CURL_URLS[protocol].format(**inst.ports),
+        CURL_URLS[protocol].format(**inst.ports_for(run.username)),
     ]
     if protocol == "smtp":
         argv += ["--mail-from", "a@example.net", "--mail-rcpt", "b@mailtls.test", "-T", "/dev/null"]
@@ -145,7 +147,13 @@ def curl_login(inst: ServeInstance, run: Run, protocol: str, *flags: str) -> str
 def swaks_send(inst: ServeInstance, run: Run, *flags: str) -> str:
     """swaks on the submission port with the run's account; ``flags``: -tls/-tlso, -a MECH..."""
     swaks = require_tool("swaks")
-    argv = [swaks, "--server", "127.0.0.1", "--port", str(inst.ports["smtp_submission"])]
+    argv = [
+        swaks,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(inst.port_for(run.username, "smtp_submission")),
+    ]
     argv += [*flags, "--timeout", "10", "-au", run.username, "-ap", "canary-pw"]
     argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]
     return run_tool(argv, timeout=30)

@@ -5,7 +5,9 @@
 - ``Api``: create a run, start/finish a step, read the run, its events, its SSE stream, its result
   page and exports. Runs are created from rotating 127.0.x.y source addresses because creation is
   rate limited per address; steps are always started from 127.0.0.1, the address the clients
-  connect from (newest binding wins, so every test starts its own step before its clients run).
+  connect from. Each run has its own endpoints (the pool is on, as by default): the clients take
+  the run's ports from the API's ``account`` (``ServeInstance.port_for``); servers started with
+  endpoints off bind by address (newest binding wins, so every test starts its own step first).
 - Reference clients from the standard library (``smtplib``, ``imaplib``, ``poplib``): an
   opportunistic one (STARTTLS only when advertised) and a strict one (always STARTTLS, stop when
   it fails), each bounded by socket timeouts.
@@ -47,10 +49,13 @@ CLIENT_TIMEOUT = 8.0
 
 @contextlib.contextmanager
 def serving(
-    data_dir: Path, config_extra: str = "", limits: dict[str, float | int] | None = None
+    data_dir: Path,
+    config_extra: str = "",
+    limits: dict[str, float | int] | None = None,
+    endpoints: dict[str, Any] | None = None,
 ) -> Iterator[ServeInstance]:
     """A running server for the block; stopped (SIGTERM) afterwards."""
-    inst = start_serve(data_dir, config_extra, limits=limits)
+    inst = start_serve(data_dir, config_extra, limits=limits, endpoints=endpoints)
     try:
         yield inst
     finally:
@@ -94,6 +99,7 @@ class Api:
             )
         assert resp.status_code == 201, resp.text
         view = resp.json()
+        self.inst.remember(view)
         return Run(
             id=view["id"],
             code=view["code"],
@@ -121,6 +127,7 @@ class Api:
         resp = self.http.get(f"{self.base}/runs/{run.id}")
         assert resp.status_code == 200, resp.text
         data: dict[str, Any] = resp.json()
+        self.inst.remember(data)  # a restarted server has the run's endpoints from its journal
         return data
 
     def step(self, run: Run, n: int = 1) -> dict[str, Any]:
@@ -227,7 +234,7 @@ def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: 
     """
     ctx = tls_context(inst)
     try:
-        s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=CLIENT_TIMEOUT)
+        s = smtplib.SMTP(HOST, inst.port_for(user, "smtp_submission"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
     try:
@@ -253,7 +260,7 @@ def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: 
 def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
     ctx = tls_context(inst)
     try:
-        m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=CLIENT_TIMEOUT)
+        m = imaplib.IMAP4(HOST, inst.port_for(user, "imap"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
     try:
@@ -278,7 +285,7 @@ def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: 
 def pop3_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
     ctx = tls_context(inst)
     try:
-        p = poplib.POP3(HOST, inst.ports["pop3"], timeout=CLIENT_TIMEOUT)
+        p = poplib.POP3(HOST, inst.port_for(user, "pop3"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
     try:

@@ -64,7 +64,7 @@ def test_live_stream_pushes_new_events(inst: ServeInstance, api: Api) -> None:
                 break
     worker.join(timeout=20)
     assert outcome == ["tls-login"]
-    assert names[:2] == ["run_created", "step_started"]
+    assert names[:3] == ["run_created", "endpoints_assigned", "step_started"]
     assert "auth" in names and names.index("auth") < names.index("step_finished")
     assert auth_frame - logged_in[0] < 2.0, "the login reached the stream only later"
 

@@ -22,7 +22,10 @@ from conftest import ServeInstance
 
 @pytest.fixture(scope="module")
 def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
-    with serving(tmp_path_factory.mktemp("e2e-binding") / "var") as server:
+    # address binding, the fall-back when endpoints are off (test_e2e_endpoints.py: exact)
+    with serving(
+        tmp_path_factory.mktemp("e2e-binding") / "var", endpoints={"enabled": False}
+    ) as server:
         yield server
 
 

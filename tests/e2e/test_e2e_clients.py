@@ -10,8 +10,9 @@ Each client exercises a different obligation of the servers:
   by itself and logs in without TLS on its second connection.
 - ``getmail6`` ``SimpleIMAPRetriever``/``SimplePOP3Retriever``: never tries STARTTLS at all.
 
-The server here holds disrupted connections (t2/t4) for 3 s instead of 10 s to keep the suite
-fast; nothing else differs from the defaults.
+Every client connects to its run's own endpoints (ports from the API's ``account``), as a user
+copies them from the step page. The server here holds disrupted connections (t2/t4) for 3 s
+instead of 10 s to keep the suite fast; nothing else differs from the defaults.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def test_curl(inst: ServeInstance, api: Api, protocol: str, flag: str, testcase:
         "--user",
         f"{run.username}:canary-pw",
         "--url",
-        CURL_URLS[protocol].format(**inst.ports),
+        CURL_URLS[protocol].format(**inst.ports_for(run.username)),
     ]
     if protocol == "smtp":
         argv += ["--mail-from", "a@example.net", "--mail-rcpt", "b@mailtls.test", "-T", "/dev/null"]
@@ -116,7 +117,8 @@ SWAKS_EXPECTED = {
 def test_swaks(inst: ServeInstance, api: Api, flag: str, testcase: str) -> None:
     swaks = require_tool("swaks")
     run = new_step(api, testcase)
-    argv = [swaks, "--server", "127.0.0.1", "--port", str(inst.ports["smtp_submission"])]
+    port = inst.port_for(run.username, "smtp_submission")
+    argv = [swaks, "--server", "127.0.0.1", "--port", str(port)]
     argv += [flag, "--tls-verify", "--tls-ca-path", str(inst.ca), "--timeout", "10"]
     argv += ["-a", "PLAIN", "-au", run.username, "-ap", "canary-pw"]
     argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]

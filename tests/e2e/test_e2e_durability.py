@@ -49,7 +49,7 @@ def one_session(
 ) -> None:
     ctx = tls_context(inst)
     if protocol == "smtp":
-        s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=5)
+        s = smtplib.SMTP(HOST, inst.port_for(user, "smtp_submission"), timeout=5)
         assert s.sock is not None
         cport = s.sock.getsockname()[1]
         try:
@@ -64,7 +64,7 @@ def one_session(
         finally:
             s.close()
     elif protocol == "imap":
-        m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=5)
+        m = imaplib.IMAP4(HOST, inst.port_for(user, "imap"), timeout=5)
         try:
             greeted.append((protocol, m.sock.getsockname()[1]))
             if tls:
@@ -76,7 +76,7 @@ def one_session(
             with contextlib.suppress(OSError):  # logout closed it already
                 m.shutdown()
     else:
-        p = poplib.POP3(HOST, inst.ports["pop3"], timeout=5)
+        p = poplib.POP3(HOST, inst.port_for(user, "pop3"), timeout=5)
         try:
             greeted.append((protocol, p.sock.getsockname()[1]))
             if tls:
@@ -217,6 +217,7 @@ def test_run_state_survives_kill_9(tmp_path: Path) -> None:
     third = start_serve(data, ports=first.ports)
     try:
         api = Api(third)
+        api.get(run)
         assert smtp_client(third, run.username, "pw", False).startswith("stopped:")  # t3 refuses
         step = api.finish(run, 2)
         assert verdict(step) == ("INCONCLUSIVE", "aborted_after_downgrade")

@@ -60,7 +60,9 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
         "silence_after_refusal": HOLD_SECONDS,
         "disrupted_seconds": HOLD_SECONDS,
     }
-    with serving(tmp_path_factory.mktemp("e2e-hostile") / "var", extra, limits) as server:
+    # shared ports and address binding: the hostile sessions are raw wire dialogues
+    root = tmp_path_factory.mktemp("e2e-hostile") / "var"
+    with serving(root, extra, limits, endpoints={"enabled": False}) as server:
         yield server
 
 

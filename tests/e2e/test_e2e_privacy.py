@@ -23,7 +23,7 @@ def test_shareable_view_hides_identifying_strings(tmp_path: Path) -> None:
         api = Api(inst)
         run = api.create(("immediate", "t1"))
         api.start(run)
-        port = inst.ports["smtp_submission"]
+        port = inst.port_for(run.username, "smtp_submission")
         with smtplib.SMTP(HOST, port, timeout=5, local_hostname=MARKER) as s:
             s.ehlo()
             s.login(run.username, "canary-pw")

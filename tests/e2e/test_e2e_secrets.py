@@ -243,7 +243,7 @@ def disrupted_sessions(inst: ServeInstance, testcase: str, user: str, rec: Recor
     hello = client_hello(inst)
     for protocol, scripts in disrupted_lines(user, rec).items():
         for lines in scripts:
-            with Wire(inst.ports[PORTS[protocol]], timeout=3) as w:
+            with Wire(inst.port_for(user, PORTS[protocol]), timeout=3) as w:
                 w.line()
                 w.send(STARTTLS[protocol])
                 while not w.line().startswith((b"220 ", b"s OK", b"+OK")):
@@ -317,7 +317,7 @@ def exercise_everything(inst: ServeInstance, user: str, rec: Recorder, tls_too: 
 def test_canaries_never_persist_or_show(tmp_path: Path) -> None:
     data = tmp_path / "var"
     rec = Recorder()
-    with serving(data) as inst:
+    with serving(data, endpoints={"enabled": False}) as inst:  # raw wire sessions, shared ports
         api = Api(inst)
         run: Run = api.create(
             ("immediate", "baseline"), ("immediate", "t1"), ("immediate", "t2"), ("immediate", "t4")

@@ -100,7 +100,7 @@ def test_client_that_goes_on_after_a_refused_starttls_fails_under_t3(
     anyway (what "opportunistic" means in many MTAs) leaks its password."""
     run = api.create(("immediate", "t3"))
     api.start(run)
-    with smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=8) as s:
+    with smtplib.SMTP(HOST, inst.port_for(run.username, "smtp_submission"), timeout=8) as s:
         s.ehlo()
         assert s.has_extn("starttls")
         with pytest.raises(smtplib.SMTPResponseException) as refused:
@@ -116,7 +116,7 @@ IMPLICIT = {"smtp": "smtp_tls", "imap": "imap_tls", "pop3": "pop3_tls"}
 
 def implicit_tls_login(inst: ServeInstance, protocol: str, user: str, timeout: float) -> str:
     ctx = tls_context(inst)
-    port = inst.ports[IMPLICIT[protocol]]
+    port = inst.port_for(user, IMPLICIT[protocol])
     try:
         if protocol == "smtp":
             with smtplib.SMTP_SSL(HOST, port, context=ctx, timeout=timeout) as s:

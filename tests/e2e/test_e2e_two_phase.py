@@ -74,7 +74,7 @@ def test_fail_only_after_activation(inst: ServeInstance, api: Api, protocol: str
 def test_activation_closes_the_runs_open_connections(inst: ServeInstance, api: Api) -> None:
     run = api.create(("two_phase", "t1"))
     api.start(run)
-    held = connect(inst.ports["imap"], timeout=5)
+    held = connect(inst.port_for(run.username, "imap"), timeout=5)
     try:
         greeting = read_until(held, b"\r\n")
         assert b"STARTTLS" in greeting  # before activation: baseline
@@ -83,7 +83,7 @@ def test_activation_closes_the_runs_open_connections(inst: ServeInstance, api: A
         assert read_all(held).startswith(b"* BYE")
     finally:
         held.close()
-    fresh = connect(inst.ports["imap"], timeout=5)
+    fresh = connect(inst.port_for(run.username, "imap"), timeout=5)
     try:
         assert b"STARTTLS" not in read_until(fresh, b"\r\n")  # t1 is active now
     finally:
@@ -97,12 +97,12 @@ def test_never_activated_is_not_fail(inst: ServeInstance, api: Api) -> None:
     session) but no TLS login ever happens: the attack never ran."""
     run = api.create(("two_phase", "t1"))
     api.start(run)
-    with smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=8) as s:
+    with smtplib.SMTP(HOST, inst.port_for(run.username, "smtp_submission"), timeout=8) as s:
         assert s.ehlo()[0] == 250 and s.has_extn("starttls")
-    m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=8)
+    m = imaplib.IMAP4(HOST, inst.port_for(run.username, "imap"), timeout=8)
     assert "STARTTLS" in m.capabilities
     m.logout()
-    p = poplib.POP3(HOST, inst.ports["pop3"], timeout=8)
+    p = poplib.POP3(HOST, inst.port_for(run.username, "pop3"), timeout=8)
     assert "STLS" in p.capa()
     p.quit()
     step = api.finish(run)
@@ -131,7 +131,7 @@ def test_plaintext_login_before_activation_is_still_a_leak(inst: ServeInstance, 
     encryption: §8 reports that apart from downgrade FAILs)."""
     run = api.create(("two_phase", "t1"))
     api.start(run)
-    sock = connect(inst.ports["imap"], timeout=5)
+    sock = connect(inst.port_for(run.username, "imap"), timeout=5)
     with contextlib.closing(sock):
         assert b"STARTTLS" in read_until(sock, b"\r\n")
         sock.sendall(f'a LOGIN "{run.username}" canary-pw\r\n'.encode())

@@ -49,7 +49,6 @@ def toy(
     ("args", "message"),
     [
         (["127.0.0.1", "--ports", "99999"], "not a port"),
-        (["127.0.0.1", "--ports", "2525"], "say what it speaks"),
         (["127.0.0.1", "--ports", "gopher:70"], "unknown protocol"),
         (["127.0.0.1", "--ports", ","], "no port to probe"),
         (["127.0.0.1", "--fail-on", "severe"], "unknown severity"),

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from mailtls.probe import probe_host
-from mailtls.probe.session import resolve
+from mailtls.probe.conn import resolve
 from mailtls.probe.targets import target
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

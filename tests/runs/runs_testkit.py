@@ -34,9 +34,15 @@ class Clock:
         self.now += seconds
 
 
-def settings(**binding: Any) -> cfg.Settings:
+def settings(endpoints: cfg.Endpoints | None = None, **binding: Any) -> cfg.Settings:
+    """Address binding (endpoints off) unless ``endpoints`` are given: most run tests are of
+    the address binding; tests/runs/test_runs_endpoints.py passes endpoints."""
     values = {"ttl_seconds": 600.0, "grace_seconds": 60.0} | binding
-    return replace(cfg.Settings(), binding=cfg.Binding(**values))
+    return replace(
+        cfg.Settings(),
+        binding=cfg.Binding(**values),
+        endpoints=endpoints or cfg.Endpoints(enabled=False),
+    )
 
 
 @dataclass

@@ -28,7 +28,7 @@ from mailtls.protocols.pop3 import Pop3Core
 from mailtls.runs.keys import load_or_create_key
 from mailtls.runs.manager import RunManager
 from mailtls.runs.model import Run
-from mailtls.settings import Settings
+from mailtls.settings import Endpoints, Settings
 from mailtls.store import Store
 
 SPECS = [
@@ -57,7 +57,10 @@ class Live:
 
 @pytest.fixture
 async def live(tmp_path: Path) -> AsyncIterator[Live]:
-    settings = Settings(data_dir=tmp_path, listen=("127.0.0.1",))
+    # address binding (the fall-back): tests/net/test_net_endpoints.py covers a run's own
+    settings = Settings(
+        data_dir=tmp_path, listen=("127.0.0.1",), endpoints=Endpoints(enabled=False)
+    )
     store = Store(tmp_path, fsync=False)
     manager = RunManager(store, settings, load_or_create_key(tmp_path))
     manager.load()

@@ -321,12 +321,14 @@ def test_view_is_the_api_object(env: Env) -> None:
     }
     first, second = view["steps"]
     assert first["state"] == "active" and first["verdict"] is None and first["reason"] is None
+    assert first["binding"] == "address" and acct["binding"] == "address"
     assert first["expires"] == env.clock.now + 600
     assert second == {
         "n": 2,
         "scenario": "two_phase",
         "testcase": "t1",
         "state": "pending",
+        "binding": None,
         "started": None,
         "expires": None,
         "finished": None,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from web_kit import (
     Tab,
@@ -22,7 +24,7 @@ from web_kit import (
     smtp_session,
 )
 
-from conftest import ServeInstance
+from conftest import ServeInstance, start_serve
 
 pytestmark = pytest.mark.timeout(110)
 
@@ -35,8 +37,15 @@ def browser() -> Iterator[Any]:
         yield b
 
 
-def account(tab: Tab) -> tuple[str, str]:
+def account(tab: Tab, inst: ServeInstance) -> tuple[str, str]:
+    """The account the run page shows; its server table names the run's own ports, which the
+    scripted clients then use (``inst.port_for``)."""
     page = tab.page
+    run_id = page.url.split("/run/", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    view = httpx.get(f"{inst.url}/api/runs/{run_id}", timeout=10).json()
+    inst.remember(view)
+    table = page.inner_text("table.servers")
+    assert all(str(s["port"]) in table for s in view["account"]["servers"]["imap"]), table
     return page.inner_text("#acct-user").strip(), page.inner_text("#acct-pass").strip()
 
 
@@ -58,7 +67,8 @@ def finish(tab: Tab, expected: str) -> None:
     wait_finish_button(tab)
     tab.page.click("#finish")
     tab.page.wait_for_selector("#verdict")
-    assert tab.page.inner_text("#verdict .verdict") == expected, tab.page.inner_text("#verdict")
+    badge = tab.page.locator("#verdict .verdict")
+    assert badge.get_attribute("data-verdict") == expected, tab.page.inner_text("#verdict")
 
 
 def start(tab: Tab, n: int) -> None:
@@ -109,7 +119,7 @@ def test_guided_imap_run_end_to_end(browser: Any, serve: ServeInstance) -> None:
     page.check("input[name=protocol][value=imap]")
     page.click("text=Start the guided test")
     page.wait_for_url(re.compile(r"/run/[A-Za-z0-9_-]{20,}$"))
-    user, password = account(tab)
+    user, password = account(tab, serve)
     assert user.startswith("test-")
     page.click("text=Begin with step 1")
 
@@ -178,7 +188,9 @@ def test_guided_imap_run_end_to_end(browser: Any, serve: ServeInstance) -> None:
     page.click("text=See your results")
     page.wait_for_selector("#results")
     verdicts = {
-        int(row.get_attribute("id").split("-")[1]): row.locator(".verdict").inner_text()
+        int(row.get_attribute("id").split("-")[1]): row.locator(".verdict").get_attribute(
+            "data-verdict"
+        )
         for row in page.locator("#results tbody tr[id^=step-]").all()
     }
     assert verdicts == {
@@ -192,8 +204,8 @@ def test_guided_imap_run_end_to_end(browser: Any, serve: ServeInstance) -> None:
         8: "SKIPPED",
         9: "SKIPPED",
     }
-    assert "plaintext_auth" in page.inner_text("#step-2")
-    assert "secure outcome" in page.inner_text("#step-7")
+    assert "WITHOUT encryption" in page.inner_text("#step-2")
+    assert page.inner_text("#step-7 .verdict") == "Safe: it stopped"
     assert "Unsafe" in page.inner_text("#summary")
     page.locator("#transcript-1 summary").click()
     assert "encrypted" in page.inner_text("#transcript-1 .transcript")
@@ -210,7 +222,7 @@ def test_client_strings_are_shown_as_text(browser: Any, serve: ServeInstance) ->
     page.select_option("#scenario", "immediate")
     page.select_option("#testcase", "baseline")
     page.click("text=Start a single test")
-    user, password = account(tab)
+    user, password = account(tab, serve)
     page.click("text=Begin with step 1")
     start(tab, 1)
     assert imap_session(serve, user, password, client_id=XSS) == "tls-login"
@@ -232,35 +244,42 @@ def test_client_strings_are_shown_as_text(browser: Any, serve: ServeInstance) ->
     page.context.close()
 
 
-def test_two_runs_from_one_address_keep_their_data_apart(
-    browser: Any, serve: ServeInstance
-) -> None:
+def two_runs_from_one_address(browser: Any, inst: ServeInstance, exact: bool) -> None:
     tabs: list[Tab] = []
     accounts: list[tuple[str, str]] = []
     for _ in range(2):
         tab = new_tab(browser)  # own context: own cookies, like two people behind one NAT
-        tab.page.goto(serve.url)
+        tab.page.goto(inst.url)
         tab.page.select_option("#testcase", "baseline")
         tab.page.click("text=Start a single test")
-        accounts.append(account(tab))
+        accounts.append(account(tab, inst))
         tab.page.click("text=Begin with step 1")
         tabs.append(tab)
     a, b = tabs
     start(a, 1)
-    start(b, 1)  # newest binding wins: b took the address from a
+    start(b, 1)
     a.page.reload()
-    assert "took over your network address" in a.page.inner_text("#collision")
-    assert "was running from your network address" in b.page.inner_text("#collision")
-    assert imap_session(serve, *accounts[1]) == "tls-login"
-    finish(b, "PASS")
-    a.page.click("text=Attach my address to this step again")
-    assert imap_session(serve, *accounts[0]) == "tls-login"
+    if exact:  # each run has its own servers: nothing to take over
+        for tab in tabs:
+            assert tab.page.locator("#collision").count() == 0
+            assert "this test's own servers" in tab.page.inner_text("#binding")
+        assert imap_session(inst, *accounts[1]) == "tls-login"
+        assert imap_session(inst, *accounts[0]) == "tls-login"
+        finish(b, "PASS")
+    else:  # newest binding wins: b took the address from a
+        assert "took over your network address" in a.page.inner_text("#collision")
+        assert "was running from your network address" in b.page.inner_text("#collision")
+        assert "your network address" in a.page.inner_text("#binding")
+        assert imap_session(inst, *accounts[1]) == "tls-login"
+        finish(b, "PASS")
+        a.page.click("text=Attach my address to this step again")
+        assert imap_session(inst, *accounts[0]) == "tls-login"
     finish(a, "PASS")
     for me, other in ((0, 1), (1, 0)):
         page = tabs[me].page
         page.click("#next")
         page.wait_for_selector("#results")
-        page.locator("#results details summary").first.click()
+        page.locator("#results .transcript-row details summary").first.click()
         text = page.inner_text("main")
         assert accounts[me][0] in text
         assert accounts[other][0] not in text
@@ -270,12 +289,28 @@ def test_two_runs_from_one_address_keep_their_data_apart(
         tab.page.context.close()
 
 
+def test_two_runs_from_one_address_have_their_own_servers(
+    browser: Any, serve: ServeInstance
+) -> None:
+    two_runs_from_one_address(browser, serve, exact=True)
+
+
+def test_two_runs_from_one_address_collide_under_address_binding(
+    browser: Any, tmp_path: Path
+) -> None:
+    inst = start_serve(tmp_path / "var", endpoints={"enabled": False})
+    try:
+        two_runs_from_one_address(browser, inst, exact=False)
+    finally:
+        inst.stop()
+
+
 def test_basic_flow_works_without_javascript(browser: Any, serve: ServeInstance) -> None:
     tab = new_tab(browser, javascript=False)
     page = tab.page
     page.goto(serve.url)
     page.click("text=Start the guided test")
-    user, password = account(tab)
+    user, password = account(tab, serve)
     page.click("text=Begin with step 1")
     start(tab, 1)
     assert imap_session(serve, user, password) == "tls-login"

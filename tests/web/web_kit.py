@@ -111,7 +111,7 @@ def imap_session(
 ) -> str:
     """One IMAP session: "tls-login", "plain-login", "stopped: ..." or "error: ..."."""
     try:
-        m = imaplib.IMAP4(HOST, inst.ports["imap"], timeout=CLIENT_TIMEOUT)
+        m = imaplib.IMAP4(HOST, inst.port_for(user, "imap"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
         return f"error: {exc!r}"
     try:
@@ -142,7 +142,9 @@ def smtp_session(
 ) -> str:
     """One submission session that logs in and sends a short message."""
     try:
-        with smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=CLIENT_TIMEOUT) as s:
+        with smtplib.SMTP(
+            HOST, inst.port_for(user, "smtp_submission"), timeout=CLIENT_TIMEOUT
+        ) as s:
             s.ehlo(ehlo or "client.example")
             tls = False
             if strict or s.has_extn("starttls"):

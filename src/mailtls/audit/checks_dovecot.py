@@ -11,13 +11,21 @@ networks) take the parsed config. Imports only the Dovecot views, the model and 
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from mailtls.audit.dovecot import DovecotConfig
-from mailtls.audit.dovecot_effective import Context, Listener, Value, is_loopback, normalise_key
-from mailtls.findings import Finding, Severity
+from mailtls.audit.dovecot import Assign, DovecotConfig
+from mailtls.audit.dovecot_effective import (
+    Context,
+    Listener,
+    Value,
+    contexts,
+    is_loopback,
+    normalise_key,
+)
+from mailtls.audit.networks import only_loopback, parse_network, public_entries
+from mailtls.audit.severity import Exposure, Reach, severity
+from mailtls.findings import Finding
 
 DOC_23 = "https://doc.dovecot.org/2.3/settings/core/#core_setting-"
 DOC_24 = "https://doc.dovecot.org/latest/core/summaries/settings.html#"
@@ -49,6 +57,7 @@ RENAMED_IN_24: Mapping[str, str] = {
     "ssl_verify_client_cert": "ssl_server_request_client_cert",
     "mail_location": "mail_driver + mail_path",
     "ssl_protocols": "ssl_min_protocol",
+    "verbose_ssl": "log_debug = category=ssl",
 }
 ONLY_IN_24 = (
     "auth_allow_cleartext",
@@ -98,23 +107,37 @@ def _loopback(ctx: Context, lis: list[Listener]) -> bool:
     return bool(lis) and all(is_loopback(x.address or listen) for x in lis)
 
 
+def reach_of(ctx: Context, lis: list[Listener] | None) -> Reach:
+    """Loopback when the listeners are bound to loopback only, or when the context is a
+    ``local``/``remote`` block whose addresses are all loopback (this host's own clients)."""
+    if lis and _loopback(ctx, lis):
+        return Reach.LOOPBACK
+    if any(kind in ("local", "remote") and only_loopback(name) for kind, name in ctx.filters):
+        return Reach.LOOPBACK
+    return Reach.PUBLIC
+
+
 def _finding(
     check: DovecotCheck,
     ctx: Context,
-    severity: Severity,
+    exposure: Exposure,
     category: str,
     value: Value,
     reason: str,
     fix: str,
     lis: list[Listener] | None = None,
 ) -> Finding:
-    if lis and _loopback(ctx, lis) and severity > Severity.INFO:
-        severity = Severity.INFO
-        reason += " The listener is bound to loopback only, so only clients on this host count."
+    reach = reach_of(ctx, lis)
+    if reach is Reach.LOOPBACK:
+        reason += (
+            " Only clients on this host can reach it (loopback listener or a loopback"
+            " local/remote block)."
+        )
     origin = value.origin
+    scope = " ".join(f"{k} {n}" for k, n in ctx.filters) or None
     return Finding(
         id=check.value,
-        severity=severity,
+        severity=severity(exposure, reach),
         category=category,
         reason=reason,
         fix=fix,
@@ -125,7 +148,8 @@ def _finding(
         file=origin.file if origin else ctx.source,
         line=origin.line if origin else None,
         doc=_doc(ctx.version, value.key),
-        extra={"dovecot_version": ctx.version},
+        extra={"dovecot_version": ctx.version, "scope": scope, "reach": reach.value},
+        exposure=exposure.value,
     )
 
 
@@ -145,39 +169,49 @@ def check_ssl_disabled(ctx: Context) -> Iterable[Finding]:
     lis = plaintext_listeners(ctx)
     if ssl.value.strip().lower() != "no" or not lis:
         return
-    if allows_cleartext(ctx):
-        sev = Severity.CRITICAL
-        reason = (
-            f"Accepts cleartext credentials on port {_ports(lis)}: TLS is disabled (ssl = no)"
-            " and cleartext logins are allowed, so passwords and mail travel unencrypted."
-        )
-    else:
-        sev = Severity.HIGH
-        reason = (
-            f"TLS is disabled (ssl = no) on port {_ports(lis)}: mail travels unencrypted;"
-            " PLAIN/LOGIN are refused except from secured connections (same host,"
-            " login_trusted_networks)."
-        )
+    reason = (
+        f"TLS is disabled (ssl = no) on port {_ports(lis)}: no STARTTLS, so sessions and mail"
+        " travel unencrypted."
+    )
     fix = _where_fix(ctx, "ssl = required", ssl) + " (and configure a certificate)"
-    yield _finding(DovecotCheck.SSL_DISABLED, ctx, sev, "tls-disabled", ssl, reason, fix, lis)
+    yield _finding(
+        DovecotCheck.SSL_DISABLED,
+        ctx,
+        Exposure.CLIENT_TLS_NOT_OFFERED,
+        "tls-disabled",
+        ssl,
+        reason,
+        fix,
+        lis,
+    )
 
 
 def check_cleartext_auth(ctx: Context) -> Iterable[Finding]:
     ssl = ctx.get("ssl").value.strip().lower()
     lis = plaintext_listeners(ctx)
-    if ssl != "yes" or not lis or not allows_cleartext(ctx):
+    if ssl == "required" or not lis or not allows_cleartext(ctx):
         return
     setting = cleartext_allowed(ctx)
     line = "auth_allow_cleartext = no" if ctx.version == "2.4" else "disable_plaintext_auth = yes"
-    reason = (
-        f"Accepts cleartext credentials on port {_ports(lis)}: PLAIN/LOGIN work before STARTTLS."
-        " The server cannot stop a client that skips STARTTLS, but it can refuse its login."
-    )
-    fix = _where_fix(ctx, line, setting) + "  (or: ssl = required)"
+    if ssl == "no":
+        exposure = Exposure.CREDENTIALS_CLEARTEXT_ONLY
+        reason = (
+            f"Accepts credentials only in cleartext on port {_ports(lis)}: PLAIN/LOGIN are"
+            " allowed and TLS is off (ssl = no), so every login sends the password unencrypted."
+        )
+        fix = _where_fix(ctx, line, setting) + "  (once TLS is on: ssl = required)"
+    else:
+        exposure = Exposure.CREDENTIALS_BEFORE_TLS
+        reason = (
+            f"Accepts cleartext credentials on port {_ports(lis)}: PLAIN/LOGIN work before"
+            " STARTTLS. The server cannot stop a client that skips STARTTLS, but it can refuse"
+            " its login."
+        )
+        fix = _where_fix(ctx, line, setting) + "  (or: ssl = required)"
     yield _finding(
         DovecotCheck.CLEARTEXT_AUTH,
         ctx,
-        Severity.HIGH,
+        exposure,
         "cleartext-credentials",
         setting,
         reason,
@@ -201,7 +235,14 @@ def check_tls_optional(ctx: Context) -> Iterable[Finding]:
         f" {lis[0].name} {{ port = 0 }} }}"
     )
     yield _finding(
-        DovecotCheck.TLS_OPTIONAL, ctx, Severity.INFO, "tls-optional", ssl, reason, fix, lis
+        DovecotCheck.TLS_OPTIONAL,
+        ctx,
+        Exposure.LOGIN_BEFORE_TLS_SAME_HOST,
+        "tls-optional",
+        ssl,
+        reason,
+        fix,
+        lis,
     )
 
 
@@ -218,7 +259,14 @@ def check_mechs_before_tls(ctx: Context) -> Iterable[Finding]:
     )
     fix = _where_fix(ctx, "ssl = required", ctx.get("ssl"))
     yield _finding(
-        DovecotCheck.MECHS_BEFORE_TLS, ctx, Severity.LOW, "tls-optional", mechs, reason, fix, lis
+        DovecotCheck.MECHS_BEFORE_TLS,
+        ctx,
+        Exposure.SESSION_BEFORE_TLS,
+        "tls-optional",
+        mechs,
+        reason,
+        fix,
+        lis,
     )
 
 
@@ -240,7 +288,7 @@ def check_no_certificate(ctx: Context) -> Iterable[Finding]:
     )
     fix = f"In conf.d/10-ssl.conf: {line} (and the matching key setting)"
     yield _finding(
-        DovecotCheck.NO_CERTIFICATE, ctx, Severity.MEDIUM, "configuration", cert, reason, fix
+        DovecotCheck.NO_CERTIFICATE, ctx, Exposure.SERVICE_FAILS, "configuration", cert, reason, fix
     )
 
 
@@ -248,8 +296,10 @@ def check_weak_min_protocol(ctx: Context) -> Iterable[Finding]:
     if ctx.get("ssl").value.strip().lower() == "no":
         return
     value = ctx.get("ssl_min_protocol")
-    if value.value.strip().lower() not in WEAK_MIN:
+    minimum = value.value.strip().lower()
+    if minimum not in WEAK_MIN:
         return
+    exposure = Exposure.OLD_TLS_ALLOWED if minimum.startswith("tls") else Exposure.SSLV3_ALLOWED
     reason = (
         f"ssl_min_protocol = {value.value} admits protocol versions below TLS 1.2, against"
         " current guidance (RFC 8996, RFC 8314)."
@@ -258,7 +308,7 @@ def check_weak_min_protocol(ctx: Context) -> Iterable[Finding]:
     yield _finding(
         DovecotCheck.WEAK_MIN_PROTOCOL,
         ctx,
-        Severity.MEDIUM,
+        exposure,
         "tls-quality",
         value,
         reason,
@@ -267,54 +317,22 @@ def check_weak_min_protocol(ctx: Context) -> Iterable[Finding]:
     )
 
 
-NON_PUBLIC = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "::1/128",
-        "fc00::/7",
-        "fe80::/10",
-    )
-)
-
-
-def _public_networks(value: str) -> list[str]:
-    """Entries that reach beyond private, shared, loopback and link-local address space."""
-    public: list[str] = []
-    for item in value.replace(",", " ").split():
-        try:
-            net = ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            continue
-        inside = any(
-            net.version == block.version and net.subnet_of(block)  # type: ignore[arg-type]
-            for block in NON_PUBLIC
-        )
-        if not inside:
-            public.append(item)
-    return public
-
-
 def check_trusted_public(ctx: Context) -> Iterable[Finding]:
+    """Private proxy or container networks are the intended use and are not flagged."""
     value = ctx.get("login_trusted_networks")
-    public = _public_networks(value.value)
+    public = public_entries(value.value)
     if not public:
         return
-    broad = any(ipaddress.ip_network(p, strict=False).prefixlen <= 8 for p in public)
+    everyone = any((net := parse_network(p)) is not None and net.prefixlen <= 8 for p in public)
     reason = (
         f"login_trusted_networks covers public address space ({', '.join(public)}): Dovecot"
         " treats those connections as secured, so they may log in in cleartext even with"
         " ssl = required, and anyone on the path can read the password."
     )
     fix = _where_fix(ctx, "login_trusted_networks = <only your own proxies' addresses>", value)
-    sev = Severity.HIGH if broad else Severity.MEDIUM
+    exposure = Exposure.CREDENTIALS_BEFORE_TLS if everyone else Exposure.TRUSTED_PUBLIC_NETWORK
     yield _finding(
-        DovecotCheck.TRUSTED_PUBLIC, ctx, sev, "cleartext-credentials", value, reason, fix
+        DovecotCheck.TRUSTED_PUBLIC, ctx, exposure, "cleartext-credentials", value, reason, fix
     )
 
 
@@ -330,26 +348,47 @@ REGISTRY: Mapping[DovecotCheck, ContextCheck] = {
 }
 
 
+def _version_error(a: Assign, key: str, version: str) -> tuple[str, str] | None:
+    """(reason, fix) when ``key`` does not exist in ``version``, else None."""
+    if version == "2.4" and key in RENAMED_IN_24:
+        new = RENAMED_IN_24[key]
+        reason = (
+            f"{key} is a Dovecot 2.3 name: 2.4 replaced it with {new}, so doveconf fails to"
+            " load this configuration and the service will not start. Its 2.3 value is not"
+            " applied and is not audited as if it were."
+        )
+        fix = f"In {a.origin}: replace {key} with {new}" + (
+            " (inverted meaning: disable_plaintext_auth = yes is auth_allow_cleartext = no)"
+            if key == "disable_plaintext_auth"
+            else ""
+        )
+        return reason, fix
+    if version == "2.3" and key in ONLY_IN_24:
+        reason = (
+            f"{key} is a Dovecot 2.4 setting: 2.3 does not know it, so doveconf fails to load"
+            " this configuration and the service will not start."
+        )
+        return reason, f"In {a.origin}: remove it, or use the 2.3 name"
+    return None
+
+
 def check_version_settings(config: DovecotConfig, version: str) -> list[Finding]:
-    """Settings that the detected Dovecot version does not know: a configuration error."""
+    """Settings the detected Dovecot version does not know: the whole configuration fails to
+    load (doveconf: "Unknown setting"), wherever the name appears (root, protocol or filter
+    blocks; plugin blocks hold free-form names and are skipped)."""
     out: list[Finding] = []
     for a in config.assigns:
-        key = normalise_key(a, version)
-        if version == "2.4" and key in RENAMED_IN_24 and not a.path:
-            new = RENAMED_IN_24[key]
-            reason = f"{key} was renamed or removed in Dovecot 2.4 (now {new}); 2.4 refuses it."
-            fix = f"In {a.origin}: replace with {new}" + (
-                " = no (inverted meaning)" if key == "disable_plaintext_auth" else ""
-            )
-        elif version == "2.3" and key in ONLY_IN_24 and not a.path:
-            reason = f"{key} is a Dovecot 2.4 setting; Dovecot 2.3 refuses to start with it."
-            fix = f"In {a.origin}: remove it, or use the 2.3 name"
-        else:
+        if any(kind == "plugin" for kind, _ in a.path):
             continue
+        key = normalise_key(a, version)
+        error = _version_error(a, key, version)
+        if error is None:
+            continue
+        reason, fix = error
         out.append(
             Finding(
                 id=DovecotCheck.WRONG_VERSION_SETTING.value,
-                severity=Severity.MEDIUM,
+                severity=severity(Exposure.SERVICE_FAILS),
                 category="configuration",
                 reason=reason,
                 fix=fix,
@@ -359,7 +398,12 @@ def check_version_settings(config: DovecotConfig, version: str) -> list[Finding]
                 file=a.origin.file,
                 line=a.origin.line,
                 doc=UPGRADE_DOC,
-                extra={"dovecot_version": version},
+                extra={
+                    "dovecot_version": version,
+                    "replacement": RENAMED_IN_24.get(key) if version == "2.4" else None,
+                    "loads": False,
+                },
+                exposure=Exposure.SERVICE_FAILS.value,
             )
         )
     return out
@@ -371,6 +415,15 @@ class _Key:
     file: str | None
     line: int | None
     setting: str | None
+
+
+def audit_config(config: DovecotConfig, version: str) -> tuple[list[Finding], bool]:
+    """All Dovecot findings and whether the configuration loads. A configuration that Dovecot
+    refuses gets only its version errors: nothing in it is in force, so nothing else counts."""
+    refused = check_version_settings(config, version)
+    if refused:
+        return refused, False
+    return run_checks(contexts(config, version)), True
 
 
 def run_checks(ctxs: Iterable[Context]) -> list[Finding]:

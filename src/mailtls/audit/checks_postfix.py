@@ -2,9 +2,10 @@
 
 Each check looks at one ``SmtpService`` (see ``effective``) and states what a client or attacker
 can really do on that port. Port 25 with opportunistic TLS is correct (RFC 3207 forbids mandatory
-TLS on a public MX) and is not flagged; AUTH there without ``smtpd_tls_auth_only`` is. A service
-that only listens on loopback keeps its findings but at ``info`` severity. Imports only the
-effective view, the model and ``mailtls.findings``.
+TLS on a public MX) and is not flagged; AUTH there without ``smtpd_tls_auth_only`` is. A check
+names the exposure; ``severity.severity`` decides the severity from it and from the service's
+reach (loopback-only: ``info``; restricted to a private ``mynetworks``: at most ``low``). Imports
+only the effective view, the severity table and ``mailtls.findings``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from mailtls.audit.effective import Effective, SmtpService, is_yes, tls_level
-from mailtls.findings import Finding, Severity
+from mailtls.audit.severity import Exposure, Reach, severity
+from mailtls.findings import Finding
 
 DOC = "https://www.postfix.org/postconf.5.html#"
 TLS_README = "https://www.postfix.org/TLS_README.html"
@@ -55,6 +57,7 @@ class View:
     auth_only: bool
     sasl: bool
     enforced: bool
+    certificate: Effective | None
 
     @property
     def port(self) -> int | None:
@@ -68,11 +71,34 @@ class View:
     def where(self) -> str:
         return f"port {self.port}" if self.port else f"service {self.service.listener.service}"
 
+    @property
+    def tls_wanted(self) -> bool:
+        return self.wrapper or self.level in ("may", "encrypt")
+
+    @property
+    def tls_runs(self) -> bool:
+        """TLS can really start: wanted, and a certificate is configured (else smtpd logs
+        "No server certs available. TLS won't be enabled" and goes on without it)."""
+        return self.tls_wanted and self.certificate is not None
+
+    @property
+    def starttls_offered(self) -> bool:
+        return self.tls_runs and not self.wrapper
+
+    @property
+    def reach(self) -> Reach:
+        if self.service.loopback_only:
+            return Reach.LOOPBACK
+        return Reach.INTERNAL if self.service.internal else Reach.PUBLIC
+
 
 def view_of(service: SmtpService) -> View:
     level = tls_level(service)
     wrapper = is_yes(service.get("smtpd_tls_wrappermode").value)
     auth_only = level.level == "encrypt" or is_yes(service.get("smtpd_tls_auth_only").value)
+    certificate = next(
+        (found for found in map(service.get, CERT_PARAMS) if found.value.strip()), None
+    )
     return View(
         service=service,
         level=level.level,
@@ -81,6 +107,7 @@ def view_of(service: SmtpService) -> View:
         auth_only=auth_only,
         sasl=is_yes(service.get("smtpd_sasl_auth_enable").value),
         enforced=wrapper or level.level == "encrypt",
+        certificate=certificate,
     )
 
 
@@ -109,7 +136,7 @@ def _fix(v: View, name: str, value: str, prefer_main: bool = False) -> str:
 def _finding(
     check: PostfixCheck,
     v: View,
-    severity: Severity,
+    exposure: Exposure,
     category: str,
     setting: Effective,
     reason: str,
@@ -117,11 +144,16 @@ def _finding(
     at_main: bool = False,
 ) -> Finding:
     svc = v.service
-    if svc.loopback_only and severity > Severity.INFO:
-        severity = Severity.INFO
+    reach = v.reach
+    if reach is Reach.LOOPBACK:
         reason += (
             " This service listens on loopback only, so only clients on this host"
             " (for example webmail) are affected."
+        )
+    elif reach is Reach.INTERNAL:
+        reason += (
+            " Only clients in mynetworks (private address space) get past"
+            " smtpd_client_restrictions here, so this is an internal service."
         )
     label = svc.label + (f" ({svc.via})" if svc.via else "")
     if svc.instance.name:
@@ -130,7 +162,7 @@ def _finding(
     origin = setting.origin or (None if v.is_mx or at_main else svc.entry.origin)
     return Finding(
         id=check.value,
-        severity=severity,
+        severity=severity(exposure, reach),
         category=category,
         reason=reason,
         fix=fix,
@@ -141,57 +173,99 @@ def _finding(
         file=origin.file if origin else svc.instance.main.source,
         line=origin.line if origin else None,
         doc=DOC + setting.name,
-        extra={"scope": setting.scope},
+        extra={"scope": setting.scope, "reach": reach.value},
+        exposure=exposure.value,
     )
+
+
+def _auth_setting(v: View) -> Effective:
+    """The line that lets AUTH in before TLS: an explicit ``smtpd_tls_auth_only = no``, else the
+    ``smtpd_sasl_auth_enable = yes`` that turned SASL on (main.cf SASL reaches port 25 too)."""
+    auth_only = v.service.get("smtpd_tls_auth_only")
+    sasl = v.service.get("smtpd_sasl_auth_enable")
+    return auth_only if auth_only.origin is not None or sasl.origin is None else sasl
 
 
 def check_auth_before_tls(v: View) -> Iterable[Finding]:
     if not v.sasl or v.wrapper or v.auth_only:
         return
-    if v.level == "none":
-        sev = Severity.HIGH if v.is_mx else Severity.CRITICAL
+    if not v.starttls_offered:
+        why = (
+            "STARTTLS is not offered"
+            if v.level == "none"
+            else "no server certificate is configured, so Postfix does not offer STARTTLS"
+        )
         reason = (
             f"Accepts credentials only in cleartext on {v.where}: SASL AUTH is enabled and"
-            " STARTTLS is not offered, so every login sends the password unencrypted."
+            f" {why}, so every login sends the password unencrypted."
         )
+        if v.level == "none":
+            setting = v.level_from
+            fix = _fix(v, "smtpd_tls_security_level", "may" if v.is_mx else "encrypt")
+        else:
+            setting = _auth_setting(v)
+            fix = (
+                "In main.cf: smtpd_tls_chain_files = <key>, <certificate chain>"
+                f"   (and refuse AUTH without TLS: {_fix(v, 'smtpd_tls_auth_only', 'yes')})"
+            )
         yield _finding(
             PostfixCheck.AUTH_BEFORE_TLS,
             v,
-            sev,
+            Exposure.CREDENTIALS_CLEARTEXT_ONLY,
             CATEGORY_AUTH,
-            v.level_from,
+            setting,
             reason,
-            _fix(v, "smtpd_tls_security_level", "may" if v.is_mx else "encrypt"),
+            fix,
         )
         return
-    sev = Severity.MEDIUM if v.is_mx else Severity.HIGH
     reason = (
         f"Accepts cleartext credentials on {v.where}: AUTH is offered before STARTTLS"
         " (smtpd_tls_auth_only = no). The server cannot stop a client that skips STARTTLS,"
         " but it can refuse AUTH until TLS is up."
     )
     if v.is_mx:
-        reason += " Opportunistic TLS on port 25 itself is correct (RFC 3207) and is not flagged."
+        reason += (
+            " SASL is enabled for this port-25 service too (main.cf settings apply to every"
+            " smtpd unless master.cf overrides them). Opportunistic TLS on port 25 itself is"
+            " correct (RFC 3207) and is not flagged."
+        )
     fix = _fix(v, "smtpd_tls_auth_only", "yes")
-    if not v.is_mx:
+    if v.is_mx:
+        entry = v.service.entry
+        fix += (
+            f"   (or no AUTH on the MX: -o smtpd_sasl_auth_enable=no under the"
+            f" '{entry.service} {entry.type}' entry in master.cf)"
+        )
+    else:
         fix += f"  (or require TLS: {_fix(v, 'smtpd_tls_security_level', 'encrypt')})"
-    setting = v.service.get("smtpd_tls_auth_only")
-    yield _finding(PostfixCheck.AUTH_BEFORE_TLS, v, sev, CATEGORY_AUTH, setting, reason, fix)
+    yield _finding(
+        PostfixCheck.AUTH_BEFORE_TLS,
+        v,
+        Exposure.CREDENTIALS_BEFORE_TLS,
+        CATEGORY_AUTH,
+        _auth_setting(v),
+        reason,
+        fix,
+    )
+
+
+def _no_tls_exposure(v: View) -> Exposure:
+    return Exposure.RELAY_TLS_NOT_OFFERED if v.is_mx else Exposure.CLIENT_TLS_NOT_OFFERED
 
 
 def check_tls_not_offered(v: View) -> Iterable[Finding]:
     if v.wrapper or v.level != "none":
         return
     if v.is_mx:
-        sev, target = Severity.MEDIUM, "may"
+        target = "may"
         reason = "STARTTLS is not offered on port 25: mail from other servers arrives in cleartext."
     else:
-        sev, target = Severity.HIGH, "encrypt"
+        target = "encrypt"
         reason = f"TLS is not offered on {v.where}: mail submitted there travels in cleartext."
     yield _finding(
         PostfixCheck.TLS_NOT_OFFERED,
         v,
-        sev,
+        _no_tls_exposure(v),
         CATEGORY_TLS,
         v.level_from,
         reason,
@@ -199,35 +273,28 @@ def check_tls_not_offered(v: View) -> Iterable[Finding]:
     )
 
 
-def _certificate(v: View) -> Effective | None:
-    for name in CERT_PARAMS:
-        found = v.service.get(name)
-        if found.value.strip():
-            return found
-    return None
-
-
 def check_no_certificate(v: View) -> Iterable[Finding]:
-    if not (v.wrapper or v.level in ("may", "encrypt")) or _certificate(v) is not None:
+    if not v.tls_wanted or v.certificate is not None:
         return
     setting = v.service.get("smtpd_tls_chain_files")
     if v.enforced:
-        sev = Severity.MEDIUM
+        exposure = Exposure.SERVICE_FAILS
         reason = (
             f"No server certificate is configured, so TLS cannot start on {v.where} and every"
             " session fails (nothing travels in cleartext, but the service is unusable)."
         )
     else:
-        sev = Severity.MEDIUM if v.is_mx else Severity.HIGH
+        exposure = _no_tls_exposure(v)
         reason = (
-            f"No server certificate is configured: Postfix silently disables TLS, so STARTTLS"
-            f" is not offered on {v.where} and sessions stay in cleartext."
+            f"No server certificate is configured: Postfix silently disables TLS"
+            f' ("No server certs available. TLS won\'t be enabled"), so STARTTLS is not'
+            f" offered on {v.where} and sessions stay in cleartext."
         )
     fix = "In main.cf: smtpd_tls_chain_files = /etc/ssl/private/mail-key.pem, " + (
         "/etc/ssl/certs/mail-fullchain.pem   (key first, then certificate chain)"
     )
     yield _finding(
-        PostfixCheck.NO_CERTIFICATE, v, sev, CATEGORY_TLS, setting, reason, fix, at_main=True
+        PostfixCheck.NO_CERTIFICATE, v, exposure, CATEGORY_TLS, setting, reason, fix, at_main=True
     )
 
 
@@ -242,25 +309,29 @@ def check_implicit_port_plaintext(v: View) -> Iterable[Finding]:
     setting = v.service.get("smtpd_tls_wrappermode")
     fix = _fix(v, "smtpd_tls_wrappermode", "yes")
     yield _finding(
-        PostfixCheck.IMPLICIT_PORT_PLAINTEXT, v, Severity.HIGH, CATEGORY_TLS, setting, reason, fix
+        PostfixCheck.IMPLICIT_PORT_PLAINTEXT,
+        v,
+        Exposure.PLAINTEXT_ON_IMPLICIT_TLS_PORT,
+        CATEGORY_TLS,
+        setting,
+        reason,
+        fix,
     )
 
 
 def check_submission_tls_optional(v: View) -> Iterable[Finding]:
-    if v.is_mx or v.wrapper or v.level != "may":
+    if v.is_mx or v.port == 465 or not v.starttls_offered or v.level != "may":
         return
-    if v.sasl and not v.auth_only:
-        return  # check_auth_before_tls says more
     reason = (
-        f"TLS is optional on {v.where}: credentials are refused before STARTTLS, but a client"
-        " that skips STARTTLS still talks in cleartext. RFC 8314 asks submission services to"
-        " require TLS."
+        f"STARTTLS is optional on {v.where} (smtpd_tls_security_level = may): a client that"
+        " skips STARTTLS, or is stripped of it, talks SMTP in cleartext. RFC 8314 (section 3.3)"
+        " asks submission services to require TLS."
     )
     fix = _fix(v, "smtpd_tls_security_level", "encrypt")
     yield _finding(
         PostfixCheck.SUBMISSION_TLS_OPTIONAL,
         v,
-        Severity.LOW,
+        Exposure.CLIENT_TLS_OPTIONAL,
         CATEGORY_TLS,
         v.level_from,
         reason,
@@ -279,7 +350,7 @@ def check_mandatory_tls_on_mx(v: View) -> Iterable[Finding]:
     yield _finding(
         PostfixCheck.MANDATORY_TLS_ON_MX,
         v,
-        Severity.LOW,
+        Exposure.MANDATORY_TLS_ON_MX,
         CATEGORY_CONFIG,
         v.level_from,
         reason,
@@ -320,46 +391,52 @@ def _proto(text: str) -> str | None:
 
 
 def check_weak_protocols(v: View) -> Iterable[Finding]:
-    if not (v.wrapper or v.level in ("may", "encrypt")):
+    if not v.tls_runs:
         return
+    # smtpd uses the mandatory list when TLS is enforced (encrypt, wrapper mode)
     name = "smtpd_tls_mandatory_protocols" if v.enforced else "smtpd_tls_protocols"
     setting = v.service.get(name)
     allowed = allowed_protocols(setting.value)
     weak = [p for p in PROTOCOL_ORDER[:4] if p in allowed]
     if not weak:
         return
+    opportunistic_mx = v.is_mx and not v.enforced
     if any(p.startswith("SSL") for p in weak):
-        sev = Severity.MEDIUM if v.enforced or not v.is_mx else Severity.LOW
-    elif v.enforced or not v.is_mx:
-        sev = Severity.LOW
+        exposure = Exposure.OLD_TLS_ALLOWED if opportunistic_mx else Exposure.SSLV3_ALLOWED
+    elif opportunistic_mx:
+        exposure = Exposure.OLD_TLS_OPPORTUNISTIC_RELAY
     else:
-        sev = Severity.INFO
+        exposure = Exposure.OLD_TLS_ALLOWED
     reason = (
         f"{name} leaves {', '.join(weak)} enabled; current guidance (RFC 8996, RFC 8314) is"
         " TLS 1.2 or newer. OpenSSL 3 at its default security level already refuses TLS 1.0/1.1,"
         " so the real exposure depends on the system's OpenSSL policy."
     )
-    if v.is_mx and not v.enforced:
+    if opportunistic_mx:
         reason += " On port 25 opportunistic TLS with old versions still beats cleartext."
     fix = _fix(v, name, ">=TLSv1.2", prefer_main=True)
     yield _finding(
-        PostfixCheck.WEAK_PROTOCOLS, v, sev, CATEGORY_QUALITY, setting, reason, fix, at_main=True
+        PostfixCheck.WEAK_PROTOCOLS, v, exposure, CATEGORY_QUALITY, setting, reason, fix, True
     )
 
 
 def check_weak_ciphers(v: View) -> Iterable[Finding]:
-    if not (v.wrapper or v.level in ("may", "encrypt")):
+    if not v.tls_runs:
         return
     name = "smtpd_tls_mandatory_ciphers" if v.enforced else "smtpd_tls_ciphers"
     setting = v.service.get(name)
     grade = setting.value.strip().lower()
     if grade not in WEAK_GRADES:
         return
-    sev = Severity.MEDIUM if v.enforced or not v.is_mx else Severity.LOW
+    exposure = (
+        Exposure.WEAK_CIPHERS_OPPORTUNISTIC_RELAY
+        if v.is_mx and not v.enforced
+        else Exposure.WEAK_CIPHERS
+    )
     reason = f"{name} = {grade} admits export-grade, low-grade or unauthenticated ciphers."
     fix = _fix(v, name, "medium", prefer_main=True)
     yield _finding(
-        PostfixCheck.WEAK_CIPHERS, v, sev, CATEGORY_QUALITY, setting, reason, fix, at_main=True
+        PostfixCheck.WEAK_CIPHERS, v, exposure, CATEGORY_QUALITY, setting, reason, fix, True
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mailtls.audit.model import Origin, Setting
+from mailtls.audit.networks import entries, only_non_public
 from mailtls.audit.postfix_main import MainConfig, expand
 from mailtls.audit.postfix_master import MasterConfig, MasterEntry
 
@@ -60,7 +61,7 @@ class PostfixInstance:
 
     def main_get(self, name: str) -> Effective:
         """A parameter in main.cf context (no service overrides)."""
-        return _resolve(name, {}, self)
+        return _resolve(name, {}, self, None)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class SmtpService:
     overrides: Mapping[str, Setting] = field(default_factory=dict)
 
     def get(self, name: str) -> Effective:
-        return _resolve(name, self.overrides, self.instance)
+        return _resolve(name, self.overrides, self.instance, self.entry.service)
 
     @property
     def loopback_only(self) -> bool:
@@ -86,12 +87,30 @@ class SmtpService:
         items = [i for i in interfaces.replace(",", " ").split() if i]
         return bool(items) and all(_is_loopback(i) for i in items)
 
+    @property
+    def internal(self) -> bool:
+        """Only clients in a private ``mynetworks`` get past ``smtpd_client_restrictions``
+        (``permit_mynetworks, reject``): an internal relay, not a service for the Internet."""
+        items = [i.lower() for i in entries(self.get("smtpd_client_restrictions").value)]
+        if "permit_mynetworks" not in items or items[-1] != "reject":
+            return False
+        if any(i != "permit_mynetworks" and not i.startswith("reject") for i in items):
+            return False
+        nets = self.get("mynetworks").value
+        if nets.strip():
+            return only_non_public(nets)
+        return self.get("mynetworks_style").value.strip().lower() == "host"
 
-def _resolve(name: str, overrides: Mapping[str, Setting], inst: PostfixInstance) -> Effective:
+
+def _resolve(
+    name: str, overrides: Mapping[str, Setting], inst: PostfixInstance, service: str | None
+) -> Effective:
     def raw_of(key: str) -> Setting | None:
         return overrides.get(key) or inst.main.settings.get(key) or inst.defaults.settings.get(key)
 
     def lookup(key: str) -> str | None:
+        if key == "service_name" and service is not None:
+            return service  # master(8) sets it per service (syslog_name=postfix/$service_name)
         found = raw_of(key)
         return None if found is None else found.value
 
@@ -204,6 +223,8 @@ RELEVANT = (
     "smtpd_tls_ciphers",
     "smtpd_tls_mandatory_ciphers",
     "inet_interfaces",
+    "smtpd_client_restrictions",
+    "mynetworks",
 )
 
 
@@ -215,6 +236,7 @@ def service_summary(service: SmtpService) -> dict[str, object]:
         "port": service.port,
         "via": service.via,
         "loopback_only": service.loopback_only,
+        "internal": service.internal,
         "entry": str(service.entry.origin),
         "effective_tls_level": tls_level(service).level,
         "settings": {name: service.get(name).to_dict() for name in RELEVANT},

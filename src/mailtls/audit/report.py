@@ -35,6 +35,7 @@ class AuditResult:
 
 def audit(collected: Collected, dovecot_version: str | None = None) -> AuditResult:
     findings: list[Finding] = []
+    notes = list(collected.notes)
     postfix_view: list[dict[str, Any]] = []
     audited = 0
     for inst in collected.postfix:
@@ -54,18 +55,23 @@ def audit(collected: Collected, dovecot_version: str | None = None) -> AuditResu
         audited += 1
         version = detect_version(collected.dovecot, dovecot_version)
         ctxs = contexts(collected.dovecot, version)
-        findings.extend(checks_dovecot.check_version_settings(collected.dovecot, version))
-        findings.extend(checks_dovecot.run_checks(ctxs))
+        dovecot_findings, loads = checks_dovecot.audit_config(collected.dovecot, version)
+        findings.extend(dovecot_findings)
+        if not loads:
+            # Dovecot does not start with this file: its settings protect or expose nothing
+            notes.append(
+                f"Dovecot {version} refuses this configuration ({len(dovecot_findings)} unknown"
+                " setting(s)); its TLS and authentication settings were not audited"
+            )
         dovecot_view = {
             "config": collected.dovecot.source,
             "version": version,
+            "loads": loads,
             "files": list(collected.dovecot.files),
             "contexts": [context_summary(c) for c in ctxs],
         }
     effective = {"postfix": postfix_view, "dovecot": dovecot_view}
-    return AuditResult(
-        tuple(findings), effective, tuple(collected.notes), tuple(collected.sources), audited
-    )
+    return AuditResult(tuple(findings), effective, tuple(notes), tuple(collected.sources), audited)
 
 
 def render(result: AuditResult, fmt: str, out: TextIO, err: TextIO) -> None:
@@ -116,12 +122,17 @@ def render_text_report(result: AuditResult, console: Console) -> None:
         console.print()
         console.print(f"[bold]{head}[/bold]")
         for f in items:
+            # the one-line fix first: it is what the reader came for
             colour = _COLOUR[f.severity]
-            console.print(f"  [{colour}]{str(f.severity).upper():8}[/] {esc(f.id)}")
+            console.print(
+                f"  [{colour}]{str(f.severity).upper():8}[/] [green]fix:[/green] {esc(f.fix)}"
+            )
+            label = esc(f.id)
             if f.setting:
                 where = f"  ({esc(f.file or '')}{':' + str(f.line) if f.line else ''})"
                 value = esc(f.effective_value or "")
-                _body(console, f"{esc(f.setting)} = {value}[dim]{where}[/dim]")
+                label += f": {esc(f.setting)} = {value}[dim]{where}[/dim]"
+            _body(console, label)
             _body(console, esc(f.reason))
             if f.confirmed_live is True:
                 _body(console, "[bold red]confirmed live:[/bold red] the server does this")
@@ -129,7 +140,6 @@ def render_text_report(result: AuditResult, console: Console) -> None:
                 _body(console, "[dim]not seen live on this port[/dim]")
             for line in f.evidence:
                 _body(console, f"[dim]> {esc(line)}[/dim]")
-            _body(console, f"[green]fix:[/green] {esc(f.fix)}")
             if f.doc:
                 _body(console, f"[dim]see {esc(f.doc)}[/dim]")
     console.print()

@@ -1,9 +1,10 @@
 """``mailtls census`` and ``mailtls census history``: argument parsing, the key, exit codes.
 
-Exit codes: 0 every query answered; 2 usage error; 3 no API key; 4 the key was refused (401);
-5 plan, quota or rate limit (402/403/429); 6 Shodan unreachable; 7 partial census (some queries
+Exit codes (the README's table): 0 every query answered; 2 usage error; 3 could not run (no API
+key, or Shodan unreachable); 4 the key was refused (401);
+5 plan, quota or rate limit (402/403/429); 7 partial census (some queries
 failed after retries; the counts obtained are kept, saved and shown); 130 interrupted (Ctrl-C).
-A census stopped by 4, 5, 6 or Ctrl-C still saves and shows what it got.
+A census stopped by 3 (unreachable), 4, 5 or Ctrl-C still saves and shows what it got.
 
 Status messages go to stderr; stdout carries only the table, JSON or CSV.
 Must not import: anything outside ``mailtls.census`` except ``cli``, ``settings``, ``termsafe``.
@@ -32,7 +33,7 @@ EXIT_USAGE = 2
 EXIT_NO_KEY = 3
 EXIT_INVALID_KEY = 4
 EXIT_LIMIT = 5
-EXIT_UNREACHABLE = 6
+EXIT_UNREACHABLE = 3  # could not run, as in every command (README)
 EXIT_PARTIAL = 7
 EXIT_INTERRUPTED = 130
 
@@ -76,14 +77,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             f"{ENV_KEY} or --key-file. Every query is listed by --dry-run and in docs/census.md."
         ),
         epilog=(
-            "exit codes: 0 complete, 2 usage, 3 no key, 4 key refused, 5 plan/quota/rate limit, "
-            "6 unreachable, 7 partial, 130 interrupted"
+            "exit codes: 0 complete, 2 usage, 3 could not run (no key, Shodan unreachable), 4 key "
+            "refused, 5 plan/quota/rate limit, 7 partial, 130 interrupted, 141 output closed"
         ),
     )
     p.add_argument("--profile", choices=sorted(PROFILES), help=f"default: {DEFAULT_PROFILE}")
     p.add_argument("--facets", default="", help="comma list, e.g. product,country,org,asn")
     p.add_argument("--top", type=int, default=10, help="values per facet (default 10)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output on stdout (json: every query with its raw total; default table)",
+    )
     p.add_argument("--plot", type=Path, metavar="FILE", help="write a chart (.png or .svg)")
     p.add_argument(
         "--data-dir", type=Path, metavar="DIR", help="runs go to DIR/census/ (default ./var)"
@@ -107,10 +113,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Compare the saved runs of one profile (default: the latest run's).",
         argument_default=argparse.SUPPRESS,
     )
-    h.add_argument("--profile", choices=sorted(PROFILES))
+    h.add_argument("--profile", choices=sorted(PROFILES), help="whose saved runs (default: latest)")
     h.add_argument("--indicator", help="one indicator key, or 'all' (default plaintext_auth)")
     h.add_argument("--last", type=int, help="only the last N runs (default 10)")
-    h.add_argument("--format", choices=("table", "json", "csv"))
+    h.add_argument("--format", choices=("table", "json", "csv"), help="default table")
     h.add_argument("--plot", type=Path, metavar="FILE", help="write a chart (.png or .svg)")
     h.add_argument("--data-dir", type=Path, metavar="DIR", help="default ./var")
     h.set_defaults(func=history_command)

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from mailtls.census.history import Comparison
-from mailtls.census.model import BaseResult, CensusRun, FacetRow, IndicatorValue, evaluate
+from mailtls.census.model import (
+    BaseResult,
+    CensusRun,
+    FacetRow,
+    IndicatorValue,
+    QueryResult,
+    evaluate,
+)
 from mailtls.census.profiles import Profile, Proto
 from mailtls.termsafe import escape_markup
 
@@ -156,18 +163,41 @@ def _facet_rows_json(rows: Iterable[FacetRow]) -> list[dict[str, Any]]:
     return [{"value": r.value, "count": r.count, "base": r.base, "share": r.share} for r in rows]
 
 
-def _indicator_json(ind: IndicatorValue) -> dict[str, Any]:
+def _raw_total(results: Mapping[str, QueryResult], query: str | None) -> int | None:
+    found = results.get(query) if query is not None else None
+    return None if found is None or found.count is None else found.count.total
+
+
+def _indicator_json(ind: IndicatorValue, results: Mapping[str, QueryResult]) -> dict[str, Any]:
+    """``count`` is ``plus_total - minus_total``: both raw totals are here to check it."""
     return {
         "key": ind.spec.key,
         "label": ind.spec.label,
         "headline": ind.spec.headline,
         "plus_query": ind.spec.plus,
+        "plus_total": _raw_total(results, ind.spec.plus),
         "minus_query": ind.spec.minus,
+        "minus_total": _raw_total(results, ind.spec.minus),
         "count": ind.count,
         "base": ind.base,
         "share": ind.share,
         "failed_queries": list(ind.failed),
         "facets": {name: _facet_rows_json(rows) for name, rows in ind.facets.items()},
+    }
+
+
+def _query_json(r: QueryResult) -> dict[str, Any]:
+    """One query as sent, with Shodan's raw answer (or why there is none)."""
+    return {
+        "query": r.query,
+        "total": None if r.count is None else r.count.total,
+        "facets": {}
+        if r.count is None
+        else {
+            name: [{"value": b.value, "count": b.count} for b in buckets]
+            for name, buckets in r.count.facets.items()
+        },
+        "failure": None if r.failure is None else str(r.failure),
     }
 
 
@@ -188,7 +218,7 @@ def to_json(run: CensusRun, saved_to: str | None = None) -> dict[str, Any]:
                     name: [{"value": b.value, "count": b.count} for b in buckets]
                     for name, buckets in r.facets.items()
                 },
-                "indicators": [_indicator_json(i) for i in r.indicators],
+                "indicators": [_indicator_json(i, run.results) for i in r.indicators],
             }
         )
     return {
@@ -204,6 +234,7 @@ def to_json(run: CensusRun, saved_to: str | None = None) -> dict[str, Any]:
         "top": run.top,
         "caveats": list(CAVEATS),
         "bases": bases,
+        "queries": [_query_json(r) for r in run.results.values()],
         "failures": [
             {"query": r.query, "failure": str(r.failure), "message": r.message} for r in run.failed
         ],

@@ -183,6 +183,14 @@ def observation_fields(o: Observation) -> dict[str, Any]:
     return {name: getattr(o, name) for name in names}
 
 
+SINK_FAILURE_LOG_SECONDS = 60.0
+_sink_failure_logged = -SINK_FAILURE_LOG_SECONDS
+
+
+def _discard(records: object) -> None:
+    """The sink of a connection whose records can no longer be written."""
+
+
 class MailConnection(asyncio.BufferedProtocol):
     __slots__ = (
         "_envelope",
@@ -270,6 +278,8 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._open(transport)
             self._uncork()
+        except OSError as exc:
+            self._cannot_record(exc)
         except Exception:
             log.exception("connection setup failed")
             self._abort("error")
@@ -327,11 +337,34 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._received(_READ_VIEW[:nbytes])
             self._uncork()
+        except OSError as exc:
+            self._cannot_record(exc)
         except Exception:
             log.exception("connection %s failed", self.conn_id)
             self._abort("error")
         finally:
             self._out = self._recs = None
+
+    def _cannot_record(self, exc: OSError) -> None:
+        """The sink cannot record (the store raises an ``OSError`` such as ENOSPC when the disk
+        is full): the client gets the protocol's temporary-failure goodbye (SMTP 421, IMAP
+        BYE, POP3 -ERR) instead of a bare close, and nothing more is recorded for it."""
+        global _sink_failure_logged
+        now = time.monotonic()
+        if now - _sink_failure_logged >= SINK_FAILURE_LOG_SECONDS:
+            _sink_failure_logged = now
+            log.error("cannot record mail connections (%s); answering a temporary failure", exc)
+        self._sink = self._sink_many = _discard
+        self._out, self._recs = [], []
+        if self._core is None or not self._connected or self._closing:
+            self._abort("error")
+            return
+        try:
+            self._dispatch(Kicked("cannot record now (disk full); try again later"), "error")
+            self._uncork()
+        except Exception:
+            log.exception("connection %s failed", self.conn_id)
+            self._abort("error")
 
     def _flush_records(self) -> None:
         """Hand the corked records to the sink (a subscriber may add more: loop)."""
@@ -367,6 +400,8 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._lost(exc)
             self._flush_records()
+        except OSError:  # the sink cannot record (disk full): already said, once
+            pass
         except Exception:
             log.exception("connection %s failed when closed", self.conn_id)
         finally:

@@ -105,6 +105,7 @@ class MailServer:
         self._conns: set[MailConnection] = set()
         self._by_run: dict[str, set[MailConnection]] = {}
         self._servers: list[tuple[ListenerSpec, asyncio.Server]] = []
+        self._listeners: dict[str, Listener] = {}
         self._prefix = secrets.token_hex(4)
         self._counter = 0
 
@@ -117,6 +118,7 @@ class MailServer:
         try:
             for spec in self._specs:
                 listener = Listener(spec, self._factories[spec.protocol], self)
+                self._listeners[spec.name] = listener
                 rate = self.settings.connections.accept_rate
                 self._rates[spec.name] = TokenBucket(rate, max(1.0, rate))
                 for host in self.settings.listen:
@@ -150,6 +152,11 @@ class MailServer:
     def reload_tls(self) -> None:
         """Load the certificate again; new connections use it. Raises (keeping the old one)."""
         self._context = self._provider()
+
+    def listener(self, name: str) -> Listener:
+        """The listener of a standard service; the runs' own sockets of that kind share it
+        (``net.endpoints.RunListeners``): same core, limits and records."""
+        return self._listeners[name]
 
     def addresses(self) -> list[str]:
         """One line per listening socket: name, address, security, role."""

@@ -2,11 +2,15 @@
 
 Without configured certificate files, the first start creates in ``DATA_DIR/tls/``:
 - ``ca.pem``: a test CA that users and tests may trust. Its critical ``nameConstraints`` permit
-  only the configured host names, ``localhost`` (and ``127.0.0.1`` as a DNS name), 127.0.0.0/8
-  and ::1/128, so trusting it cannot endanger other sites. Its key is deleted (never written)
+  only ``localhost`` and the configured host names (DNS), 127.0.0.0/8, ::1/128 and the configured
+  addresses (IP), so trusting it cannot endanger other sites. Its key is deleted (never written)
   after issuing, unless ``tls.keep_ca_key`` (then ``ca.key``, mode 0600).
-- ``server.pem`` + ``server.key`` (ECDSA P-256, 0600): SAN ``localhost``, ``127.0.0.1`` (as IP
-  and as DNS name), ``::1`` and the configured host names.
+- ``server.pem`` + ``server.key`` (ECDSA P-256, 0600): SAN DNS ``localhost`` and the configured
+  host names, IP ``127.0.0.1``, ``::1`` and the configured addresses.
+An address is only ever an IP entry, never a DNS name: Mozilla's verifier (mozilla::pkix, in
+Thunderbird and Firefox) rejects a chain with ``DNS:127.0.0.1`` in a SAN or a name constraint
+(``SEC_ERROR_BAD_DER``), which OpenSSL and GnuTLS accept. Data folders made before this rule have
+such a chain; the next start replaces it (CA included) and logs why.
 Later starts reuse the files. When the server certificate expires within 7 days or lacks a
 configured name, it is reissued if the CA key was kept; otherwise a warning says what to do.
 
@@ -53,16 +57,47 @@ class ServerCertificates:
     ca: Path | None = None
 
 
-def server_names(settings: Settings) -> list[str]:
-    """DNS names the certificate covers: localhost, 127.0.0.1 and the configured host names."""
-    names = ["localhost", "127.0.0.1"]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateNames:
+    """What the server certificate names: DNS names (A-labels) and IP addresses, apart."""
+
+    dns: tuple[str, ...]
+    ips: tuple[IPAddress, ...]
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The CA's permitted IP subtrees: the loopback networks and each other address."""
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(LOOPBACK_NETWORKS)
+        for ip in self.ips:
+            if not any(ip in net for net in nets):
+                nets.append(ipaddress.ip_network(ip))
+        return nets
+
+
+def certificate_names(settings: Settings) -> CertificateNames:
+    """``localhost``, 127.0.0.1, ::1, the configured host names and the listen addresses; a host
+    name that is an address literal counts as an address. Wildcard listen addresses are left out."""
+    dns = ["localhost"]
+    ips: list[IPAddress] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
     for name in (settings.hostname, *settings.public_hostnames):
         name = name.strip().lower().rstrip(".")
-        if name:
-            name = _a_label(name)
-        if name and name not in names:
-            names.append(name)
-    return names
+        if _ip_literal(name) is None and name and _a_label(name) not in dns:
+            dns.append(_a_label(name))
+    for text in (settings.hostname, *settings.public_hostnames, *settings.listen):
+        ip = _ip_literal(text)
+        if ip is not None and not ip.is_unspecified and ip not in ips:
+            ips.append(ip)
+    return CertificateNames(tuple(dns), tuple(ips))
+
+
+def _ip_literal(text: str) -> IPAddress | None:
+    """``text`` as an address (``[::1]`` too), or None when it is a name."""
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
 
 
 def _a_label(name: str) -> str:
@@ -103,54 +138,133 @@ def ensure_certificates(settings: Settings, now: dt.datetime | None = None) -> S
             if not path.is_file():
                 raise PkiError(f"certificate file {path} does not exist")
         return certs
-    now = now or dt.datetime.now(dt.UTC)
+    return _generated(settings, now or dt.datetime.now(dt.UTC))
+
+
+def _generated(settings: Settings, now: dt.datetime) -> ServerCertificates:
+    """The test PKI in ``DATA_DIR/tls``: created, kept, replaced or reissued as needed."""
     directory = settings.data_dir / "tls"
     certs = ServerCertificates(
         directory / "server.pem", directory / "server.key", directory / "ca.pem"
     )
-    ca_key_path = directory / "ca.key"
-    names = server_names(settings)
+    names = certificate_names(settings)
+    keep = settings.tls.keep_ca_key
     if not (certs.cert.is_file() and certs.key.is_file() and certs.ca and certs.ca.is_file()):
-        _create_all(directory, certs, names, settings.tls.keep_ca_key, now)
+        _create_all(directory, certs, names, keep, now)
         return certs
-    problem = _needs_renewal(certs.cert, names, now)
+    assert certs.ca is not None
+    ca_cert, server_cert = _read_cert(certs.ca), _read_cert(certs.cert)
+    old = _address_as_dns_name(ca_cert) or _address_as_dns_name(server_cert)
+    if old:
+        log.warning(
+            "replacing the test CA and server certificate in %s: the chain names %s as a DNS "
+            "name, which Thunderbird and other clients on mozilla::pkix reject; trust the new %s",
+            directory,
+            old,
+            certs.ca,
+        )
+        _create_all(directory, certs, names, keep, now)
+        return certs
+    problem = _needs_renewal(server_cert, names, now)
     if problem:
-        if ca_key_path.is_file():
-            log.info("reissuing the server certificate: %s", problem)
-            assert certs.ca is not None
-            ca_cert = x509.load_pem_x509_certificate(certs.ca.read_bytes())
-            ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
-            if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-                raise PkiError(f"{ca_key_path} is not an EC key")
-            _issue_server(certs, ca_cert, ca_key, names, now)
-        else:
-            log.warning(
-                "server certificate %s: %s; the CA key was not kept, so it cannot be reissued: "
-                "delete %s to create a new test CA (clients must trust the new ca.pem)",
-                certs.cert,
-                problem,
-                directory,
-            )
+        _reissue(certs, ca_cert, names, problem, now)
     return certs
 
 
-def _needs_renewal(cert_path: Path, names: list[str], now: dt.datetime) -> str:
+def _read_cert(path: Path) -> x509.Certificate:
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except ValueError as exc:
-        raise PkiError(f"cannot read {cert_path}: {exc}") from None
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise PkiError(f"cannot read {path}: {exc}") from None
+
+
+def _address_as_dns_name(cert: x509.Certificate) -> str:
+    """The first DNS name in ``cert``'s SAN or name constraints that is an address literal."""
+    dns: list[str] = []
+    for ext in cert.extensions:
+        if isinstance(ext.value, x509.SubjectAlternativeName):
+            dns += ext.value.get_values_for_type(x509.DNSName)
+        elif isinstance(ext.value, x509.NameConstraints):
+            for subtrees in (ext.value.permitted_subtrees, ext.value.excluded_subtrees):
+                dns += [n.value for n in subtrees or () if isinstance(n, x509.DNSName)]
+    return next((name for name in dns if _ip_literal(name) is not None), "")
+
+
+def _needs_renewal(cert: x509.Certificate, names: CertificateNames, now: dt.datetime) -> str:
     if cert.not_valid_after_utc - now < RENEW_BEFORE:
         return f"expires {cert.not_valid_after_utc:%Y-%m-%d}"
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return "no subjectAltName"
-    missing = sorted(set(names) - set(san.get_values_for_type(x509.DNSName)))
+    missing = sorted(set(names.dns) - set(san.get_values_for_type(x509.DNSName)))
+    missing += sorted(
+        str(ip) for ip in set(names.ips) - set(san.get_values_for_type(x509.IPAddress))
+    )
     return f"does not name {', '.join(missing)}" if missing else ""
 
 
+def _reissue(
+    certs: ServerCertificates,
+    ca_cert: x509.Certificate,
+    names: CertificateNames,
+    problem: str,
+    now: dt.datetime,
+) -> None:
+    """A new server certificate under the kept CA key, or a warning saying what to do."""
+    assert certs.ca is not None
+    directory = certs.ca.parent
+    ca_key_path = directory / "ca.key"
+    unpermitted = _not_permitted(ca_cert, names)
+    if ca_key_path.is_file() and not unpermitted:
+        log.info("reissuing the server certificate: %s", problem)
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise PkiError(f"{ca_key_path} is not an EC key")
+        _issue_server(certs, ca_cert, ca_key, names, now)
+        return
+    why = (
+        f"the test CA's name constraints do not permit {', '.join(unpermitted)}"
+        if unpermitted
+        else "the CA key was not kept"
+    )
+    log.warning(
+        "server certificate %s: %s; %s, so it cannot be reissued: "
+        "delete %s to create a new test CA (clients must trust the new ca.pem)",
+        certs.cert,
+        problem,
+        why,
+        directory,
+    )
+
+
+def _not_permitted(ca_cert: x509.Certificate, names: CertificateNames) -> list[str]:
+    """The names and addresses the CA's permitted subtrees leave out (RFC 5280 matching)."""
+    try:
+        ext = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return []
+    permitted = ext.permitted_subtrees or []
+    domains = [n.value.lower().lstrip(".") for n in permitted if isinstance(n, x509.DNSName)]
+    nets = [
+        n.value
+        for n in permitted
+        if isinstance(n, x509.IPAddress)
+        and isinstance(n.value, ipaddress.IPv4Network | ipaddress.IPv6Network)
+    ]
+    out = [
+        name for name in names.dns if not any(name == d or name.endswith("." + d) for d in domains)
+    ]
+    out += [str(ip) for ip in names.ips if not any(ip in net for net in nets)]
+    return out
+
+
 def _create_all(
-    directory: Path, certs: ServerCertificates, names: list[str], keep: bool, now: dt.datetime
+    directory: Path,
+    certs: ServerCertificates,
+    names: CertificateNames,
+    keep: bool,
+    now: dt.datetime,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -159,24 +273,26 @@ def _create_all(
     _issue_server(certs, ca_cert, ca_key, names, now)
     if keep:
         _write_private(directory / "ca.key", _key_pem(ca_key))
+    else:  # a key left from a replaced CA must not pass for this one's
+        (directory / "ca.key").unlink(missing_ok=True)
     assert certs.ca is not None
     _write_atomic(certs.ca, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info("created a test CA %s (key %s)", certs.ca, "kept" if keep else "discarded")
 
 
 def _make_ca(
-    key: ec.EllipticCurvePrivateKey, names: list[str], now: dt.datetime
+    key: ec.EllipticCurvePrivateKey, names: CertificateNames, now: dt.datetime
 ) -> x509.Certificate:
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mailtls test CA"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"mailtls test CA for {names[-1]}"[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"mailtls test CA for {names.dns[-1]}"[:64]),
         ]
     )
     constraints = x509.NameConstraints(
         permitted_subtrees=[
-            *(x509.DNSName(name) for name in names),
-            *(x509.IPAddress(net) for net in LOOPBACK_NETWORKS),
+            *(x509.DNSName(name) for name in names.dns),
+            *(x509.IPAddress(net) for net in names.networks()),
         ],
         excluded_subtrees=None,
     )
@@ -214,18 +330,14 @@ def _issue_server(
     certs: ServerCertificates,
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    names: list[str],
+    names: CertificateNames,
     now: dt.datetime,
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     public = key.public_key()
-    cn = (names[2] if len(names) > 2 else "localhost")[:64]  # clients match the SAN, not the CN
+    cn = (names.dns[1] if len(names.dns) > 1 else "localhost")[:64]  # clients match the SAN
     san = x509.SubjectAlternativeName(
-        [
-            *(x509.DNSName(name) for name in names),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]
+        [*(x509.DNSName(name) for name in names.dns), *(x509.IPAddress(ip) for ip in names.ips)]
     )
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (

@@ -229,3 +229,20 @@ class Conn:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def resolve(host: str) -> list[tuple[int, str]]:
+    """One address per family (IPv4 first), as (family, address)."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # a bracketed IPv6 literal, as in URLs
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ProbeFailure("dns", f"cannot resolve {host!r}: {exc}") from None
+    chosen: dict[int, str] = {}
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and family not in chosen:
+            chosen[family] = str(sockaddr[0])
+    if not chosen:
+        raise ProbeFailure("dns", f"{host!r} has no IPv4 or IPv6 address")
+    return sorted(chosen.items(), key=lambda kv: kv[0] != socket.AF_INET)

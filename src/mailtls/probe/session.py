@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from mailtls.findings import Finding
 from mailtls.probe.classify import Caps
-from mailtls.probe.conn import Conn, Deadline, ProbeFailure
+from mailtls.probe.conn import Conn, Deadline, ProbeFailure, resolve
 from mailtls.probe.dialogue import Dialogue, DummyCredentials, LoginResult, StarttlsReply
 from mailtls.probe.imap import ImapDialogue
 from mailtls.probe.injection import InjectionResult, starttls_with_injection
@@ -140,23 +139,6 @@ class Options:
 
 def dummy_credentials() -> DummyCredentials:
     return DummyCredentials(f"mailtls-probe-{secrets.token_hex(4)}", secrets.token_urlsafe(18))
-
-
-def resolve(host: str) -> list[tuple[int, str]]:
-    """One address per family (IPv4 first), as (family, address)."""
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]  # a bracketed IPv6 literal, as in URLs
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ProbeFailure("dns", f"cannot resolve {host!r}: {exc}") from None
-    chosen: dict[int, str] = {}
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6) and family not in chosen:
-            chosen[family] = str(sockaddr[0])
-    if not chosen:
-        raise ProbeFailure("dns", f"{host!r} has no IPv4 or IPv6 address")
-    return sorted(chosen.items(), key=lambda kv: kv[0] != socket.AF_INET)
 
 
 class PortProbe:

@@ -1,8 +1,9 @@
 """Which ports to probe and what each one speaks: ``--ports 25,587,imap:1143,imaps:1993``.
 
-A bare number must be a well-known mail port; any other port needs a protocol name in front
-(``smtp`` = MX role, ``submission``, ``smtps``/``submissions`` = implicit TLS submission,
-``imap``, ``imaps``, ``pop3``, ``pop3s``). Pure: no I/O.
+A bare number is a well-known mail port, or (``split_ports``) a port whose protocol ``detect``
+reads from its greeting; a protocol name in front says it outright (``smtp`` = MX role,
+``submission``, ``smtps``/``submissions`` = implicit TLS submission, ``imap``, ``imaps``,
+``pop3``, ``pop3s``). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 DEFAULT_PORTS = "25,587,465,143,993,110,995"
+# `mailtls serve` with no settings (tests check this against mailtls.settings.Ports)
+SERVE_DEFAULT_PORTS = (
+    "smtp:2525,submission:2587,smtps:2465,imap:2143,imaps:2993,pop3:2110,pop3s:2995"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,23 @@ def parse_one(item: str) -> Target:
     if kind not in KINDS:
         raise ValueError(f"unknown protocol {kind!r} (choose from {', '.join(KINDS)})")
     return target(kind, port)
+
+
+def split_ports(spec: str) -> tuple[list[Target], list[int]]:
+    """Like ``parse_ports``, but bare numbers that are not well-known mail ports come back
+    apart (in order, once each) for ``detect`` instead of being refused."""
+    known: list[Target | str] = []
+    unknown: list[int] = []
+    for item in (p.strip() for p in spec.split(",") if p.strip()):
+        if item.isdigit() and 0 < int(item) < 65536 and int(item) not in WELL_KNOWN:
+            if int(item) not in unknown:
+                unknown.append(int(item))
+        else:
+            known.append(item)
+    if not known and unknown:
+        return [], unknown
+    targets = normalise(known)
+    return targets, [p for p in unknown if all(t.port != p for t in targets)]
 
 
 def parse_ports(spec: str) -> list[Target]:

@@ -3,12 +3,15 @@
 Every operation validates, appends one run record to the store (``run_created``,
 ``step_started``, ``step_extended``, ``step_reported``, ``step_skipped``, ``step_finished``,
 ``step_activated``, ``address_bound``, ``binding_collision``, ``binding_mismatch``,
-``run_deleted``) and applies it; ``load()`` applies the same records in order after a restart, so
-the state (and ``view()``) comes back identical. Records carry ``run``, ``step`` where relevant
+``endpoints_assigned``, ``endpoints_released``, ``run_deleted``) and applies it; ``load()``
+applies the same records in order after a restart, so the state (and ``view()``) comes back
+identical. Records carry ``run``, ``step`` where relevant
 and ``at`` (this manager's clock), so replay never reads the clock.
 
 Side effects live in the operations, never in ``_apply``: kicking the run's connections (step start,
-activation) and recording collisions. Verdicts are computed live from the store's events by the
+activation), recording collisions, and opening or closing the run's own listeners (through the
+``EndpointListeners`` the shell gives it: a run's endpoints are opened before they are journalled,
+closed after their release is). Verdicts are computed live from the store's events by the
 pure ``mailtls.verdicts.step_verdict``.
 
 Threads: one lock guards the state. The web app may call from worker threads while the event
@@ -36,12 +39,22 @@ from typing import Any, Protocol
 from mailtls.protocols.base import AuthDecision
 from mailtls.runs import codes
 from mailtls.runs.binding import SOURCE_ADDRESS, SOURCE_LOGIN, AddressBinding, BindingTable
+from mailtls.runs.endpoints import (
+    SOURCE_ENDPOINT,
+    EndpointPool,
+    EndpointUnavailable,
+    PoolExhausted,
+    RunEndpoints,
+    from_record,
+    kinds_for,
+)
 from mailtls.runs.keys import derive
 from mailtls.runs.model import (
     Collision,
     Run,
     RunError,
     RunNotFound,
+    RunsRefused,
     Step,
     StepNotFound,
     StepState,
@@ -68,14 +81,27 @@ RUN_RECORD_TYPES = (
     "address_bound",
     "binding_collision",
     "binding_mismatch",
+    "endpoints_assigned",
+    "endpoints_released",
     "run_deleted",
 )
 MAX_ADDRESSES = 8  # addresses bound per step start
 MAX_LOGIN_ADDRESSES = 8  # login addresses remembered per run (newest kept)
 DAY = 86400.0
+OPEN_ATTEMPTS = 16  # endpoints tried per run when other programs hold some of the pool
 
 Record = dict[str, Any]
 Kicker = Callable[[str, str], object]
+
+
+class EndpointListeners(Protocol):
+    """The shell's side of dedicated endpoints: listening sockets opened and closed per run."""
+
+    def open(self, endpoints: RunEndpoints) -> None:
+        """Listen on every endpoint now (sockets bound before it returns); raises
+        ``EndpointUnavailable`` naming the first endpoint that cannot be opened."""
+
+    def close(self, run_id: str) -> None: ...
 
 
 class Store(Protocol):
@@ -98,6 +124,11 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def delete_run(self, run_id: str, *, code: str | None = None) -> int: ...
+
+    @property
+    def low_space(self) -> bool:
+        """Below the data disk's free-space floor (new runs are refused)."""
+        ...
 
 
 def _binding_of(record: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -125,6 +156,7 @@ class RunManager:
         self._inbox: deque[dict[str, Any]] = deque()
         self._last_login_id = 0
         self._kicker: Kicker | None = None
+        self._listeners: EndpointListeners | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -132,6 +164,7 @@ class RunManager:
         self._by_code: dict[str, str] = {}
         self._by_token: dict[str, str] = {}
         self._table = BindingTable(self._settings.binding.ipv6_prefix)
+        self._pool = EndpointPool(self._settings)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -157,6 +190,31 @@ class RunManager:
     def set_kicker(self, fn: Kicker | None) -> None:
         """``fn(run_id, reason)`` closes the run's open connections (activation, step start)."""
         self._kicker = fn
+
+    def set_endpoint_listeners(self, listeners: EndpointListeners | None) -> None:
+        """The shell that opens the runs' own listeners; opens those of the runs loaded so far.
+        A run whose endpoints cannot be opened again (another program took one meanwhile) gets
+        new ones, journalled: its account then shows them."""
+        with self._locked():
+            self._listeners = listeners
+            if listeners is None:
+                return
+            for endpoints in self._pool.all():
+                try:
+                    listeners.open(endpoints)
+                except OSError as exc:
+                    log.warning("run endpoints not reopened (%s): assigning others", exc)
+                    self._reassign(endpoints)
+
+    def _reassign(self, old: RunEndpoints) -> None:
+        run = self._runs.get(old.run_id)
+        self._journal({"type": "endpoints_released", "run": old.run_id, "at": self._clock()})
+        if run is None or run.deleted:
+            return
+        try:
+            self._journal_endpoints(self._open_endpoints(run.id, run.protocol))
+        except PoolExhausted:
+            log.warning("no endpoints left for a reloaded run; it gets new ones at its next step")
 
     # --- replay ------------------------------------------------------------------------------
 
@@ -227,8 +285,11 @@ class RunManager:
         plan: str | None = None,
         protocol: str | None = None,
     ) -> Run:
+        """Raises ``RunsRefused`` while the data disk is below its free-space floor."""
         specs = resolve_plan(steps, plan)
         protocol = check_protocol(protocol)
+        if self._store.low_space:
+            raise RunsRefused("the data disk is nearly full; new runs are refused for now")
         with self._locked():
             run_id = new_run_id()
             while run_id in self._runs:
@@ -236,6 +297,7 @@ class RunManager:
             code = codes.new_code()
             while code in self._by_code:
                 code = codes.new_code()
+            endpoints = self._open_endpoints(run_id, protocol) if self._pool.enabled else None
             self._journal(
                 {
                     "type": "run_created",
@@ -246,6 +308,8 @@ class RunManager:
                     "at": self._clock(),
                 }
             )
+            if endpoints is not None:
+                self._journal_endpoints(endpoints)
             return self._runs[run_id]
 
     def start_step(self, run_id: str, n: int, client_ips: Sequence[str]) -> Step:
@@ -264,7 +328,10 @@ class RunManager:
             if previous is not None and previous is not step:
                 self._finish(run, previous, now)
             first = step.state is StepState.PENDING
-            addresses = self._valid_addresses(client_ips)
+            if self._pool.enabled and self._pool.of(run.id) is None:
+                self._journal_endpoints(self._open_endpoints(run.id, run.protocol))
+            exact = self._pool.of(run.id) is not None
+            addresses = [] if exact else self._valid_addresses(client_ips)
             collisions = self._journal(
                 {
                     "type": "step_started",
@@ -273,6 +340,7 @@ class RunManager:
                     "at": now,
                     "expires": now + self._settings.binding.ttl_seconds,
                     "addresses": addresses,
+                    "binding": SOURCE_ENDPOINT if exact else SOURCE_ADDRESS,
                 }
             )
             self._record_collisions(run, step, collisions, now)
@@ -346,22 +414,38 @@ class RunManager:
     def delete(self, run_id: str) -> int:
         """Delete the run and every record of it; returns how many records the store removed.
 
-        ``run_deleted`` is journalled first: should the store fail to compact (or the process
-        die during it), the run stays deleted and ``load()`` finishes the deletion at the next
-        start. When it succeeds, no record of the run is left (not even that one), nor any event
-        that presented its code.
-        """
+        ``mark_deleted`` then ``purge``: the run is gone at once, its records after the
+        compaction (which runs outside the lock: mail connections keep being accepted)."""
+        return self.purge(*self.mark_deleted(run_id))
+
+    def mark_deleted(self, run_id: str) -> tuple[str, str]:
+        """Journal ``run_deleted`` (the run is gone from now on); returns (run id, code) for
+        ``purge``. Should the purge fail (or the process die before it), the run stays deleted
+        and ``load()`` finishes the deletion at the next start."""
         with self._locked():
             run = self._get(run_id)
             self._journal({"type": "run_deleted", "run": run.id, "at": self._clock()})
-            return self._store.delete_run(run.id, code=run.code)
+            self._close_endpoints(run.id)
+            return run.id, run.code
+
+    def purge(self, run_id: str, code: str) -> int:
+        """Remove every record of a deleted run (not even ``run_deleted`` stays), every event
+        that presented its code and the connections that did; slow: call it from a worker
+        thread. Not under the lock: ``binder``/``authenticate`` go on meanwhile."""
+        return self._store.delete_run(run_id, code=code)
 
     # --- the mail servers' side ----------------------------------------------------------------
 
     def binder(self, client_ip: str, local: tuple[str, int] | None = None) -> Binding | None:
         """What a connection from ``client_ip`` accepted on ``local`` is bound to, if anything."""
         with self._locked():
-            found = self._table.lookup(client_ip, local, self._clock())
+            now = self._clock()
+            endpoint = self._pool.lookup(local)
+            if endpoint is not None:
+                return self._endpoint_binding(endpoint[0], now)
+            if self._pool.enabled:
+                return None  # shared ports bind nothing while runs have their own endpoints
+            found = self._table.lookup(client_ip, local, now)
             if found is None:
                 return None
             run = self._runs.get(found.run_id)
@@ -376,6 +460,51 @@ class RunManager:
                 source=found.source,
                 active=step.is_active_attack,
             )
+
+    def _endpoint_binding(self, run_id: str, now: float) -> Binding | None:
+        """A run's endpoint serves its current step (the active one, else one in its grace
+        period); between steps it serves baseline, bound to the run as step 0 (no verdict)."""
+        run = self._runs.get(run_id)
+        if run is None or run.deleted:
+            return None
+        step = self._current_step(run, now)
+        if step is None:
+            return Binding(run.id, 0, "baseline", "immediate", SOURCE_ENDPOINT, active=False)
+        return Binding(
+            run_id=run.id,
+            step=step.n,
+            testcase=step.testcase,
+            scenario=step.scenario,
+            source=SOURCE_ENDPOINT,
+            active=step.is_active_attack,
+        )
+
+    def endpoints_of(self, run_id: str) -> RunEndpoints | None:
+        with self._locked():
+            return self._pool.of(run_id)
+
+    def endpoints_by_label(self, label: str) -> RunEndpoints | None:
+        """The endpoints of the run whose host name starts with ``label`` (the DNS responder)."""
+        with self._locked():
+            return self._pool.by_label(label)
+
+    def release_endpoints(self) -> int:
+        """Give back the endpoints of closed runs: every step ended and its grace period over,
+        or no step activity for ``endpoints.idle_seconds``. Returns how many runs gave theirs."""
+        with self._locked():
+            now = self._clock()
+            idle = self._settings.endpoints.idle_seconds
+            done = [
+                e.run_id
+                for e in self._pool.all()
+                if (run := self._runs.get(e.run_id)) is None
+                or not self.is_open(run, now)
+                or now - run.last_activity > idle
+            ]
+            for run_id in done:
+                self._journal({"type": "endpoints_released", "run": run_id, "at": now})
+                self._close_endpoints(run_id)
+            return len(done)
 
     def authenticate(self, username: str) -> AuthDecision:
         """Only ``test-<CODE>`` of an open run may log in; other usernames become keyed hashes."""
@@ -462,17 +591,22 @@ class RunManager:
                 "code": run.code,
                 "protocol": run.protocol,
                 "created": run.created,
-                "account": {
-                    "username": self.account_username(run),
-                    "password": self.password_for(run),
-                    "servers": self.servers(),
-                },
+                "account": self._account(run),
                 "steps": [self._step_view(run, step) for step in run.steps],
                 "links": {
                     "self": f"/api/runs/{run.id}",
                     "result": f"{base_url.rstrip('/')}/r/{self.result_token(run)}",
                 },
             }
+
+    def _account(self, run: Run) -> dict[str, Any]:
+        endpoints = self._pool.of(run.id)
+        return {
+            "username": self.account_username(run),
+            "password": self.password_for(run),
+            "binding": SOURCE_ENDPOINT if endpoints is not None else SOURCE_ADDRESS,
+            "servers": endpoints.servers() if endpoints is not None else self.servers(),
+        }
 
     def servers(self) -> dict[str, list[dict[str, Any]]]:
         ports = self._settings.ports
@@ -497,6 +631,7 @@ class RunManager:
             "scenario": step.scenario,
             "testcase": step.testcase,
             "state": str(step.state),
+            "binding": step.binding if step.started is not None else None,
             "started": step.started,
             "expires": step.expires,
             "finished": step.finished,
@@ -543,6 +678,37 @@ class RunManager:
                 keys.add(key)
                 out.append(ip.strip())
         return out[:MAX_ADDRESSES]
+
+    def _open_endpoints(self, run_id: str, protocol: str | None) -> RunEndpoints:
+        """Plan and open free endpoints for the run; endpoints another program holds are
+        blocked and others tried. Raises ``PoolExhausted``: never a shared fall-back."""
+        kinds = kinds_for(protocol, self._settings)
+        for _ in range(OPEN_ATTEMPTS):
+            endpoints = self._pool.plan(run_id, kinds)
+            if self._listeners is None:
+                return endpoints
+            try:
+                self._listeners.open(endpoints)
+            except EndpointUnavailable as exc:
+                log.warning("endpoint pool: %s; trying another", exc)
+                self._pool.block(exc.endpoint)
+                continue
+            return endpoints
+        raise PoolExhausted
+
+    def _journal_endpoints(self, endpoints: RunEndpoints) -> None:
+        try:
+            self._journal(
+                {"type": "endpoints_assigned", "run": endpoints.run_id, "at": self._clock()}
+                | endpoints.as_record()
+            )
+        except BaseException:
+            self._close_endpoints(endpoints.run_id)
+            raise
+
+    def _close_endpoints(self, run_id: str) -> None:
+        if self._listeners is not None:
+            self._listeners.close(run_id)
 
     def _grace_expiry(self, step: Step, now: float) -> float | None:
         if step.expires is None:
@@ -660,6 +826,7 @@ class RunManager:
         bind_to = None
         if (
             step is not None
+            and step.binding == SOURCE_ADDRESS
             and step.expires is not None
             and step.expires > now
             and not self._table.bound_to(address, run.id, step.n, now)
@@ -699,8 +866,16 @@ class RunManager:
             return []  # the store removed the run's records with it
         if run is None:
             raise KeyError(record["run"])
+        run.last_activity = max(run.last_activity, float(record["at"]))
+        if kind == "endpoints_assigned":
+            self._pool.assign(from_record(record))
+            return []
+        if kind == "endpoints_released":
+            self._pool.release(run.id)
+            return []
         if kind == "run_deleted":
             run.deleted = True
+            self._pool.release(run.id)
             self._table.drop_run(run.id)
             self._by_code.pop(run.code, None)
             self._by_token.pop(self.result_token(run), None)
@@ -719,6 +894,7 @@ class RunManager:
             created=float(record["at"]),
             protocol=record.get("protocol"),
             steps=make_steps(specs),
+            last_activity=float(record["at"]),
         )
         self._runs[run.id] = run
         self._by_code[run.code] = run.id
@@ -755,6 +931,9 @@ class RunManager:
         step.state = StepState.ACTIVE
         step.started = step.started if step.started is not None else at
         step.expires = float(record["expires"])
+        step.binding = str(record.get("binding", SOURCE_ADDRESS))
+        if step.binding == SOURCE_ENDPOINT:
+            return []
         # the run's login addresses as known at this point of the journal (live and on replay)
         collisions = self._bind(run, step, run.login_addresses, SOURCE_LOGIN, at, step.expires)
         collisions += self._bind(run, step, record["addresses"], SOURCE_ADDRESS, at, step.expires)

@@ -48,6 +48,10 @@ class StepStateError(RunError):
     """The step is not in a state that allows the operation (e.g. finishing a skipped step)."""
 
 
+class RunsRefused(RuntimeError):
+    """New runs are refused for now (the data disk is below its free-space floor)."""
+
+
 class RunNotFound(KeyError):
     """No such run (or it was deleted)."""
 
@@ -90,6 +94,7 @@ class Step:
     finished: float | None = None
     activated: float | None = None
     reports: UserReports = field(default_factory=UserReports)
+    binding: str = "address"  # how its connections were bound: "endpoint" or "address"
     collisions: list[Collision] = field(default_factory=list)
     # logins with the run's code on connections not bound to this run: (event id, connection id)
     mismatches: list[tuple[int, str | int]] = field(default_factory=list)
@@ -113,6 +118,7 @@ class Run:
     steps: list[Step]
     deleted: bool = False
     login_addresses: list[str] = field(default_factory=list)
+    last_activity: float = 0.0  # the newest run record's time (endpoints of idle runs go back)
 
     def step(self, n: int) -> Step:
         if 1 <= n <= len(self.steps):

@@ -12,7 +12,7 @@ class Binding:
     ``active`` is False for a two_phase step that has not been activated yet: the connection then
     gets the baseline policy. ``source`` says how the binding was found: ``address`` (the web
     visitor's address with TTL), ``login_address`` (an address the run's account logged in from),
-    ``dedicated`` (a listener address/port of the run's own).
+    ``endpoint`` (a listener address or port of the run's own: exact; step 0 between steps).
     """
 
     run_id: str

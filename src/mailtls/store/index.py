@@ -15,6 +15,7 @@ Only the standard library; must not import anything else from ``mailtls``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -261,4 +262,16 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (disk full): keep the cause visible, not this
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")

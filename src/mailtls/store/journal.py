@@ -37,6 +37,10 @@ class JournalError(Exception):
     """The journal cannot be opened, written or rewritten (an OS error, named)."""
 
 
+class JournalFull(JournalError):
+    """A write failed because the disk (or the quota) is full."""
+
+
 def parse_record(line: bytes) -> dict[str, Any] | None:
     """The record in one journal line (newline optional), or None when it is not a record."""
     try:
@@ -216,7 +220,8 @@ class Journal:
                 n += more
         except OSError as exc:
             self._cut_back()
-            raise JournalError(f"cannot write journal {self.path}: {exc.strerror}") from None
+            error = JournalFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else JournalError
+            raise error(f"cannot write journal {self.path}: {exc.strerror}") from None
         self.size += n
 
     def _cut_back(self) -> None:

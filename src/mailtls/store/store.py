@@ -13,6 +13,8 @@ delivered after the current record has reached every subscriber.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import itertools
 import json
@@ -34,6 +36,7 @@ from mailtls.store.journal import (
     GroupCommitter,
     Journal,
     JournalError,
+    JournalFull,
     ReadStats,
     read_records,
 )
@@ -59,6 +62,19 @@ class StoreClosedError(StoreError):
     pass
 
 
+class StoreFull(StoreError, OSError):
+    """The data disk is full (or below the free-space floor): nothing could be recorded now.
+
+    Also an ``OSError`` (``ENOSPC``), so that callers that must not import the store (the mail
+    I/O shell) can answer with their protocol's temporary failure."""
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     last_id: int  # the last id handed out
@@ -69,6 +85,9 @@ class StoreStats:
     corrupt_lines: int  # corrupt journal lines skipped by the last full or partial read
     truncated_bytes: int  # torn tail cut off when the journal was opened
     index_rebuilt: str  # why the index was rebuilt on open ("" when it was caught up)
+    spilled: bool = False  # the index lags beyond its queue: the backlog waits in the journal
+    dropped: int = 0  # unbound records not recorded while space was low
+    low_space: bool = False
 
 
 class _DirLock:
@@ -100,6 +119,7 @@ class Store:
         sync_interval: float = 0.05,
         index_interval: float = 0.2,
         reindex: bool = False,
+        index_queue: int = 20_000,
     ) -> None:
         self.data_dir = Path(data_dir)
         try:
@@ -113,14 +133,19 @@ class Store:
             self._dir_lock.release()
             raise StoreError(f"cannot open the journal: {exc}") from None
         try:
-            self._open(fsync, sync_interval, index_interval, reindex)
+            self._open(fsync, sync_interval, index_interval, reindex, index_queue)
         except BaseException:
             self._journal.close()
             self._dir_lock.release()
             raise
 
     def _open(
-        self, fsync: bool, sync_interval: float, index_interval: float, reindex: bool
+        self,
+        fsync: bool,
+        sync_interval: float,
+        index_interval: float,
+        reindex: bool,
+        index_queue: int,
     ) -> None:
         self._next_id = self._journal.last_id + 1
         self._closed = False
@@ -134,6 +159,16 @@ class Store:
         self._subscriber_keys = itertools.count()
         self._subscriber_list: tuple[Subscriber, ...] = ()
         self._pending: deque[tuple[RawRow, int]] = deque()  # (raw row, journal offset after it)
+        # The index queue is bounded: past ``_queue_cap`` rows the store "spills": new rows wait
+        # in the journal only and the indexer reads them back from there; meanwhile the rows
+        # that name a run or a code are also kept in ``_tail`` (bounded too) for queries.
+        self._queue_cap = max(1, index_queue)
+        self._spilled = False
+        self._tail: deque[tuple[RawRow, int]] = deque()
+        self._spill_lock = threading.Lock()  # one journal read-back (or compaction) at a time
+        self._index_error = ""  # the index error last logged (logged once per streak)
+        self._low_space = False  # below the free-space floor: unbound records are dropped
+        self._dropped = 0
         self._ident = self._journal.identity()
         self._corrupt = 0
         if reindex:
@@ -142,6 +177,7 @@ class Store:
         try:
             self._index = Index(self.data_dir / INDEX_NAME)
             self._rebuilt = self._catch_up() or self._index.rebuilt_reason
+            self._mark = self._index.mark()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open index {self.data_dir / INDEX_NAME}: {exc}") from None
         self._committer = GroupCommitter(self._journal.sync, sync_interval) if fsync else None
@@ -168,16 +204,7 @@ class Store:
             mark = Mark(0, 0, *self._ident)
             self._index.reset(mark)
         stats = ReadStats()
-        batch: list[Row] = []
-        end = mark.offset
-        for record, line, end in read_records(
-            self._journal.path, mark.offset, stats, after_id=mark.last_id
-        ):
-            batch.append(row_of(record, line.decode("utf-8")))
-            if len(batch) >= _BATCH:
-                self._index.insert(batch, Mark(batch[-1][0], end, *self._ident))
-                batch = []
-        if batch:
+        for batch, end in self._journal_batches(mark, stats):
             self._index.insert(batch, Mark(batch[-1][0], end, *self._ident))
         self._corrupt = stats.corrupt
         if stats.records or stats.corrupt:
@@ -188,6 +215,20 @@ class Store:
                 stats.corrupt,
             )
         return reason
+
+    def _journal_batches(self, mark: Mark, stats: ReadStats) -> Iterator[tuple[list[Row], int]]:
+        """The journal's records after ``mark`` as index rows, in batches with their end offset."""
+        batch: list[Row] = []
+        end = mark.offset
+        for record, line, end in read_records(
+            self._journal.path, mark.offset, stats, after_id=mark.last_id
+        ):
+            batch.append(row_of(record, line.decode("utf-8")))
+            if len(batch) >= _BATCH:
+                yield batch, end
+                batch = []
+        if batch:
+            yield batch, end
 
     # --- the hot path ---------------------------------------------------------------------------
 
@@ -210,6 +251,12 @@ class Store:
         with self._append_lock:
             if self._closed:
                 raise StoreClosedError("the store is closed")
+            if self._low_space:
+                kept = [r for r in records if _names_a_run(r)]
+                self._dropped += len(records) - len(kept)
+                records = kept
+                if not records:
+                    return
             rid = self._next_id
             lines: list[bytes] = []
             stamps: list[Any] = []
@@ -225,10 +272,14 @@ class Store:
             start = self._journal.size
             try:
                 self._journal.write(b"\n".join(lines))
+            except JournalFull as exc:
+                raise StoreFull(str(exc)) from None
             except JournalError as exc:
                 raise StoreError(str(exc)) from None
             self._next_id = rid + len(records)
             pending = self._pending
+            spilled = self._spilled
+            cap = self._queue_cap
             end = start
             for record, line, ts in zip(records, lines, stamps, strict=False):
                 record["id"] = rid
@@ -236,21 +287,18 @@ class Store:
                 end += len(line) + 1
                 get = record.get
                 # columns are captured now (the caller may reuse the dict), checked by the indexer
-                pending.append(
-                    (
-                        (
-                            rid,
-                            ts,
-                            get("type"),
-                            get("run"),
-                            get("step"),
-                            get("conn"),
-                            get("code"),
-                            line,
-                        ),
-                        end,
-                    )
+                row = (
+                    (rid, ts, get("type"), get("run"), get("step"), get("conn"), get("code"), line),
+                    end,
                 )
+                if not spilled:
+                    if len(pending) < cap:
+                        pending.append(row)
+                    else:
+                        spilled = self._spilled = True
+                named = row[0][3] is not None or row[0][6] is not None
+                if spilled and named and len(self._tail) < cap:
+                    self._tail.append(row)
                 rid += 1
             if self._subscriber_list:
                 self._outbox.extend(records)
@@ -297,29 +345,87 @@ class Store:
     # --- the index ------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Move every queued record into the index now (a no-op once closed)."""
+        """Move every queued record into the index now, including a backlog that waits in the
+        journal (a no-op once closed)."""
         with self._db_lock:
-            if not self._closed:
-                self._flush_locked()
+            if self._closed:
+                return
+            self._flush_locked()
+        if self._spilled:
+            self._read_back()
 
-    def _flush_locked(self) -> None:
-        n = len(self._pending)
+    def _flush_locked(self, limit: int | None = None) -> int:
+        """Index up to ``limit`` queued rows (all when None); returns how many. Holds _db_lock."""
+        n = len(self._pending) if limit is None else min(limit, len(self._pending))
         if not n:
-            return
+            return 0
         batch = [self._pending.popleft() for _ in range(n)]
         rows = [clean_row(raw) for raw, _ in batch]
         try:
-            self._index.insert(rows, Mark(rows[-1][0], batch[-1][1], *self._ident))
-        except (sqlite3.Error, ValueError) as exc:
+            self._insert(rows, batch[-1][1])
+        except StoreError:
             self._pending.extendleft(reversed(batch))
-            raise StoreError(f"cannot write index: {exc}") from None
+            raise
+        return n
+
+    def _insert(self, rows: list[Row], end: int) -> None:
+        mark = Mark(rows[-1][0], end, *self._ident)
+        try:
+            self._index.insert(rows, mark)
+        except (sqlite3.Error, ValueError) as exc:
+            raise StoreError(f"cannot write the index: {exc}") from None
+        self._mark = mark
+
+    def _read_back(self, *, locked: bool = False) -> None:
+        """Index the backlog that waits in the journal (after a spill), then leave spill mode.
+
+        ``locked``: the caller holds ``_spill_lock``, ``_append_lock`` and ``_db_lock`` (the
+        final step of a compaction); otherwise each batch takes ``_db_lock`` alone and the
+        indexer stops early when the store closes (the next open catches up)."""
+        with contextlib.nullcontext() if locked else self._spill_lock:
+            while self._spilled:
+                with contextlib.nullcontext() if locked else self._db_lock:
+                    self._check_open()
+                    self._flush_locked()  # the rows queued before the spill come first
+                stats = ReadStats()
+                for rows, end in self._journal_batches(self._mark, stats):
+                    with contextlib.nullcontext() if locked else self._db_lock:
+                        self._check_open()
+                        self._insert(rows, end)
+                    if not locked and self._stop.is_set():
+                        return
+                with contextlib.nullcontext() if locked else self._append_lock:
+                    if self._journal.size == stats.end_offset:
+                        self._spilled = False
+                        self._tail.clear()
 
     def _index_loop(self) -> None:
-        while not self._stop.wait(self._index_interval):
+        delay = self._index_interval
+        while not self._stop.wait(delay):
             try:
-                self.flush()
+                self._index_some()
+            except StoreClosedError:
+                return
             except StoreError as exc:
-                log.error("%s (will retry)", exc)
+                if str(exc) != self._index_error:
+                    log.error("%s; the records stay in the journal, retrying", exc)
+                    self._index_error = str(exc)
+                delay = min(5.0, delay * 2)
+                continue
+            if self._index_error:
+                log.info("index writes work again")
+                self._index_error = ""
+            delay = self._index_interval
+
+    def _index_some(self) -> None:
+        """Drain the queue in batches (queries interleave between them), then any spill."""
+        while True:
+            with self._db_lock:
+                self._check_open()
+                if self._flush_locked(_BATCH) < _BATCH:
+                    break
+        if self._spilled:
+            self._read_back()
 
     def query(
         self,
@@ -332,12 +438,16 @@ class Store:
         after_id: int = 0,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Records matching every given filter, ordered by id; sees every append made before."""
+        """Records matching every given filter, ordered by id.
+
+        Sees every earlier append without waiting for the indexer: the index, then the queued
+        rows in memory. While the index lags beyond its queue (spilled), the records that wait in
+        the journal only are seen when they name a run or a code (a connection's other records
+        appear once indexed)."""
         conn_list = _string_list(conns, "conns")
         type_list = _string_list(types, "types")
         with self._db_lock:
             self._check_open()
-            self._flush_locked()
             try:
                 texts = self._index.select(
                     run=run,
@@ -350,7 +460,19 @@ class Store:
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"index query failed: {exc}") from None
-        return [json.loads(t) for t in texts]
+            indexed = self._mark.last_id
+            queued = _snapshot(self._pending)
+            tail = _snapshot(self._tail) if self._spilled else []
+        out = [json.loads(t) for t in texts]
+        if limit is not None and len(out) >= limit:
+            return out
+        match = _RowFilter(run, step, conn_list, code, type_list, max(after_id, indexed))
+        for raw, _ in itertools.chain(queued, tail):
+            if match(raw):
+                out.append(json.loads(raw[7]))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
     def records_since(self, after_id: int, limit: int | None = None) -> list[dict[str, Any]]:
         """Every record with an id above ``after_id``, in id order (for live streams that
@@ -359,12 +481,12 @@ class Store:
 
     def export_jsonl(self, out: BinaryIO, *, run: str | None = None) -> int:
         """Write the (matching) records to ``out`` as JSON lines; returns how many."""
+        self.flush()
         written = 0
         after = 0
         while True:
             with self._db_lock:
                 self._check_open()
-                self._flush_locked()
                 try:
                     texts = self._index.select(run=run, after_id=after, limit=1000)
                 except sqlite3.Error as exc:
@@ -375,14 +497,34 @@ class Store:
             written += len(texts)
             after = int(json.loads(texts[-1])["id"])
 
+    # --- free space -----------------------------------------------------------------------------
+
+    @property
+    def low_space(self) -> bool:
+        return self._low_space
+
+    def set_low_space(self, low: bool) -> None:
+        """Below the free-space floor (``low``): records that name neither a run nor a session
+        code are dropped (and counted) instead of journalled; run-bound recording goes on."""
+        self._low_space = low
+
     # --- compaction -----------------------------------------------------------------------------
 
     def delete_run(self, run_id: str, *, code: str | None = None) -> int:
-        """Remove the run's records (and, with ``code``, those presenting that session code)
-        from the journal and the index; returns how many were removed."""
+        """Remove the run's records (and, with ``code``, those presenting that session code and
+        every record of the connections that presented it, bound or not) from the journal and
+        the index; returns how many were removed."""
+        conns: set[str] = set()
+        if code is not None:
+            conns = {c for r in self.query(code=code) if isinstance(c := r.get("conn"), str)}
 
         def keep(record: dict[str, Any]) -> dict[str, Any] | None:
-            if record.get("run") == run_id or (code is not None and record.get("code") == code):
+            if code is not None and record.get("code") == code:
+                conn = record.get("conn")
+                if isinstance(conn, str):
+                    conns.add(conn)  # a connection still open: its later records go too
+                return None
+            if record.get("run") == run_id or record.get("conn") in conns:
                 return None
             return record
 
@@ -425,17 +567,24 @@ class Store:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
                 with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
                     end = result.copy(self._journal.path, 0, out)
-                    with self._append_lock, self._db_lock:
+                    if self._spilled:
+                        self._read_back()  # the bulk of a backlog, with appends going on
+                    with self._spill_lock, self._append_lock, self._db_lock:
                         self._check_open()
                         result.copy(self._journal.path, end, out)
                         marker = self._marker(result, reason, out)
                         out.flush()
                         os.fsync(out.fileno())
                         self._flush_locked()
+                        self._read_back(locked=True)  # the index must be whole before the swap
                         self._journal.swap(tmp)
                         self._ident = self._journal.identity()
                         self._after_swap(result, marker)
-            except (OSError, JournalError, sqlite3.Error) as exc:
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreFull(f"cannot compact the journal: {exc.strerror}") from None
+                raise StoreError(f"cannot compact the journal: {exc}") from None
+            except (JournalError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot compact the journal: {exc}") from None
             finally:
                 tmp.unlink(missing_ok=True)  # gone already after a successful swap
@@ -475,13 +624,13 @@ class Store:
         if result.marker_row is not None:
             changed.append(result.marker_row)
         last_id = self._journal.id_ending_at(size)
-        self._index.rewrite(result.removed, changed, Mark(last_id or 0, size, *self._ident))
+        self._mark = Mark(last_id or 0, size, *self._ident)
+        self._index.rewrite(result.removed, changed, self._mark)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
-        with self._db_lock:
-            indexed = self._index.mark().last_id if not self._closed else 0
+        indexed = self._mark.last_id if not self._closed else 0
         return StoreStats(
             last_id=self._next_id - 1,
             pending=len(self._pending),
@@ -491,6 +640,9 @@ class Store:
             corrupt_lines=self._corrupt,
             truncated_bytes=self._journal.recovery.truncated_bytes,
             index_rebuilt=self._rebuilt,
+            spilled=self._spilled,
+            dropped=self._dropped,
+            low_space=self._low_space,
         )
 
     def _check_open(self) -> None:
@@ -507,7 +659,7 @@ class Store:
         self._indexer.join()
         with self._db_lock:
             try:
-                self._flush_locked()
+                self._flush_locked()  # the queue is bounded; a spilled backlog waits for next open
             except StoreError as exc:
                 log.error("%s; the index will catch up from the journal on next open", exc)
             self._index.close()
@@ -557,6 +709,56 @@ def _records(
 ) -> Iterator[tuple[dict[str, Any], bytes]]:
     for record, line, _ in read_records(path, start, stats, after_id=after_id):
         yield record, line
+
+
+class _RowFilter:
+    """The index's ``select`` filters, applied to queued raw rows (same columns, same types)."""
+
+    __slots__ = ("after", "code", "conns", "run", "step", "types")
+
+    def __init__(
+        self,
+        run: str | None,
+        step: int | None,
+        conns: list[str] | None,
+        code: str | None,
+        types: list[str] | None,
+        after: int,
+    ) -> None:
+        self.run, self.step, self.code, self.after = run, step, code, after
+        self.conns = None if conns is None else frozenset(conns)
+        self.types = None if types is None else frozenset(types)
+
+    def __call__(self, raw: RawRow) -> bool:
+        rid, _ts, type_, run, step, conn, code, _line = raw
+        if rid <= self.after:
+            return False
+        if self.run is not None and (type(run) is not str or run != self.run):
+            return False
+        if self.step is not None and (type(step) is not int or step != self.step):
+            return False
+        if self.code is not None and (type(code) is not str or code != self.code):
+            return False
+        if self.conns is not None and (type(conn) is not str or conn not in self.conns):
+            return False
+        return self.types is None or (type(type_) is str and type_ in self.types)
+
+
+def _snapshot(rows: deque[tuple[RawRow, int]]) -> list[tuple[RawRow, int]]:
+    """A copy of a deque another thread appends to (``list`` copies it without releasing the
+    GIL; the retry only guards against an interpreter that would)."""
+    for _ in range(100):
+        try:
+            return list(rows)
+        except RuntimeError:
+            continue
+    return []
+
+
+def _names_a_run(record: dict[str, Any]) -> bool:
+    """Whether a record stays recorded below the free-space floor: run records, events of
+    run-bound connections, and events presenting a session code."""
+    return record.get("run") is not None or record.get("code") is not None
 
 
 def _string_list(values: Iterable[str] | None, name: str) -> list[str] | None:

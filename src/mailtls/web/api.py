@@ -8,7 +8,6 @@ in the test username.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any, Literal, Protocol
@@ -18,9 +17,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mailtls.runs.binding import address_key
+from mailtls.runs.endpoints import PoolExhausted
 from mailtls.testcases import STANDARD, TESTCASES
 from mailtls.web.clientaddr import Network, client_address
+from mailtls.web.deletions import Deletions
 from mailtls.web.ratelimit import RateLimiter
+from mailtls.web.streams import Stream, StreamHub, TooManyStreams
 from mailtls.web.transcript import visible_events
 
 Scenario = Literal["immediate", "two_phase"]
@@ -80,6 +82,8 @@ class Manager(Protocol):
     def skip(self, run_id: str, n: int) -> Any: ...
     def finish(self, run_id: str, n: int) -> Any: ...
     def delete(self, run_id: str) -> Any: ...
+    def mark_deleted(self, run_id: str) -> tuple[str, str]: ...
+    def purge(self, run_id: str, code: str) -> int: ...
 
 
 class EventSource(Protocol):
@@ -106,6 +110,7 @@ class ApiContext:
         trusted: tuple[Network, ...],
         create_limiter: RateLimiter,
         ipv6_prefix: int = 64,
+        streams: StreamHub | None = None,
     ) -> None:
         self.manager = manager
         self.store = store
@@ -113,6 +118,10 @@ class ApiContext:
         self.trusted = trusted
         self.create_limiter = create_limiter
         self.ipv6_prefix = ipv6_prefix
+        self.streams = streams if streams is not None else StreamHub(per_run=4, total=1000)
+        if store is not None:  # one subscriber for every live stream
+            store.subscribe(self.streams.on_record)
+        self.deletions = Deletions(manager)
 
     def client_ip(self, request: Request) -> str:
         peer = request.client.host if request.client else "0.0.0.0"
@@ -121,7 +130,7 @@ class ApiContext:
     def creation_allowed(self, request: Request) -> bool:
         """The run creation limit, per address; an IPv6 prefix (like a binding) is one."""
         ip = self.client_ip(request)
-        return self.create_limiter.allow(address_key(ip, self.ipv6_prefix) or ip)
+        return self.create_limiter.allow(address_key(ip, self.ipv6_prefix) or ip, address=ip)
 
     def run_or_404(self, run_id: str) -> Any:
         try:
@@ -138,10 +147,17 @@ class ApiContext:
         return visible_events(records, run.code)
 
 
+def pool_exhausted(exc: PoolExhausted) -> HTTPException:
+    """Every run's own endpoints are in use: 503, never a silent fall-back to shared ports."""
+    return HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "300"})
+
+
 def _step_call(ctx: ApiContext, run_id: str, n: int, fn: Any, *args: Any) -> Any:
     ctx.run_or_404(run_id)
     try:
         return fn(run_id, n, *args)
+    except PoolExhausted as exc:
+        raise pool_exhausted(exc) from None
     except LookupError:
         raise HTTPException(status_code=404, detail=f"run has no step {n}") from None
     except ValueError as exc:
@@ -173,7 +189,10 @@ def build_router(ctx: ApiContext) -> APIRouter:
         steps: list[tuple[str, str]] | None = None
         if body.steps:
             steps = [(str(s.scenario), str(s.testcase)) for s in body.steps]
-        run = ctx.manager.create_run(steps=steps, plan=body.plan, protocol=body.protocol)
+        try:
+            run = ctx.manager.create_run(steps=steps, plan=body.plan, protocol=body.protocol)
+        except PoolExhausted as exc:
+            raise pool_exhausted(exc) from None
         return ctx.manager.view(run.id, ctx.base_url)
 
     @router.get("/runs/{run_id}", summary="The run: account, steps, verdicts, findings")
@@ -214,11 +233,33 @@ def build_router(ctx: ApiContext) -> APIRouter:
         step: dict[str, Any] = next(s for s in view["steps"] if s["n"] == n)
         return step
 
-    @router.delete("/runs/{run_id}", status_code=204, summary="Delete the run's data now")
-    def delete_run(run_id: str) -> Response:
-        ctx.run_or_404(run_id)
-        ctx.manager.delete(run_id)
-        return Response(status_code=204)
+    @router.delete(
+        "/runs/{run_id}",
+        status_code=202,
+        summary="Delete the run now; its records are removed in the background",
+        description=(
+            "The run is gone at once (404 from then on). Its records, the events that "
+            "presented its code and the connections that did are removed from the journal "
+            "in the background: poll the `status` URL until `state` is `done`."
+        ),
+    )
+    async def delete_run(run_id: str) -> JSONResponse:
+        try:
+            status = await ctx.deletions.submit(run_id)
+        except LookupError:
+            raise HTTPException(status_code=404, detail="no such run") from None
+        url = f"/api/runs/{run_id}/deletion"
+        return JSONResponse({**status, "status": url}, status_code=202, headers={"Location": url})
+
+    @router.get(
+        "/runs/{run_id}/deletion",
+        summary="Progress of a deletion: pending, retrying (e.g. disk full) or done",
+    )
+    def deletion_status(run_id: str) -> dict[str, Any]:
+        status = ctx.deletions.status(run_id)
+        if status is None:
+            raise HTTPException(status_code=404, detail="no deletion of this run is known")
+        return status
 
     @router.get(
         "/runs/{run_id}/events",
@@ -233,12 +274,17 @@ def build_router(ctx: ApiContext) -> APIRouter:
         run = ctx.run_or_404(run_id)
         if "text/event-stream" in request.headers.get("accept", ""):
             start = _event_id(request.headers.get("last-event-id", ""), after)
-            return StreamingResponse(
-                _stream(ctx, run, start, request),
+            try:
+                stream = ctx.streams.open(run.id, run.code)
+            except TooManyStreams as exc:
+                raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+            return _LiveResponse(
+                _stream(ctx, run, start, stream),
+                on_close=lambda: ctx.streams.close(stream),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             )
-        return JSONResponse({"events": ctx.events_for(run, after)})
+        return JSONResponse({"events": await asyncio.to_thread(ctx.events_for, run, after)})
 
     @router.get(
         "/runs/{run_id}/export.jsonl",
@@ -270,40 +316,31 @@ def _sse(record: dict[str, Any]) -> bytes:
     return f"id: {record['id']}\nevent: {record.get('type', 'event')}\ndata: {data}\n\n".encode()
 
 
-async def _stream(ctx: ApiContext, run: Any, after: int, request: Request) -> AsyncIterator[bytes]:
-    """Past events after ``after``, then live ones pushed by the store (no polling of the log)."""
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
-    loop = asyncio.get_running_loop()
+class _LiveResponse(StreamingResponse):
+    """A stream whose slot is given back however the response ends (even never started)."""
 
-    def wake(record: dict[str, Any]) -> None:
-        # when full, a wake-up is already pending and the loop re-queries the store
-        with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(record)
+    def __init__(self, content: AsyncIterator[bytes], on_close: Any, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
 
-    def on_record(record: dict[str, Any]) -> None:
-        # subscribers run in the appending thread: the event loop or a worker thread (sync
-        # API endpoints); an asyncio.Queue may only be touched from its loop
-        if record.get("run") == run.id or record.get("code") == run.code:
-            loop.call_soon_threadsafe(wake, record)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
-    unsubscribe = ctx.store.subscribe(on_record)
-    try:
-        last = after
-        for record in ctx.events_for(run, after):
+
+KEEPALIVE_SECONDS = 15.0
+
+
+async def _stream(ctx: ApiContext, run: Any, after: int, stream: Stream) -> AsyncIterator[bytes]:
+    """Past events after ``after``, then live ones: the hub wakes this stream only for its
+    own run's records (no polling of the log)."""
+    last = after
+    while True:
+        records = await asyncio.to_thread(ctx.events_for, run, last)
+        for record in records:
             last = max(last, int(record["id"]))
             yield _sse(record)
-        while not await request.is_disconnected():
-            try:
-                await asyncio.wait_for(queue.get(), timeout=15.0)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            # drop the pending wake-ups before querying, not after sending: records appended
-            # while the frames below are written queue a new wake-up and are sent next round
-            while not queue.empty():
-                queue.get_nowait()
-            for record in ctx.events_for(run, last):
-                last = max(last, int(record["id"]))
-                yield _sse(record)
-    finally:
-        unsubscribe()
+        while not await stream.wait(KEEPALIVE_SECONDS):
+            yield b": keep-alive\n\n"  # a gone client fails this write and ends the stream

@@ -12,9 +12,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailtls import __version__
 from mailtls.settings import Settings
+from mailtls.web import apidocs
 from mailtls.web.api import ApiContext, EventSource, Manager, build_router
 from mailtls.web.clientaddr import parse_networks
+from mailtls.web.faults import add_fault_handlers
 from mailtls.web.ratelimit import RateLimiter
+from mailtls.web.streams import StreamHub
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -84,7 +87,7 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
         version=__version__,
         description="Self-test servers for STARTTLS downgrade attacks: runs, steps, verdicts.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served from local files by web/apidocs.py (the CSP blocks a CDN)
         redoc_url=None,
     )
     ctx = ApiContext(
@@ -92,14 +95,21 @@ def create_app(settings: Settings, manager: Manager, store: EventSource, **extra
         store=store,
         base_url=settings.http_url,
         trusted=parse_networks(settings.trusted_proxies),
-        create_limiter=RateLimiter(rate_per_minute=10, burst=20),
+        create_limiter=RateLimiter(
+            rate_per_minute=settings.run_creation.rate_per_minute,
+            burst=settings.run_creation.burst,
+            exempt=parse_networks(settings.connections.exempt),
+        ),
         ipv6_prefix=settings.binding.ipv6_prefix,
+        streams=StreamHub(settings.web.streams_per_run, settings.web.streams_total),
     )
     app.state.api = ctx
     app.state.settings = settings
     for key, value in extra.items():
         setattr(app.state, key, value)
     app.include_router(build_router(ctx))
+    apidocs.register(app, "/api/openapi.json")
+    add_fault_handlers(app)
     app.add_middleware(BodyLimit)
 
     @app.middleware("http")

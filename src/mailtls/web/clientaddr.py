@@ -15,7 +15,7 @@ def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
     return tuple(nets)
 
 
-def _trusted(addr: str, trusted: Sequence[Network]) -> bool:
+def is_trusted(addr: str, trusted: Sequence[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
@@ -31,7 +31,7 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Netwo
     The first address that is not a trusted proxy is the client. Without trusted proxies the
     header is ignored entirely (it is set by the client and worthless).
     """
-    if not trusted or not _trusted(peer, trusted) or not forwarded_for:
+    if not trusted or not is_trusted(peer, trusted) or not forwarded_for:
         return peer
     hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     client = peer
@@ -41,6 +41,6 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Netwo
         except ValueError:
             break
         client = hop
-        if not _trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             break
     return client

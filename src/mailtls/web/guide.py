@@ -12,171 +12,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ATTACKS = ("t1", "t2", "t3", "t4")
-RETRY_CASES = ("t2", "t4")  # the client sees an error and must be told to try once more
-
-TESTCASE_TITLE = {
-    "baseline": "Normal connection (no attack)",
-    "t1": "Attack 1: encryption offer removed",
-    "t2": "Attack 2: encryption start broken",
-    "t3": "Attack 3: encryption refused",
-    "t4": "Attack 4: encrypted connection broken",
-    "starttls_required": "More tests: a careful server behind the attacker",
-    "preauth": "More tests: 'already logged in' without encryption (IMAP)",
-    "inject": "More tests: forged answer slipped in before encryption",
-}
-SCENARIO_TITLE = {"immediate": "New account", "two_phase": "Existing account"}
-TESTCASE_EXPLAIN = {
-    "baseline": "The server behaves honestly. This shows how your app connects normally.",
-    "t1": (
-        "The attacker hides the server's offer to encrypt (STARTTLS: the command that switches "
-        "a mail connection to encryption). A safe app refuses to log in without encryption."
-    ),
-    "t2": (
-        "The server agrees to encrypt, but the attacker breaks the start of the encryption. "
-        "A safe app gives up; an unsafe one may try again without encryption."
-    ),
-    "t3": (
-        "The attacker answers the request to encrypt with a 'temporarily unavailable' error. "
-        "A safe app stops; an unsafe one goes on without encryption."
-    ),
-    "t4": (
-        "Encryption starts, then the attacker interrupts it with an unencrypted error. "
-        "A safe app gives up; an unsafe one may try again without encryption."
-    ),
-    "starttls_required": (
-        "The attacker hides the offer to encrypt, but the real server behind it says it accepts "
-        "logins only with encryption. A safe app notices and does not send the password; an "
-        "unsafe one sends it anyway, before the server can even answer. (Receiving mail over "
-        "POP3 has no such signal: this test covers sending (SMTP) and IMAP only.)"
-    ),
-    "preauth": (
-        "The attacker greets your app with 'you are already logged in', without encryption. "
-        "A safe app disconnects; an unsafe one opens your mailbox in the clear, where the "
-        "attacker can read and change your mail. (IMAP only.)"
-    ),
-    "inject": (
-        "The server agrees to encrypt, and the attacker slips a forged answer in just before "
-        "encryption starts. A safe app throws the forged answer away; an unsafe one believes it "
-        "as if it came over the encrypted connection."
-    ),
-}
-SCENARIO_EXPLAIN = {
-    "immediate": (
-        "New account: the attack is active from the first connection. This tests setting up an "
-        "account while someone interferes (for example on a public Wi-Fi)."
-    ),
-    "two_phase": (
-        "Existing account: your app first logs in once normally and securely; only then does the "
-        "attack start. This tests an account that already worked before."
-    ),
-}
-
-VERDICT_TEXT: dict[str, tuple[str, str]] = {
-    "PASS": (
-        "Safe: your app sent its password only over encrypted connections.",
-        "Nothing to do.",
-    ),
-    "FAIL": (
-        "Unsafe: your app sent your password WITHOUT encryption while under attack.",
-        "In the account settings, set the connection security to 'SSL/TLS' (best) or "
-        "'STARTTLS' and make sure unencrypted connections are never allowed. If your app offers "
-        "no such setting, consider another app. Change the password of any real account you "
-        "used this app with on untrusted networks.",
-    ),
-    "INCONCLUSIVE": (
-        "No clear verdict for this step.",
-        "See the reason; you can repeat this test later.",
-    ),
-    "WARN": (
-        "Your app warned you or asked whether to continue without encryption.",
-        "Always answer 'no' to such a question: a real attacker causes exactly this prompt. "
-        "Safer apps simply refuse.",
-    ),
-    "NOT_APPLICABLE": (
-        "Your app could not connect at all in this step.",
-        "Under attack that is safe behaviour: the attacker got nothing.",
-    ),
-    "SKIPPED": ("You skipped this step.", ""),
-}
-GOOD_ABORT = (
-    "Safe: your app refused to continue without encryption, so the attacker got nothing.",
-    "Nothing to do. This is the outcome you want.",
+from mailtls.web.outcomes import (
+    ADVICE,
+    FINDINGS,
+    REASONS,
+    SCENARIOS,
+    TESTCASES,
+    finding_text,
+    step_outcome,
 )
-BASELINE_NA_ADVICE = (
-    "Even without an attack your app could not connect: check the server name, port and user "
-    "name in the account settings, then repeat the test."
-)
-REASON_TEXT = {
-    "aborted_after_downgrade": (
-        "Good outcome: your app refused to continue without encryption, so the attacker got "
-        "nothing."
-    ),
-    "never_connected": "Your app never connected during this step.",
-    "loop": "Your app kept reconnecting without logging in.",
-    "binding_mismatch": (
-        "A login with your test account came from a connection that was not attached to this "
-        "step (another network, or another test running from your address at the same time)."
-    ),
-    "not_exercised": (
-        "The attack never became active: your app did not log in securely first, or did not "
-        "connect again afterwards."
-    ),
-    "testcase_not_applicable": (
-        "This test does not apply to this protocol; the server behaved normally for it."
-    ),
-    "credentials_before_530": (
-        "Unsafe: your app sent its password before the server could say that encryption is "
-        "required."
-    ),
-    "ignored_logindisabled": (
-        "Unsafe: the server said 'no login without encryption', and your app sent the password "
-        "anyway."
-    ),
-    "preauth_plaintext": (
-        "Unsafe: your app used a mailbox session without encryption; an attacker could read "
-        "and change your mail."
-    ),
-    "response_injection": (
-        "Unsafe: your app believed a forged answer that was slipped in before encryption started."
-    ),
-}
-FINDING_TEXT = {
-    "plaintext_auth": "Password sent without encryption.",
-    "tls_auth": "Password sent inside an encrypted connection.",
-    "starttls_not_attempted": (
-        "Your app is configured without encryption: it logged in without even trying to "
-        "encrypt. In the account settings, change the connection security to 'SSL/TLS' or "
-        "'STARTTLS' for both receiving and sending."
-    ),
-    "starttls_disrupted": "The simulated attacker disrupted the encryption.",
-    "pipelined_after_starttls": (
-        "Your app sent commands before encryption was ready (a sign of careless programming)."
-    ),
-    "username_plaintext": "Your user name (not the password) was sent without encryption.",
-    "user_prompt": "You reported a security warning or prompt.",
-    "user_cannot_connect": "You reported that your app could not connect.",
-    "report_contradicts_events": (
-        "Your answer does not match what the server saw: you said your app could not connect, "
-        "but it reached the login. Check your answer; the server's observation counts."
-    ),
-    "binding_mismatch": "A login came from a connection not attached to this step.",
-    "loop": "Your app reconnected again and again without logging in.",
-    "credentials_before_530": (
-        "Your app sent its password with the very first login line, before the server could "
-        "answer that encryption is required (SMTP 530)."
-    ),
-    "ignored_logindisabled": (
-        "Your app logged in although the server announced LOGINDISABLED (no login without "
-        "encryption)."
-    ),
-    "preauth_plaintext": (
-        "Your app opened or changed mailboxes in a session that was never encrypted (IMAP PREAUTH)."
-    ),
-    "response_injection": (
-        "Your app used a forged answer sent in the clear right before encryption started "
-        "(STARTTLS response injection)."
-    ),
+
+# views of the one table in ``outcomes`` (templates read these)
+ATTACKS = tuple(name for name, t in TESTCASES.items() if t.attack)
+RETRY_CASES = tuple(name for name, t in TESTCASES.items() if t.retry)
+TESTCASE_TITLE = {name: t.title for name, t in TESTCASES.items()}
+TESTCASE_EXPLAIN = {name: t.explain for name, t in TESTCASES.items()}
+SCENARIO_TITLE = {name: title for name, (title, _explain) in SCENARIOS.items()}
+SCENARIO_EXPLAIN = {name: explain for name, (_title, explain) in SCENARIOS.items()}
+REASON_TEXT = REASONS
+FINDING_TEXT = {tag: f.text for tag, f in FINDINGS.items()}
+STATE_TEXT = {
+    "pending": "to do",
+    "active": "in progress",
+    "finished": "finished",
+    "skipped": "skipped",
 }
 
 
@@ -338,64 +197,29 @@ def transcripts(events: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]
 
 
 def verdict_text(step: dict[str, Any]) -> tuple[str, str]:
-    """One sentence saying what the verdict means, and what to do about it."""
-    verdict, reason = step.get("verdict"), step.get("reason")
-    if verdict is None:
+    """One sentence saying what the step's outcome means, and what to do about it."""
+    outcome = step_outcome(step)
+    if outcome.key == "open" and not step.get("verdict"):
         return "Not finished yet.", ""
-    if verdict == "INCONCLUSIVE" and reason == "aborted_after_downgrade":
-        return GOOD_ABORT
-    headline, advice = VERDICT_TEXT.get(str(verdict), (str(verdict), ""))
-    if verdict == "NOT_APPLICABLE" and step.get("testcase") == "baseline":
-        advice = BASELINE_NA_ADVICE
-    return headline, advice
-
-
-def result_rows(
-    steps: list[dict[str, Any]], by_step: dict[int, list[dict[str, Any]]]
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for s in steps:
-        headline, advice = verdict_text(s)
-        tags = [str(f.get("tag")) for f in s.get("findings") or []]
-        reason = s.get("reason")
-        good = s.get("verdict") == "INCONCLUSIVE" and reason == "aborted_after_downgrade"
-        rows.append(
-            {
-                "n": s["n"],
-                "scenario": s["scenario"],
-                "testcase": s["testcase"],
-                "title": TESTCASE_TITLE.get(s["testcase"], s["testcase"]),
-                "state": s["state"],
-                "verdict": s.get("verdict"),
-                "good": good,
-                "headline": headline,
-                "reason": None if good else REASON_TEXT.get(str(reason)),
-                "advice": advice,
-                "findings": [(t, FINDING_TEXT.get(t, t)) for t in dict.fromkeys(tags)],
-                "not_encrypted": "starttls_not_attempted" in tags,
-                "contradiction": "report_contradicts_events" in tags,
-                "transcript": by_step.get(s["n"], []),
-            }
+    advice = ""
+    if outcome.key == "fail":
+        advice = ADVICE["encrypt"].format(what="receiving and sending")
+    elif outcome.key == "warn":
+        advice = ADVICE["prompt"]
+    elif outcome.key == "noconnect":
+        advice = (
+            ADVICE["baseline_noconnect"]
+            if step.get("testcase") == "baseline"
+            else "Under attack that is safe behaviour: the attacker got nothing."
         )
-    return rows
+    elif outcome.key == "unclear":
+        advice = "See the reason; you can repeat this test later."
+    elif outcome.key in ("pass", "stopped"):
+        advice = "Nothing to do."
+    return outcome.meaning, advice
 
 
-def summary(steps: list[dict[str, Any]]) -> tuple[str, str]:
-    """The overall outcome: (css class, sentence)."""
-    verdicts = [s.get("verdict") for s in steps]
-    if "FAIL" in verdicts:
-        return "bad", "Unsafe: your mail app sent your password without encryption under attack."
-    if any(s["state"] in ("pending", "active") for s in steps):
-        return "open", "The test is not complete yet."
-    if "WARN" in verdicts:
-        return "warn", "Careful: your app asked whether to continue without encryption."
-    judged = [s for s in steps if s.get("verdict") not in (None, "SKIPPED")]
-    if not judged:
-        return "open", "No step was completed."
-    if all(
-        s["verdict"] in ("PASS", "NOT_APPLICABLE")
-        or (s["verdict"] == "INCONCLUSIVE" and s.get("reason") == "aborted_after_downgrade")
-        for s in judged
-    ):
-        return "good", "Safe: your mail app kept your password encrypted in every step."
-    return "open", "No password was sent without encryption, but some steps gave no clear answer."
+def finding_notes(step: dict[str, Any]) -> list[str]:
+    """The plain sentences of a step's findings that its outcome does not already say."""
+    tags = dict.fromkeys(str(f.get("tag")) for f in step.get("findings") or [])
+    return [finding_text(t).text for t in tags if finding_text(t).shown and t in FINDINGS]

@@ -31,11 +31,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mailtls.runs.codes import parse_code
+from mailtls.runs.endpoints import PoolExhausted
 from mailtls.runs.model import GUIDED_PLAN, MORE_PLAN
 from mailtls.settings import Settings
 from mailtls.testcases import TESTCASES
-from mailtls.web import csrf, guide
-from mailtls.web.api import ApiContext
+from mailtls.web import csrf, guide, results
+from mailtls.web.api import ApiContext, pool_exhausted
 from mailtls.web.autoconfig import (
     MAX_AUTODISCOVER_BYTES,
     AutodiscoverError,
@@ -45,7 +46,9 @@ from mailtls.web.autoconfig import (
     mozilla_autoconfig,
     parse_autodiscover_request,
 )
+from mailtls.web.fixes import APPS
 from mailtls.web.lookup import RunIndex, share_token
+from mailtls.web.outcomes import OUTCOMES, step_outcome
 from mailtls.web.transcript import visible_events
 
 HERE = Path(__file__).parent
@@ -88,6 +91,27 @@ def _servers(settings: Settings) -> ServerSet:
     )
 
 
+def account_servers(settings: Settings, servers: dict[str, list[dict[str, Any]]]) -> ServerSet:
+    """The ``ServerSet`` of an account's server settings (the API's ``account.servers``): the
+    run's own endpoints, or the shared ports when it has none."""
+
+    def port(protocol: str, security: str) -> int:
+        entries = servers.get(protocol, [])
+        return next((int(e["port"]) for e in entries if e["security"] == security), 0)
+
+    hosts = [str(e["host"]) for entries in servers.values() for e in entries]
+    return ServerSet(
+        hostname=hosts[0] if hosts else settings.hostname,
+        domain=settings.domain,
+        imap=port("imap", "starttls"),
+        imap_tls=port("imap", "tls"),
+        pop3=port("pop3", "starttls"),
+        pop3_tls=port("pop3", "tls"),
+        smtp_submission=port("smtp", "starttls"),
+        smtp_tls=port("smtp", "tls"),
+    )
+
+
 def clock_text(epoch: Any) -> str:
     """``12:34 UTC`` for an epoch time (the page shows it without JavaScript)."""
     if not isinstance(epoch, int | float):
@@ -111,7 +135,7 @@ def minutes_left(epoch: Any, now: float | None = None) -> int:
 
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(guide=guide)
+    templates.env.globals.update(guide=guide, outcome=step_outcome, OUTCOMES=OUTCOMES)
     templates.env.filters.update(clock=clock_text, date=date_text, minutes_left=minutes_left)
     return templates
 
@@ -141,12 +165,20 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        return render(request, "error.html", status=exc.status_code, message=str(exc.detail))
+            return JSONResponse(
+                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+            )
+        response = render(request, "error.html", status=exc.status_code, message=str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def landing(request: Request) -> Response:
         return render(request, "index.html", private=False, testcases=guide.TESTCASE_TITLE)
+
+    @app.get("/help/fix", response_class=HTMLResponse, include_in_schema=False)
+    def fix_page(request: Request) -> Response:
+        return render(request, "fix.html", private=False, apps=APPS)
 
     @app.post("/start", include_in_schema=False)
     async def start(request: Request) -> Response:
@@ -170,10 +202,13 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
                 status_code=429,
                 detail="Too many tests were started from your address. Wait a few minutes.",
             )
-        if steps is not None:
-            run = manager.create_run(steps=steps, protocol=protocol)
-        else:
-            run = manager.create_run(plan="guided", protocol=protocol)
+        try:
+            if steps is not None:
+                run = manager.create_run(steps=steps, protocol=protocol)
+            else:
+                run = manager.create_run(plan="guided", protocol=protocol)
+        except PoolExhausted as exc:
+            raise pool_exhausted(exc) from None
         return RedirectResponse(f"/run/{run.id}", status_code=303)
 
     @app.get("/run/{run_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -242,6 +277,8 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
                 manager.finish(run_id, n)
         except ValueError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
+        except PoolExhausted as exc:
+            raise pool_exhausted(exc) from None
         if action == "skip":
             nxt = guide.next_step(view["steps"], after=n)
             if nxt is not None:
@@ -253,15 +290,18 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
     @app.post("/run/{run_id}/delete", include_in_schema=False)
     async def delete_run(request: Request, run_id: str) -> Response:
         await csrf.verify(request)
-        ctx.run_or_404(run_id)
-        manager.delete(run_id)
+        try:
+            await ctx.deletions.submit(run_id)  # its records are removed in the background
+        except LookupError:
+            raise HTTPException(status_code=404, detail="no such run") from None
         return render(request, "deleted.html")
 
     @app.get("/run/{run_id}/account.mobileconfig", include_in_schema=False)
     def apple_profile(run_id: str) -> Response:
         _run, view = run_view(run_id)
         email = view["account"]["username"]
-        body = mobileconfig(_servers(settings), email, view.get("protocol") or "imap", view["code"])
+        servers = account_servers(settings, view["account"]["servers"])
+        body = mobileconfig(servers, email, view.get("protocol") or "imap", view["code"])
         return Response(
             body,
             media_type="application/x-apple-aspen-config",
@@ -308,8 +348,10 @@ def _register_results(
             token=token,
             share_link=f"/s/{share_token(token)}" if not share else None,
             printing=request.query_params.get("print") == "1",
-            rows=guide.result_rows(view["steps"], guide.transcripts(events)),
-            summary=guide.summary(view["steps"]),
+            rows=results.rows(view["steps"], guide.transcripts(events)),
+            headline=results.headline(view["steps"]),
+            advice=results.advice(view["steps"], view.get("protocol")),
+            apps=APPS,
         )
 
     def json_export(run: Any, view: dict[str, Any], share: bool) -> Response:
@@ -395,6 +437,15 @@ def _register_autoconfig(
             for s in run.steps
         )
 
+    def servers_for(email: str) -> ServerSet:
+        """The run's own endpoints for its username; the shared ports for anyone else."""
+        code = parse_code(email)
+        run_id = index.run_id_for_code(code) if code else None
+        endpoints = manager.endpoints_of(run_id) if run_id is not None else None
+        if endpoints is None:
+            return _servers(settings)
+        return account_servers(settings, endpoints.servers())
+
     def not_found() -> Response:
         return PlainTextResponse("not found", status_code=404)
 
@@ -404,7 +455,7 @@ def _register_autoconfig(
         if emailaddress and not allowed(emailaddress):
             return not_found()
         return Response(
-            mozilla_autoconfig(_servers(settings), emailaddress),
+            mozilla_autoconfig(servers_for(emailaddress), emailaddress),
             media_type="application/xml",
             headers={"Cache-Control": "no-store"},
         )
@@ -428,7 +479,7 @@ def _register_autoconfig(
         if not allowed(email):
             return not_found()
         return Response(
-            autodiscover_response(_servers(settings), email),
+            autodiscover_response(servers_for(email), email),
             media_type="application/xml",
             headers={"Cache-Control": "no-store"},
         )

@@ -1,0 +1,304 @@
+"""The web app's vocabulary for people: one label and one colour per outcome, one entry per test
+case and per finding.
+
+Every page (step, run, results, stepper) shows a step's outcome through ``outcome_of``, so the
+secure refusal is the same green "Safe: it stopped" everywhere and nothing that is not safe is
+ever green. Internal names (verdict codes, reason and finding tags, scenario ids) appear only in
+a page's technical details and in the exports.
+
+Adding a test case or a finding is one entry in ``TESTCASES`` or ``FINDINGS``; the results page,
+its advice and the step pages read them from here. Pure data and functions; imports nothing of
+the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    key: str  # CSS class ``o-<key>`` (its colour) and ``data-outcome``
+    label: str  # the words on the badge, on every page
+    meaning: str  # one sentence for the step's box
+    rank: int  # the worst outcome has the highest rank
+    resisted: bool = False  # under attack: the attacker got no password
+
+
+OUTCOMES: dict[str, Outcome] = {
+    o.key: o
+    for o in (
+        Outcome("fail", "Unsafe", "Your app sent your password WITHOUT encryption.", 70),
+        Outcome(
+            "warn",
+            "Warned",
+            "Your app warned you or asked whether to continue without encryption.",
+            60,
+        ),
+        Outcome("unclear", "No clear answer", "This step gave no clear answer.", 50),
+        Outcome(
+            "noconnect",
+            "Could not connect",
+            "Your app could not connect at all in this step.",
+            40,
+            resisted=True,
+        ),
+        Outcome(
+            "stopped",
+            "Safe: it stopped",
+            "Safe: your app refused to continue without encryption, so the attacker got nothing.",
+            20,
+            resisted=True,
+        ),
+        Outcome(
+            "pass",
+            "Safe",
+            "Safe: your app sent its password only over encrypted connections.",
+            10,
+            resisted=True,
+        ),
+        Outcome(
+            "notapplicable",
+            "Does not apply",
+            "This test does not apply to how your app connects; the server behaved normally.",
+            8,
+        ),
+        Outcome("skipped", "Skipped", "You skipped this step.", 5),
+        Outcome("open", "Not finished", "This step is not finished yet.", 0),
+    )
+}
+SECURE_REFUSAL = "aborted_after_downgrade"
+NOT_APPLICABLE_CASE = "testcase_not_applicable"
+_BY_VERDICT = {
+    "FAIL": "fail",
+    "WARN": "warn",
+    "INCONCLUSIVE": "unclear",
+    "NOT_APPLICABLE": "noconnect",
+    "PASS": "pass",
+    "SKIPPED": "skipped",
+}
+
+
+def outcome_of(verdict: Any, reason: Any = None) -> Outcome:
+    """The outcome people see for a verdict (and its reason: the secure refusal, a case that
+    does not apply)."""
+    if verdict == "INCONCLUSIVE" and reason == SECURE_REFUSAL:
+        return OUTCOMES["stopped"]
+    if verdict == "NOT_APPLICABLE" and reason == NOT_APPLICABLE_CASE:
+        return OUTCOMES["notapplicable"]
+    return OUTCOMES[_BY_VERDICT.get(str(verdict), "open")]
+
+
+def step_outcome(step: Mapping[str, Any]) -> Outcome:
+    if step.get("state") == "skipped" and not step.get("verdict"):
+        return OUTCOMES["skipped"]
+    return outcome_of(step.get("verdict"), step.get("reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class TestcaseText:
+    title: str  # "Attack 1: encryption offer removed"
+    explain: str  # what the simulated attacker does, for a non-expert
+    attack: bool = True  # False for the honest baseline
+    retry: bool = False  # the client sees an error and is asked to try once more
+
+
+TESTCASES: dict[str, TestcaseText] = {
+    "baseline": TestcaseText(
+        "Normal connection (no attack)",
+        "The server behaves honestly. This shows how your app connects normally.",
+        attack=False,
+    ),
+    "t1": TestcaseText(
+        "Attack 1: encryption offer removed",
+        "The attacker hides the server's offer to encrypt (STARTTLS: the command that switches "
+        "a mail connection to encryption). A safe app refuses to log in without encryption.",
+    ),
+    "t2": TestcaseText(
+        "Attack 2: encryption start broken",
+        "The server agrees to encrypt, but the attacker breaks the start of the encryption. "
+        "A safe app gives up; an unsafe one may try again without encryption.",
+        retry=True,
+    ),
+    "t3": TestcaseText(
+        "Attack 3: encryption refused",
+        "The attacker answers the request to encrypt with a 'temporarily unavailable' error. "
+        "A safe app stops; an unsafe one goes on without encryption.",
+    ),
+    "t4": TestcaseText(
+        "Attack 4: encrypted connection broken",
+        "Encryption starts, then the attacker interrupts it with an unencrypted error. "
+        "A safe app gives up; an unsafe one may try again without encryption.",
+        retry=True,
+    ),
+    "starttls_required": TestcaseText(
+        "More tests: a careful server behind the attacker",
+        "The attacker hides the offer to encrypt, but the real server behind it says it accepts "
+        "logins only with encryption. A safe app notices and does not send the password; an "
+        "unsafe one sends it anyway, before the server can even answer. (Receiving mail over "
+        "POP3 has no such signal: this test covers sending (SMTP) and IMAP only.)",
+    ),
+    "preauth": TestcaseText(
+        "More tests: 'already logged in' without encryption (IMAP)",
+        "The attacker greets your app with 'you are already logged in', without encryption. "
+        "A safe app disconnects; an unsafe one opens your mailbox in the clear, where the "
+        "attacker can read and change your mail. (IMAP only.)",
+    ),
+    "inject": TestcaseText(
+        "More tests: forged answer slipped in before encryption",
+        "The server agrees to encrypt, and the attacker slips a forged answer in just before "
+        "encryption starts. A safe app throws the forged answer away; an unsafe one believes it "
+        "as if it came over the encrypted connection.",
+    ),
+}
+
+
+def testcase_text(name: str) -> TestcaseText:
+    return TESTCASES.get(name) or TestcaseText(name, "", attack=name != "baseline")
+
+
+SCENARIOS = {
+    "immediate": (
+        "New account",
+        "New account: the attack is active from the first connection. This tests setting up an "
+        "account while someone interferes (for example on a public Wi-Fi).",
+    ),
+    "two_phase": (
+        "Existing account",
+        "Existing account: your app first logs in once normally and securely; only then does the "
+        "attack start. This tests an account that already worked before.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FindingText:
+    text: str  # what it means, in plain words
+    advice: str = ""  # the key of an entry in ``ADVICE``, said once per protocol
+    shown: bool = True  # listed under the step's details (False: the outcome already says it)
+
+
+FINDINGS: dict[str, FindingText] = {
+    "plaintext_auth": FindingText("Password sent without encryption.", "encrypt", shown=False),
+    "tls_auth": FindingText("Password sent inside an encrypted connection.", shown=False),
+    "starttls_not_attempted": FindingText(
+        "Your app is configured without encryption: it logged in without even trying to encrypt.",
+        "configured_plain",
+    ),
+    "starttls_disrupted": FindingText(
+        "The simulated attacker disrupted the encryption.", shown=False
+    ),
+    "pipelined_after_starttls": FindingText(
+        "Your app sent commands before encryption was ready (a sign of careless programming).",
+        "report_bug",
+    ),
+    "username_plaintext": FindingText(
+        "Your user name (not the password) was sent without encryption."
+    ),
+    "user_prompt": FindingText("You reported a security warning or prompt.", "prompt"),
+    "user_cannot_connect": FindingText("You reported that your app could not connect."),
+    "report_contradicts_events": FindingText(
+        "Your answer does not match what the server saw: you said your app could not connect, "
+        "but it reached the login. Check your answer; the server's observation counts."
+    ),
+    "binding_mismatch": FindingText("A login came from a connection not attached to this step."),
+    "loop": FindingText("Your app reconnected again and again without logging in."),
+    "credentials_before_530": FindingText(
+        "Your app sent its password with the very first login line, before the server could "
+        "answer that encryption is required (SMTP 530).",
+        "encrypt",
+    ),
+    "ignored_logindisabled": FindingText(
+        "Your app logged in although the server announced LOGINDISABLED (no login without "
+        "encryption).",
+        "encrypt",
+    ),
+    "preauth_plaintext": FindingText(
+        "Your app opened or changed mailboxes in a session that was never encrypted (IMAP "
+        "PREAUTH): an attacker could read and change your mail.",
+        "encrypt",
+    ),
+    "response_injection": FindingText(
+        "Your app used a forged answer sent in the clear right before encryption started "
+        "(STARTTLS response injection).",
+        "report_injection",
+    ),
+}
+
+
+def finding_text(tag: str) -> FindingText:
+    return FINDINGS.get(tag) or FindingText(tag.replace("_", " ").capitalize() + ".")
+
+
+REASONS = {
+    SECURE_REFUSAL: (
+        "Good outcome: your app refused to continue without encryption, so the attacker got "
+        "nothing."
+    ),
+    "never_connected": "Your app never connected during this step.",
+    "loop": "Your app kept reconnecting without logging in.",
+    "binding_mismatch": (
+        "A login with your test account came from a connection that was not attached to this "
+        "step (another network, or another test running from your address at the same time)."
+    ),
+    "not_exercised": (
+        "The attack never became active: your app did not log in securely first, or did not "
+        "connect again afterwards."
+    ),
+    NOT_APPLICABLE_CASE: (
+        "This test does not apply to this protocol; the server behaved normally for it."
+    ),
+    "credentials_before_530": (
+        "Unsafe: your app sent its password before the server could say that encryption is "
+        "required."
+    ),
+    "ignored_logindisabled": (
+        "Unsafe: the server said 'no login without encryption', and your app sent the password "
+        "anyway."
+    ),
+    "preauth_plaintext": (
+        "Unsafe: your app used a mailbox session without encryption; an attacker could read "
+        "and change your mail."
+    ),
+    "response_injection": (
+        "Unsafe: your app believed a forged answer that was slipped in before encryption started."
+    ),
+}
+
+# Advice, said once per protocol on the results page (``{what}``: "receiving mail (IMAP)").
+ADVICE = {
+    "encrypt": (
+        "For {what}, set the connection security to 'SSL/TLS' (best) or 'STARTTLS', and make "
+        "sure your app never falls back to an unencrypted connection. If it offers no such "
+        "setting, consider another app, and change the password of any real account you used "
+        "with it on networks you do not trust."
+    ),
+    "configured_plain": (
+        "For {what}, your app is set up without any encryption. Change the connection security "
+        "to 'SSL/TLS' (best) or 'STARTTLS'."
+    ),
+    "prompt": (
+        "Your app asked whether to continue without encryption. Always answer 'no': a real "
+        "attacker causes exactly this question. Safer apps simply refuse."
+    ),
+    "report_bug": (
+        "Your app sends commands before encryption is ready: tell its makers (it is the "
+        "pattern behind STARTTLS command injection)."
+    ),
+    "report_injection": (
+        "For {what}, your app believes data an attacker slips in before encryption starts "
+        "(STARTTLS response injection): update it, tell its makers, or prefer 'SSL/TLS' "
+        "(encryption from the first byte) over 'STARTTLS'."
+    ),
+    "baseline_noconnect": (
+        "Even without an attack your app could not connect: check the server name, port and "
+        "user name in the account settings, then repeat the test."
+    ),
+}
+PROTOCOL_WHAT = {
+    "imap": "receiving mail (IMAP)",
+    "pop3": "receiving mail (POP3)",
+    "smtp": "sending mail (SMTP)",
+}
