@@ -146,6 +146,24 @@ TESTCASES: dict[str, TestcaseText] = {
         "A safe app disconnects; an unsafe one opens your mailbox in the clear, where the "
         "attacker can read and change your mail. (IMAP only.)",
     ),
+    **{
+        name: TestcaseText(
+            f"More tests: {what}",
+            "Encryption is offered honestly, but the server shows a certificate (its proof of "
+            f"identity) that {why}: exactly what an attacker in the middle could show. A safe app "
+            "refuses to go on; an unsafe one sends your password to whoever is listening.",
+        )
+        for name, what, why in (
+            ("cert_selfsigned", "self-made certificate", "nobody vouches for"),
+            ("cert_expired", "expired certificate", "has expired"),
+            ("cert_wronghost", "certificate for another server", "names another server"),
+            (
+                "cert_unknown_ca",
+                "certificate from an unknown authority",
+                "no trusted authority issued",
+            ),
+        )
+    },
     "inject": TestcaseText(
         "More tests: forged answer slipped in before encryption",
         "The server agrees to encrypt, and the attacker slips a forged answer in just before "
@@ -220,6 +238,14 @@ FINDINGS: dict[str, FindingText] = {
         "PREAUTH): an attacker could read and change your mail.",
         "encrypt",
     ),
+    "accepted_bad_certificate": FindingText(
+        "Your app sent its password over an encrypted connection whose certificate an attacker "
+        "could have made: the attacker would have your password.",
+        "certificates",
+    ),
+    "rejected_bad_certificate": FindingText(
+        "Your app refused the bad certificate (the safe outcome)."
+    ),
     "response_injection": FindingText(
         "Your app used a forged answer sent in the clear right before encryption started "
         "(STARTTLS response injection).",
@@ -286,6 +312,11 @@ ADVICE = {
     "report_bug": (
         "Your app sends commands before encryption is ready: tell its makers (it is the "
         "pattern behind STARTTLS command injection)."
+    ),
+    "certificates": (
+        "For {what}, your app accepts certificates it should refuse. Turn on certificate "
+        "checking (often 'verify certificates' or 'accept invalid certificates: off'), and never "
+        "confirm a certificate warning on a network you do not trust."
     ),
     "report_injection": (
         "For {what}, your app believes data an attacker slips in before encryption starts "
