@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument(
         "--plan",
         choices=["guided", "more"],
-        help="guided: the nine standard steps; more: starttls_required, preauth, inject",
+        help="guided: the nine standard steps; more: the cases beyond T1-T4 (GET /api/testcases)",
     )
     c.add_argument(
         "--step",
@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--protocol", choices=["imap", "pop3"], help="how the client fetches mail (default imap)"
     )
     for name, helptext in (
-        ("start", "start step N (binds this machine's address to it)"),
+        ("start", "start step N (arms its test case on the run's own servers)"),
         ("extend", "extend step N's binding"),
         ("skip", "skip step N"),
         ("finish", "finish step N and print its verdict"),
@@ -233,6 +233,10 @@ def print_run(console: Console, run: dict[str, Any]) -> None:
     console.print(f"run [bold]{escape_markup(str(run.get('id')))}[/bold]")
     console.print(f"account: {escape_markup(str(account.get('username')))}")
     console.print(f"password: {escape_markup(str(account.get('password')))}")
+    if account.get("binding") == "endpoint":
+        console.print("servers (this run's own; connect only here):")
+    elif account.get("binding"):
+        console.print("servers (shared; bound by this machine's address when a step starts):")
     for proto, servers in (account.get("servers") or {}).items():
         for srv in servers:
             line = f"  {proto}: {srv.get('host')}:{srv.get('port')} ({srv.get('security')})"

@@ -79,7 +79,7 @@ def mutt_session(inst: ServeInstance, run: Run, home: Path, settings: str) -> by
     rc = write_private(
         home / "muttrc",
         f'set imap_user="{run.username}"\n'
-        'set imap_pass="canary-pw"\n'
+        f'set imap_pass="{run.password}"\n'
         f'set folder="imap://127.0.0.1:{inst.port_for(run.username, "imap")}/" spoolfile="+INBOX"\n'
         'set record="" header_cache="" message_cachedir=""\n'
         f'set certificate_file="{home}/certs" ssl_verify_host=no\n'
@@ -103,7 +103,7 @@ def fetchmail_poll(
         f"poll 127.0.0.1 service {inst.port_for(run.username, protocol)}"
         f" protocol {protocol.upper()} auth password"
         f" timeout {hold + 10}\n"
-        f'  user "{run.username}" there with password "canary-pw" is "nobody" here\n'
+        f'  user "{run.username}" there with password "{run.password}" is "nobody" here\n'
         '  no sslcertck keep fetchall mda "/bin/true"\n',
     )
     env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
@@ -121,7 +121,7 @@ def getmail_poll(inst: ServeInstance, run: Run, home: Path, retriever: str, prot
         home / "getmailrc",
         f"[retriever]\ntype = {retriever}\nserver = 127.0.0.1\n"
         f"port = {inst.port_for(run.username, protocol)}\n"
-        f"username = {run.username}\npassword = canary-pw\n"
+        f"username = {run.username}\npassword = {run.password}\n"
         f"timeout = 10\n\n[destination]\ntype = Maildir\npath = {home}/Maildir/\n\n"
         "[options]\nverbose = 2\nread_all = false\ndelete = false\n",
     )
@@ -135,7 +135,7 @@ def curl_login(inst: ServeInstance, run: Run, protocol: str, *flags: str) -> str
     argv = [curl, "-sS", "--max-time", "15", *flags, "--cacert", str(inst.ca)]
     argv += [
         "--user",
-        f"{run.username}:canary-pw",
+        f"{run.username}:{run.password}",
         "--url",
         CURL_URLS[protocol].format(**inst.ports_for(run.username)),
     ]
@@ -154,6 +154,6 @@ def swaks_send(inst: ServeInstance, run: Run, *flags: str) -> str:
         "--port",
         str(inst.port_for(run.username, "smtp_submission")),
     ]
-    argv += [*flags, "--timeout", "10", "-au", run.username, "-ap", "canary-pw"]
+    argv += [*flags, "--timeout", "10", "-au", run.username, "-ap", run.password]
     argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]
     return run_tool(argv, timeout=30)

@@ -78,7 +78,7 @@ def test_curl(inst: ServeInstance, api: Api, protocol: str, flag: str, testcase:
     argv = [curl, "-sS", "--max-time", "15", flag, "--cacert", str(inst.ca)]
     argv += [
         "--user",
-        f"{run.username}:canary-pw",
+        f"{run.username}:{run.password}",
         "--url",
         CURL_URLS[protocol].format(**inst.ports_for(run.username)),
     ]
@@ -120,7 +120,7 @@ def test_swaks(inst: ServeInstance, api: Api, flag: str, testcase: str) -> None:
     port = inst.port_for(run.username, "smtp_submission")
     argv = [swaks, "--server", "127.0.0.1", "--port", str(port)]
     argv += [flag, "--tls-verify", "--tls-ca-path", str(inst.ca), "--timeout", "10"]
-    argv += ["-a", "PLAIN", "-au", run.username, "-ap", "canary-pw"]
+    argv += ["-a", "PLAIN", "-au", run.username, "-ap", run.password]
     argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]
     out = run_tool(argv, timeout=30)
     step = api.finish(run)

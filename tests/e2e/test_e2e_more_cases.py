@@ -202,7 +202,7 @@ STDLIB_EXPECTED = {
 @pytest.mark.parametrize(("protocol", "testcase", "strict"), sorted(STDLIB_EXPECTED))
 def test_stdlib(api: Api, inst: ServeInstance, protocol: str, testcase: str, strict: bool) -> None:
     run = new_step(api, testcase)
-    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", strict)
+    outcome = CLIENTS[protocol](inst, run.username, run.password, strict)
     step = api.finish(run)
     assert verdict(step) == STDLIB_EXPECTED[protocol, testcase, strict], outcome
     if verdict(step)[0] == "FAIL" and testcase != "inject":
@@ -247,7 +247,7 @@ def test_curl_refuses_a_bad_certificate_on_implicit_tls(inst: ServeInstance, api
     run = new_step(api, "cert_selfsigned")
     port = inst.port_for(run.username, "imap_tls")
     argv = [require_tool("curl"), "-sS", "--max-time", "15", "--cacert", str(inst.ca)]
-    argv += ["--user", f"{run.username}:canary-pw", "--url", f"imaps://127.0.0.1:{port}/"]
+    argv += ["--user", f"{run.username}:{run.password}", "--url", f"imaps://127.0.0.1:{port}/"]
     out = run_tool(argv, timeout=30)
     step = api.finish(run)
     assert verdict(step) == SECURE, out
@@ -316,11 +316,11 @@ def test_stdlib_verifying_never_fails_unverified_fails(
     inst: ServeInstance, api: Api, protocol: str, testcase: str
 ) -> None:
     run = new_step(api, testcase)
-    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", True)  # verifying context
+    outcome = CLIENTS[protocol](inst, run.username, run.password, True)  # verifying context
     step = api.finish(run)
     assert outcome.startswith("stopped") and verdict(step) == SECURE, outcome
     assert "rejected_bad_certificate" in tags(step)
     run = new_step(api, testcase)
-    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", True, unverified())
+    outcome = CLIENTS[protocol](inst, run.username, run.password, True, unverified())
     assert outcome == "tls-login"
     assert verdict(api.finish(run)) == FAIL_CERT

@@ -75,7 +75,9 @@ def test_a_pipelined_client_s_credentials_behind_starttls_are_recorded_as_sent_i
             starttls_shown(s),
             Record(obs.StarttlsRequested(True)),
             Record(obs.PipelinedAfterStarttls(len(d.login))),
-            Record(obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "refused")),
+            Record(
+                obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "refused", True)
+            ),
             Record(obs.StarttlsAccepted()),
             Send(d.go_ahead),
             StartTls(),
@@ -140,7 +142,9 @@ def test_t2_answers_the_client_hello_then_records_the_first_bytes_and_closes(
         [
             Record(obs.DataAfterDisruption(len(d.login), False, d.login_verb)),
             Record(
-                obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "disrupted")
+                obs.AuthAttempted(
+                    d.login_mechanism, USER, CODE, False, True, True, "disrupted", True
+                )
             ),
             Close(),
         ],
@@ -182,7 +186,9 @@ def test_t4_the_first_command_inside_tls_gets_the_line_outside_tls(
         [
             Record(obs.CommandReceived(d.login_shown, True)),
             Record(
-                obs.AuthAttempted(d.login_mechanism, USER, CODE, True, True, False, "disrupted")
+                obs.AuthAttempted(
+                    d.login_mechanism, USER, CODE, True, True, False, "disrupted", True
+                )
             ),
             Record(obs.StarttlsDisrupted("session", 0, True, text(d.unavailable))),
             SendRaw(d.unavailable),

@@ -521,8 +521,9 @@ class AttackFlow(ABC):
     ) -> AuthAttempted:
         tls = self._tls
         display, code = (decision.display, decision.code) if decision else ("", None)
+        proof = decision is not None and decision.proof
         return AuthAttempted(
-            mechanism, display, code, tls, secret_sent, secret_sent and not tls, outcome
+            mechanism, display, code, tls, secret_sent, secret_sent and not tls, outcome, proof
         )
 
     def _auth_failed(self) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mailtls.testcases import MORE, SCENARIOS, TESTCASES
-from mailtls.verdicts import UserReports
+from mailtls.verdicts import Misuse, UserReports
 
 RUN_ID_BYTES = 18  # 144 bits, URL-safe base64: 24 characters
 MAX_STEPS = 50
@@ -98,6 +98,8 @@ class Step:
     collisions: list[Collision] = field(default_factory=list)
     # logins with the run's code on connections not bound to this run: (event id, connection id)
     mismatches: list[tuple[int, str | int]] = field(default_factory=list)
+    # logins with the run's username and a wrong password (someone else's, or mistyped)
+    misuses: list[Misuse] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:

@@ -155,7 +155,7 @@ class ApiContext:
     def events_for(self, run: Any, after_id: int = 0) -> list[dict[str, Any]]:
         records = self.store.query(run=run.id, after_id=after_id)
         records += self.store.query(code=run.code, after_id=after_id)
-        return visible_events(records, run.code)
+        return visible_events(records, run.code, run_id=run.id)
 
 
 def pool_exhausted(exc: PoolExhausted) -> HTTPException:

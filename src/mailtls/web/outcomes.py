@@ -134,21 +134,20 @@ TESTCASES: dict[str, TestcaseText] = {
         retry=True,
     ),
     "starttls_required": TestcaseText(
-        "More tests: a careful server behind the attacker",
-        "The attacker hides the offer to encrypt, but the real server behind it says it accepts "
-        "logins only with encryption. A safe app notices and does not send the password; an "
-        "unsafe one sends it anyway, before the server can even answer. (Receiving mail over "
-        "POP3 has no such signal: this test covers sending (SMTP) and IMAP only.)",
+        "Extra attack: encryption offer removed from a careful server",
+        "The server itself refuses logins without encryption, but the attacker hides its offer "
+        "to encrypt. A safe app stops; an unsafe one sends the password anyway, before the "
+        "server can refuse it.",
     ),
     "preauth": TestcaseText(
-        "More tests: 'already logged in' without encryption (IMAP)",
-        "The attacker greets your app with 'you are already logged in', without encryption. "
-        "A safe app disconnects; an unsafe one opens your mailbox in the clear, where the "
-        "attacker can read and change your mail. (IMAP only.)",
+        "Extra attack: already logged in (IMAP PREAUTH)",
+        "The attacker greets your app as if it were already logged in, so that it never "
+        "switches on encryption; the attacker could then read and change your mail. A safe app "
+        "disconnects.",
     ),
     **{
         name: TestcaseText(
-            f"More tests: {what}",
+            f"Extra attack: {what}",
             "Encryption is offered honestly, but the server shows a certificate (its proof of "
             f"identity) that {why}: exactly what an attacker in the middle could show. A safe app "
             "refuses to go on; an unsafe one sends your password to whoever is listening.",
@@ -165,10 +164,9 @@ TESTCASES: dict[str, TestcaseText] = {
         )
     },
     "inject": TestcaseText(
-        "More tests: forged answer slipped in before encryption",
-        "The server agrees to encrypt, and the attacker slips a forged answer in just before "
-        "encryption starts. A safe app throws the forged answer away; an unsafe one believes it "
-        "as if it came over the encrypted connection.",
+        "Extra attack: forged answer slipped in",
+        "Just as encryption starts, the attacker slips in a forged answer, as if from the "
+        "server. A safe app ignores everything that arrived before encryption.",
     ),
 }
 
@@ -222,6 +220,11 @@ FINDINGS: dict[str, FindingText] = {
         "but it reached the login. Check your answer; the server's observation counts."
     ),
     "binding_mismatch": FindingText("A login came from a connection not attached to this step."),
+    "username_misused": FindingText(
+        "Someone else used your test username with a wrong password (it travels unencrypted "
+        "during the tests, so anyone on the path can read it). This does not count as your "
+        "app's result."
+    ),
     "loop": FindingText("Your app reconnected again and again without logging in."),
     "credentials_before_530": FindingText(
         "Your app sent its password with the very first login line, before the server could "
@@ -235,7 +238,7 @@ FINDINGS: dict[str, FindingText] = {
     ),
     "preauth_plaintext": FindingText(
         "Your app opened or changed mailboxes in a session that was never encrypted (IMAP "
-        "PREAUTH): an attacker could read and change your mail.",
+        "PREAUTH).",
         "encrypt",
     ),
     "accepted_bad_certificate": FindingText(
@@ -249,7 +252,7 @@ FINDINGS: dict[str, FindingText] = {
     "response_injection": FindingText(
         "Your app used a forged answer sent in the clear right before encryption started "
         "(STARTTLS response injection).",
-        "report_injection",
+        "report_bug",
     ),
 }
 
@@ -317,11 +320,6 @@ ADVICE = {
         "For {what}, your app accepts certificates it should refuse. Turn on certificate "
         "checking (often 'verify certificates' or 'accept invalid certificates: off'), and never "
         "confirm a certificate warning on a network you do not trust."
-    ),
-    "report_injection": (
-        "For {what}, your app believes data an attacker slips in before encryption starts "
-        "(STARTTLS response injection): update it, tell its makers, or prefer 'SSL/TLS' "
-        "(encryption from the first byte) over 'STARTTLS'."
     ),
     "baseline_noconnect": (
         "Even without an attack your app could not connect: check the server name, port and "

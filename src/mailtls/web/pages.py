@@ -490,7 +490,7 @@ def _register_autoconfig(
 
 def _events(ctx: ApiContext, run: Any, share: bool) -> list[dict[str, Any]]:
     records = ctx.store.query(run=run.id) + ctx.store.query(code=run.code)
-    events = visible_events(records, run.code, share=share)
+    events = visible_events(records, run.code, run_id=run.id, share=share)
     if share:
         events = [{k: v for k, v in e.items() if k not in SHARE_DROPPED} for e in events]
     return events
