@@ -181,12 +181,20 @@ def baseline_plaintext_without_starttls(log: Log) -> None:
     c.auth(tls=False)
 
 
-def baseline_tls(log: Log) -> None:
-    c = log.conn("c1", testcase="baseline")
-    c.caps(starttls=True)
-    c.starttls()
-    c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
-    c.auth(tls=True)
+def tls_login_under(testcase: str) -> Builder:
+    """STARTTLS offered and used, then a login inside TLS."""
+
+    def build(log: Log) -> None:
+        c = log.conn("c1", testcase=testcase)
+        c.caps(starttls=True)
+        c.starttls()
+        c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
+        c.auth(tls=True)
+
+    return build
+
+
+baseline_tls = tls_login_under("baseline")
 
 
 def t4_tls_then_disrupted(log: Log) -> None:
@@ -524,12 +532,7 @@ def injected_then_plaintext(log: Log) -> None:
     c.auth(tls=False, outcome="disrupted")
 
 
-def bad_certificate_accepted(log: Log) -> None:
-    c = log.conn("c1", testcase="cert_selfsigned")
-    c.caps(starttls=True)
-    c.starttls()
-    c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
-    c.auth(tls=True)
+bad_certificate_accepted = tls_login_under("cert_selfsigned")
 
 
 def bad_certificate_rejected(log: Log) -> None:
