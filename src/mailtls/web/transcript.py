@@ -5,8 +5,8 @@ client-supplied strings (transcript lines, EHLO/ID values, usernames, addresses)
 appear only if that connection presented the run's session code or was bound exactly (a
 dedicated listener). Other bound connections appear reduced to neutral facts (type, protocol,
 port, time, TLS state), so two users behind one NAT never see each other's strings. A login with
-the run's username and a wrong password (``proof`` false) presents nothing: someone else's
-connection that only did that is left out altogether (the step's ``username_misused`` finding
+the run's username and a wrong password (``proof`` false) presents nothing: a connection that
+only did that is left out altogether, bound or not (the step's ``username_misused`` finding
 counts it). The shareable view (``share=True``) additionally hides addresses, EHLO and ID strings
 on every event.
 """
@@ -81,12 +81,16 @@ def visible_events(
 ) -> list[dict[str, Any]]:
     """Filter and reduce the records of run ``run_id`` for display, ordered by id.
 
-    A connection not bound to the run is shown only when it logged in with the run's password
-    (a username alone proves nothing: it travels in the clear).
+    A connection is left out when it used the run's username only with a wrong password, or,
+    not bound to the run, never logged in with the run's password (a username alone proves
+    nothing: it travels in the clear). The step's ``username_misused`` finding counts them.
     """
     records = sorted({int(r["id"]): r for r in records}.values(), key=lambda r: int(r["id"]))
-    bound_conns = {r.get("conn") for r in records if r.get("run") == run_id}
     proven_conns = {r.get("conn") for r in records if r.get("code") == code and r.get("proof")}
+    misused = {r.get("conn") for r in records if r.get("code") == code and r.get("proof") is False}
+    bound_conns = {r.get("conn") for r in records if r.get("run") == run_id} - (
+        misused - proven_conns
+    )
     owned_conns = proven_conns | {
         r.get("conn")
         for r in records
