@@ -39,8 +39,8 @@ the store, net or web.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -416,23 +416,29 @@ class _ProtocolJudge:
         return min(found, key=TAGS.index) if found else None
 
     def _injection_used(self, conn: _Conn) -> list[Event]:
-        """``inject``: logins inside TLS that show the forged answer was used: a PLAIN login
-        (only the forged answer offered PLAIN), or (SMTP) a login without the client's own EHLO
-        inside TLS."""
-        starts = [_int(e.get("id")) for e in conn.of_type("tls_established")]
-        if not conn.of_type("response_injected") or not starts:
+        """``inject``: logins that show the forged answer was used: inside TLS a PLAIN login
+        (only the forged answer offered PLAIN) or (SMTP) a login without the client's own EHLO
+        inside TLS; or a secret sent in the clear after it (the forged bytes broke the client's
+        handshake and it went on in plaintext)."""
+        injected = [_int(e.get("id")) for e in conn.of_type("response_injected")]
+        if not injected:
             return []
-        start = min(starts)
+        after = min(injected)
+        starts = [_int(e.get("id")) for e in conn.of_type("tls_established")]
+        start = min(starts) if starts else None
         greeted = [_int(e.get("id")) for e in conn.of_type("client_identified")]
         used = []
         for auth in self._logins(conn, "auth"):
             at = _int(auth.get("id"))
-            if not auth.get("tls") or at < start:
+            if at < after:
                 continue
-            plain = auth.get("mechanism") == "PLAIN"
-            no_ehlo = self.protocol == "smtp" and not any(start < g < at for g in greeted)
-            if plain or no_ehlo:
+            if auth.get("secret_in_clear"):
                 used.append(auth)
+            elif auth.get("tls") and start is not None and at > start:
+                plain = auth.get("mechanism") == "PLAIN"
+                no_ehlo = self.protocol == "smtp" and not any(start < g < at for g in greeted)
+                if plain or no_ehlo:
+                    used.append(auth)
         return used
 
     def _collect_bound_findings(self) -> None:
@@ -543,7 +549,9 @@ def _misuse_finding(misuses: Sequence[Misuse]) -> list[StepFinding]:
     if not misuses:
         return []
     times = sorted(m.at for m in misuses)
-    shown = ", ".join(time.strftime("%H:%M:%S", time.gmtime(t)) for t in times[:MAX_MISUSE_TIMES])
+    shown = ", ".join(
+        dt.datetime.fromtimestamp(t, dt.UTC).strftime("%H:%M:%S") for t in times[:MAX_MISUSE_TIMES]
+    )
     more = f" and {len(times) - MAX_MISUSE_TIMES} more" if len(times) > MAX_MISUSE_TIMES else ""
     where = (
         " (some on a connection attached to this test: maybe your app with a mistyped password)"

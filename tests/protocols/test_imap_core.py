@@ -40,7 +40,6 @@ from mailtls.protocols.base import (
     StartTls,
     Timeout,
     TlsEstablished,
-    TlsFailed,
     TlsInfo,
 )
 from mailtls.protocols.imap import ImapCore, Mode, State
@@ -309,16 +308,6 @@ def test_baseline_starttls_discards_pipelined_bytes_and_records_credentials_in_t
     assert records(established, obs.CommandReceived) == []
     assert s.line("a5 NOOP") == "a5 OK Noop completed\r\n"
     assert state(s) is State.NOT_AUTHENTICATED  # nothing from before TLS survives
-
-
-def test_tls_handshake_failure_closes() -> None:
-    s = Session()
-    s.connect()
-    s.data(b"a1 STARTTLS\r\n")
-    commands = s.event(TlsFailed("bad record mac"))
-    assert only(commands, obs.TlsHandshakeFailed) == obs.TlsHandshakeFailed("bad record mac")
-    assert commands[-1] == Close()
-    assert s.data(b"a2 NOOP\r\n") == []
 
 
 def test_t2_answers_the_client_hello_in_cleartext_then_records_what_arrives() -> None:

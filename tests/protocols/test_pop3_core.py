@@ -41,7 +41,6 @@ from mailtls.protocols.base import (
     StartTls,
     Timeout,
     TlsEstablished,
-    TlsFailed,
     TlsInfo,
 )
 from mailtls.protocols.flow import Phase
@@ -290,16 +289,6 @@ def test_baseline_stls_then_tls_forgets_pre_tls_state() -> None:
     assert replies(commands) == [pop3.ERR_NO_USER]
     attempt = one(obs.AuthAttempted, commands)
     assert (attempt.tls, attempt.secret_in_clear, attempt.outcome) == (True, False, "refused")
-
-
-def test_tls_failure_closes() -> None:
-    s = connected()
-    s.send("STLS\r\n")
-    assert s.event(TlsFailed("bad_certificate")) == [
-        Record(obs.TlsHandshakeFailed("bad_certificate")),
-        Close(),
-    ]
-    assert s.send("CAPA\r\n") == []
 
 
 @pytest.mark.parametrize("testcase", ["baseline", "t2", "t4"])

@@ -40,7 +40,6 @@ from mailtls.protocols.base import (
     StartTls,
     Timeout,
     TlsEstablished,
-    TlsFailed,
     TlsInfo,
 )
 from mailtls.protocols.flow import Phase
@@ -298,16 +297,6 @@ def test_tls_forgets_pre_tls_state() -> None:
     s.data(b"STARTTLS\r\n")
     s.event(TlsEstablished(TLS))
     assert s.line("MAIL FROM:<a@b.example>") == R.S503_HELO_FIRST
-
-
-def test_tls_failure_closes() -> None:
-    s = Session()
-    s.ready()
-    s.data(b"STARTTLS\r\n")
-    commands = s.event(TlsFailed("bad certificate"))
-    assert only(commands, obs.TlsHandshakeFailed).reason == "bad certificate"
-    assert commands[-1] == Close() and sent(commands) == b""
-    assert s.event(DataReceived(b"EHLO x\r\n")) == []
 
 
 # --- t2: handshake disrupted ---------------------------------------------------------------

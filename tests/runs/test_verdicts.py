@@ -522,6 +522,15 @@ def injected_then(mechanism: str, protocol: str = "imap", ehlo: bool = True) -> 
     return build
 
 
+def injected_then_plaintext(log: Log) -> None:
+    c = log.conn("c1", testcase="inject")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add("response_injected", nbytes=63)
+    c.add("tls_failed", reason="wrong version number")
+    c.auth(tls=False, outcome="disrupted")
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -911,6 +920,14 @@ ROWS = [
         Verdict.FAIL,
         "response_injection",
         frozenset({"response_injection"}),
+        step=info("inject"),
+    ),
+    Row(
+        "inject: the forged bytes broke the handshake, the client went on in plaintext",
+        injected_then_plaintext,
+        Verdict.FAIL,
+        "response_injection",
+        frozenset({"response_injection", "plaintext_auth"}),
         step=info("inject"),
     ),
     Row(

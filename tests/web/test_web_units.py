@@ -242,3 +242,28 @@ def test_csrf_cookie_is_secure_behind_a_tls_terminating_proxy(tmp_path: Path) ->
 
         cookie = TestClient(app).get("/").headers["set-cookie"]
         assert ("secure" in cookie.lower()) is secure, cookie
+
+
+def test_the_api_accepts_every_test_case_and_words_each_one() -> None:
+    from typing import get_args
+
+    from mailtls.testcases import TESTCASES
+    from mailtls.web import guide
+    from mailtls.web.api import TestCaseName
+
+    assert set(get_args(TestCaseName)) == set(TESTCASES)
+    assert set(guide.TESTCASE_TITLE) == set(guide.TESTCASE_EXPLAIN) == set(TESTCASES)
+    for tag in (
+        "credentials_before_530",
+        "ignored_logindisabled",
+        "preauth_plaintext",
+        "response_injection",
+    ):
+        assert tag in guide.FINDING_TEXT and tag in guide.REASON_TEXT
+
+
+def test_the_more_tests_events_have_a_plain_sentence() -> None:
+    from mailtls.web.describe import describe
+
+    for kind in ("preauth_greeted", "preauth_used", "response_injected"):
+        assert describe({"type": kind, "protocol": "imap"})

@@ -2,11 +2,12 @@
 
 The verdict uses every event of the connections bound to a step. What is *shown* is narrower:
 client-supplied strings (transcript lines, EHLO/ID values, usernames, addresses) of a connection
-appear only if that connection presented the run's session code or was bound exactly (a
-dedicated listener). Other bound connections appear reduced to neutral facts (type, protocol,
-port, time, TLS state), so two users behind one NAT never see each other's strings. A login with
-the run's username and a wrong password (``proof`` false) presents nothing: a connection that
-only did that is left out altogether, bound or not (the step's ``username_misused`` finding
+appear only if that connection presented the run's session code (a login with the run's
+password) or was bound exactly (the run's own endpoint) and presented no other run's code.
+Other bound connections appear reduced to neutral facts (type, protocol, port, time, TLS state),
+so two users behind one NAT never see each other's strings. A login with the run's username and a
+wrong password (``proof`` false) presents nothing: someone else's connection that only did that
+is left out altogether, on the run's own endpoint too (the step's ``username_misused`` finding
 counts it). The shareable view (``share=True``) additionally hides addresses, EHLO and ID strings
 on every event.
 """
@@ -61,6 +62,7 @@ NEUTRAL_KEYS = frozenset(
 )
 SHARE_HIDDEN = frozenset({"client", "cport", "value", "line", "username", "run", "code"})
 RUN_RECORD_HIDDEN = frozenset({"addresses", "address", "client", "clients"})
+EXACT = frozenset({"endpoint", "dedicated"})  # binding sources that name the run exactly
 
 
 def _binding_source(record: dict[str, Any]) -> str | None:
@@ -81,21 +83,25 @@ def visible_events(
 ) -> list[dict[str, Any]]:
     """Filter and reduce the records of run ``run_id`` for display, ordered by id.
 
-    A connection is left out when it used the run's username only with a wrong password, or,
-    not bound to the run, never logged in with the run's password (a username alone proves
-    nothing: it travels in the clear). The step's ``username_misused`` finding counts them.
+    A connection not bound to the run is shown only when it logged in with the run's password
+    (a username alone proves nothing: it travels in the clear).
     """
     records = sorted({int(r["id"]): r for r in records}.values(), key=lambda r: int(r["id"]))
+    bound_conns = {r.get("conn") for r in records if r.get("run") == run_id}
     proven_conns = {r.get("conn") for r in records if r.get("code") == code and r.get("proof")}
-    misused = {r.get("conn") for r in records if r.get("code") == code and r.get("proof") is False}
-    bound_conns = {r.get("conn") for r in records if r.get("run") == run_id} - (
-        misused - proven_conns
-    )
+    # a stranger: a wrong password for the run's username, or another run's code (a user who
+    # typed someone else's port must not show their strings to that run's owner)
+    strangers = {
+        r.get("conn")
+        for r in records
+        if r.get("code") not in (None, code) or (r.get("code") == code and r.get("proof") is False)
+    } - proven_conns
+    bound_conns -= strangers
     owned_conns = proven_conns | {
         r.get("conn")
         for r in records
-        if (_presents(r, code) and r.get("conn") in bound_conns)
-        or _binding_source(r) == "dedicated"
+        if r.get("conn") not in strangers
+        and ((_presents(r, code) and r.get("conn") in bound_conns) or _binding_source(r) in EXACT)
     }
     out: list[dict[str, Any]] = []
     for r in records:
