@@ -14,8 +14,8 @@ Rules, per protocol, from the connections whose accept-time binding is this step
   ``accepted_bad_certificate`` (a secret sent inside TLS with a ``cert_*`` certificate; a
   refused handshake there is the secure ``rejected_bad_certificate``). NOT_APPLICABLE
   ``testcase_not_applicable`` for a protocol the step's case does not apply to (unless FAIL).
-- FAIL: a secret-carrying message (``auth`` with ``secret_in_clear``) without TLS, by this run's
-  account or an unknown username (a typo still leaks the password). FAIL always wins, whatever
+- FAIL: the run's password (``auth`` with ``secret_in_clear`` and ``proof``) sent without TLS.
+  FAIL always wins, whatever
   else happened (a skipped step, a prompt, a later TLS login). A login with another run's code
   is that run's evidence (its ``binding_mismatch``), not this step's.
 - INCONCLUSIVE ``binding_mismatch``: a login with the run's code on a connection bound elsewhere
@@ -25,10 +25,12 @@ Rules, per protocol, from the connections whose accept-time binding is this step
 - PASS: a secret was sent inside TLS there. Otherwise INCONCLUSIVE ``loop`` (>= N connections
   within M s after a disruption, no secret sent), ``aborted_after_downgrade`` (the attack showed,
   the client went no further: the secure outcome), or ``not_exercised``.
-Only the run's password is evidence: an ``auth`` event with the run's code and ``proof`` false (a
-wrong password for the run's username: someone else, or a mistyped password) is never FAIL, PASS,
-``binding_mismatch`` or ``report_contradicts_events``; the run manager hands such attempts in as
-``misuses`` and they become the finding ``username_misused`` (count and times, no address).
+Only the run's password is evidence (the username travels in the clear, and anyone who reads a
+dedicated port can connect to it): an ``auth`` event with ``proof`` false (a wrong password for
+the run's username, or a username that names no run) is never FAIL, PASS, ``binding_mismatch`` or
+``report_contradicts_events``; the run manager hands the wrong passwords for the run's username
+in as ``misuses`` and they become the finding ``username_misused`` (count and times, no
+address). Events journalled before ``proof`` existed count as proven.
 Step level: the user's reports add WARN (prompt shown) and NOT_APPLICABLE (could not connect); no
 connection and no report is INCONCLUSIVE ``never_connected``; the verdict is the worst in the order
 FAIL > WARN > INCONCLUSIVE > NOT_APPLICABLE > PASS > SKIPPED. A skipped step is SKIPPED unless FAIL.
@@ -214,9 +216,9 @@ def _float(value: Any) -> float:
     return 0.0
 
 
-def _not_misuse(event: Event) -> bool:
-    """Not a wrong password for a run's username (older events without ``proof`` count)."""
-    return event.get("proof") is not False or event.get("code") is None
+def _proven(event: Event) -> bool:
+    """The login presented the run's password (events written before ``proof`` existed count)."""
+    return event.get("proof") is not False
 
 
 def _binding_of(event: Event) -> tuple[Any, Any]:
@@ -339,13 +341,13 @@ class _ProtocolJudge:
 
     def _ours(self, event: Event) -> bool:
         code = event.get("code")
-        return (code is None or code == self.info.code) and _not_misuse(event)
+        return (code is None or code == self.info.code) and _proven(event)
 
     def _logins(self, conn: _Conn, *types: str) -> list[Event]:
         if conn.bound:
             return [e for e in conn.of_type(*types) if self._ours(e)]
         code = self.info.code
-        return [e for e in conn.of_type(*types) if e.get("code") == code and _not_misuse(e)]
+        return [e for e in conn.of_type(*types) if e.get("code") == code and _proven(e)]
 
     def _collect_cleartext(self, conns: list[_Conn]) -> list[Event]:
         """Cleartext findings of ``conns``; returns the secret-carrying messages sent in clear."""
@@ -553,8 +555,7 @@ def _report_findings(
             _int(e.get("id"))
             for c in conns
             for e in c.of_type("auth")
-            if (e.get("code") == info.code or (c.bound and e.get("code") is None))
-            and _not_misuse(e)
+            if (e.get("code") == info.code or (c.bound and e.get("code") is None)) and _proven(e)
         ]
         if logins:
             findings.append(
@@ -595,7 +596,7 @@ def _misuse_finding(misuses: Sequence[Misuse]) -> list[StepFinding]:
     )
     more = f" and {len(times) - MAX_MISUSE_TIMES} more" if len(times) > MAX_MISUSE_TIMES else ""
     where = (
-        " (some from your own address: maybe your app with a mistyped password)"
+        " (some on a connection attached to this test: maybe your app with a mistyped password)"
         if any(m.bound for m in misuses)
         else ""
     )

@@ -380,6 +380,13 @@ def other_runs_code_on_bound(log: Log) -> None:
     c.auth(tls=False, code=OTHER_CODE)
 
 
+def legacy_login_without_proof(log: Log) -> None:
+    c = log.conn("c1")
+    c.caps(starttls=False)
+    event = c.auth(tls=False)
+    del log.events[event - 1]["proof"]
+
+
 def unknown_user_on_bound(log: Log) -> None:
     c = log.conn("c1")
     c.caps(starttls=False)
@@ -835,8 +842,15 @@ ROWS = [
         absent=frozenset({"plaintext_auth"}),
     ),
     Row(
-        "unknown username on a bound connection",
+        "unknown username on a bound connection: not the run's password, no evidence",
         unknown_user_on_bound,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"plaintext_auth"}),
+    ),
+    Row(
+        "an event journalled before proof existed counts as the run's",
+        legacy_login_without_proof,
         Verdict.FAIL,
         "plaintext_auth",
     ),
@@ -1018,7 +1032,7 @@ def test_misuses_are_their_own_finding_with_count_and_times() -> None:
     (found,) = [f for f in result.findings if f.tag == "username_misused"]
     assert found.evidence == (5, 7)
     assert "2 times, at 01:00:01, 01:01:01 UTC" in found.detail
-    assert "your own address" in found.detail
+    assert "attached to this test" in found.detail
     assert finding(judge(log, info("baseline")), "username_misused") == []
 
 

@@ -206,7 +206,17 @@ def build_router(ctx: ApiContext) -> APIRouter:
             raise pool_exhausted(exc) from None
         return ctx.manager.view(run.id, ctx.base_url)
 
-    @router.get("/runs/{run_id}", summary="The run: account, steps, verdicts, findings")
+    @router.get(
+        "/runs/{run_id}",
+        summary="The run: account, steps, verdicts, findings",
+        description=(
+            "`account.password` is the run's password: only a login with it counts for the run "
+            "(verdict, two_phase activation, login-address binding). Logins with the run's "
+            "username and another secret are someone else's: each step counts them in "
+            "`username_misused` (`count`, `times`) and lists the finding `username_misused`; "
+            "they never change a verdict and no address of theirs is shown."
+        ),
+    )
     def get_run(run_id: str) -> dict[str, Any]:
         ctx.run_or_404(run_id)
         return ctx.manager.view(run_id, ctx.base_url)
