@@ -425,9 +425,7 @@ async def delete_stall(server: Server, megabytes: int) -> dict[str, Any]:
     answered = time.monotonic() - t0
     if code == 202:
         while True:
-            _, status = await asyncio.to_thread(
-                api, server, "GET", f"/api/runs/{run_id}/deletion"
-            )
+            _, status = await asyncio.to_thread(api, server, "GET", f"/api/runs/{run_id}/deletion")
             if status is None or status.get("state") == "done":
                 break
             await asyncio.sleep(0.05)

@@ -42,16 +42,15 @@ AUTH = b"AUTH PLAIN " + base64.b64encode(b"\0" + USER.encode() + b"\0secret") + 
 class SmtpSession(asyncio.Protocol):
     """A lean client for one session (memory-BIO TLS, so the load generator stays cheap)."""
 
-    SCRIPT = (
-        (b"220", b"EHLO bench.example\r\n"),
-        (b"250", b"STARTTLS\r\n"),
-        (b"220", None),  # start TLS, then EHLO inside TLS
-        (b"250", AUTH),
-        (b"235", b"QUIT\r\n"),
-        (b"221", b""),
-    )
-
-    def __init__(self, ctx: ssl.SSLContext, done: asyncio.Future[None]) -> None:
+    def __init__(self, ctx: ssl.SSLContext, done: asyncio.Future[None], auth: bytes = AUTH) -> None:
+        self.SCRIPT = (
+            (b"220", b"EHLO bench.example\r\n"),
+            (b"250", b"STARTTLS\r\n"),
+            (b"220", None),  # start TLS, then EHLO inside TLS
+            (b"250", auth),
+            (b"235", b"QUIT\r\n"),
+            (b"221", b""),
+        )
         self.ctx = ctx
         self.done = done
         self.step = 0
@@ -140,16 +139,18 @@ class SmtpSession(asyncio.Protocol):
             self.done.set_exception(exc or ConnectionError("closed early"))
 
 
-async def session(port: int, source: str, ctx: ssl.SSLContext) -> None:
+async def session(port: int, source: str, ctx: ssl.SSLContext, auth: bytes = AUTH) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     await loop.create_connection(
-        lambda: SmtpSession(ctx, done), "127.0.0.1", port, local_addr=(source, 0)
+        lambda: SmtpSession(ctx, done, auth), "127.0.0.1", port, local_addr=(source, 0)
     )
     await done
 
 
-async def run_sessions(port: int, n: int, concurrency: int, ctx: ssl.SSLContext) -> int:
+async def run_sessions(
+    port: int, n: int, concurrency: int, ctx: ssl.SSLContext, auth: bytes = AUTH
+) -> int:
     sources = client_sources(997)
     done = 0
     failures = 0
@@ -161,7 +162,7 @@ async def run_sessions(port: int, n: int, concurrency: int, ctx: ssl.SSLContext)
             i = next_index
             next_index += 1
             try:
-                await asyncio.wait_for(session(port, sources[i % len(sources)], ctx), 30)
+                await asyncio.wait_for(session(port, sources[i % len(sources)], ctx, auth), 30)
                 done += 1
             except (OSError, RuntimeError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
                 failures += 1

@@ -33,10 +33,12 @@ def test_run_cli_drives_a_t1_step_to_fail(serve: ServeInstance) -> None:
     assert created.returncode == 0, created.stderr
     run = json.loads(created.stdout)
     assert _run(serve, "start", run["id"], "1").returncode == 0
-    with smtplib.SMTP("127.0.0.1", serve.ports["smtp_submission"], "\x1b[31mevil", timeout=10) as c:
+    port = run["account"]["servers"]["smtp"][0]["port"]  # the run's own submission port
+    assert port != serve.ports["smtp_submission"]
+    with smtplib.SMTP("127.0.0.1", port, "\x1b[31mevil", timeout=10) as c:
         c.ehlo("\x1b]0;pwned\x07host")  # control characters in EHLO
         assert not c.has_extn("starttls")  # t1 stripped it
-        c.login(run["account"]["username"], "pw")
+        c.login(run["account"]["username"], run["account"]["password"])
     finished = _run(serve, "finish", run["id"], "1")
     assert finished.returncode == 1 and "FAIL" in finished.stdout  # exit 1: a step FAILed
     events = _run(serve, "events", run["id"])
@@ -45,6 +47,8 @@ def test_run_cli_drives_a_t1_step_to_fail(serve: ServeInstance) -> None:
     assert "pwned" in events.stdout  # the EHLO is shown, its escape sequence neutralised
     shown = _run(serve, "show", run["id"])
     assert "plaintext_auth" in shown.stdout and run["account"]["username"] in shown.stdout
+    assert f"127.0.0.1:{port}" in shown.stdout or f"localhost:{port}" in shown.stdout
+    assert "this run's own" in shown.stdout
 
 
 def test_run_cli_user_errors_are_one_line(serve: ServeInstance) -> None:

@@ -72,7 +72,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         return a
 
     c = action("create", "create a run and print its account")
-    c.add_argument("--plan", choices=["guided"], help="the nine standard steps")
+    c.add_argument(
+        "--plan",
+        choices=["guided", "more"],
+        help="guided: the nine standard steps; more: starttls_required, preauth, inject",
+    )
     c.add_argument(
         "--step",
         action="append",
@@ -83,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--protocol", choices=["imap", "pop3"], help="how the client fetches mail (default imap)"
     )
     for name, helptext in (
-        ("start", "start step N (binds this machine's address to it)"),
+        ("start", "start step N (arms its test case on the run's own servers)"),
         ("extend", "extend step N's binding"),
         ("skip", "skip step N"),
         ("finish", "finish step N and print its verdict"),
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     with client:
         if args.action == "create":
             if bool(args.plan) == bool(args.step):
-                raise UserError("give either --plan guided or one or more --step")
+                raise UserError("give either --plan guided|more or one or more --step")
             body: dict[str, Any] = (
                 {"plan": args.plan} if args.plan else {"steps": _parse_steps(args.step)}
             )
@@ -229,6 +233,10 @@ def print_run(console: Console, run: dict[str, Any]) -> None:
     console.print(f"run [bold]{escape_markup(str(run.get('id')))}[/bold]")
     console.print(f"account: {escape_markup(str(account.get('username')))}")
     console.print(f"password: {escape_markup(str(account.get('password')))}")
+    if account.get("binding") == "endpoint":
+        console.print("servers (this run's own; connect only here):")
+    elif account.get("binding"):
+        console.print("servers (shared; bound by this machine's address when a step starts):")
     for proto, servers in (account.get("servers") or {}).items():
         for srv in servers:
             line = f"  {proto}: {srv.get('host')}:{srv.get('port')} ({srv.get('security')})"

@@ -51,6 +51,7 @@ class Browserless:
         assert resp.status_code == 303, resp.text
         run_id = resp.headers["location"].rsplit("/", 1)[1]
         view = self.http.get(f"/api/runs/{run_id}").json()
+        self.inst.remember(view)
         account = view["account"]
         return WebRun(run_id, account["username"], account["password"], view["links"]["result"])
 
@@ -161,6 +162,18 @@ def test_autoconfig_and_autodiscover_point_at_the_servers(
     assert found["IMAP"] == (ports["imap"], "TLS")  # Autodiscover's "TLS" is STARTTLS
     assert found["POP3"] == (ports["pop3"], "TLS")
     assert found["SMTP"] == (ports["smtp_submission"], "TLS")
+    # a run's username: its own endpoints, in all three formats
+    run = web.create(protocol="imap")
+    own = serve.ports_for(run.user)
+    assert own["imap"] != ports["imap"]
+    xml = web.http.get("/mail/config-v1.1.xml", params={"emailaddress": run.user}).text
+    assert f"<port>{own['imap']}</port>" in xml and f"<port>{own['imap_tls']}</port>" in xml
+    assert (
+        f"<port>{own['smtp_submission']}</port>" in xml and "<port>" + str(ports["imap"]) not in xml
+    )
+    assert f"<Port>{own['imap']}</Port>" in _autodiscover(web, run.user).text
+    profile = web.http.get(f"/run/{run.id}/account.mobileconfig").content
+    assert f"<integer>{own['imap']}</integer>".encode() in profile
 
 
 def test_autoconfig_is_404_while_an_immediate_attack_step_is_active(web: Browserless) -> None:
@@ -282,7 +295,10 @@ def test_implicit_tls_client_is_told_to_skip_steps_that_cannot_apply(
     run = web.create()
     web.step(run, 1, "start")
     with imaplib.IMAP4_SSL(
-        "127.0.0.1", serve.ports["imap_tls"], ssl_context=tls_context(serve), timeout=6
+        "127.0.0.1",
+        serve.port_for(run.user, "imap_tls"),
+        ssl_context=tls_context(serve),
+        timeout=6,
     ) as m:
         m.login(run.user, run.password)
     assert web.step(run, 1, "finish").status_code == 303
@@ -326,3 +342,45 @@ def test_request_bodies_are_bounded(web: Browserless) -> None:
     )
     assert resp.status_code == 413
     assert web.post("/start", mode="guided").status_code == 303  # small bodies still pass
+
+
+# --- the cases beyond T1-T4 ---------------------------------------------------------------------
+
+
+def test_the_guided_flow_offers_the_more_tests_after_the_nine_steps(web: Browserless) -> None:
+    assert 'name="more"' in web.http.get("/").text
+    nine = web.http.get(f"/api/runs/{web.create().id}").json()["steps"]
+    imap = web.http.get(f"/api/runs/{web.create(more='yes').id}").json()["steps"]
+    pop3 = web.http.get(f"/api/runs/{web.create(more='yes', protocol='pop3').id}").json()["steps"]
+    assert len(nine) == 9 and imap[:9] == nine
+    assert [s["testcase"] for s in imap[9:]] == ["starttls_required", "preauth", "inject"]
+    assert [s["testcase"] for s in pop3[9:]] == ["starttls_required", "inject"]  # no preauth
+    page = web.http.get(f"/run/{web.create(more='yes').id}").text
+    assert "a careful server behind the attacker" in page
+
+
+@pytest.mark.parametrize("testcase", ["starttls_required", "preauth", "inject"])
+def test_the_single_test_page_and_the_api_accept_the_more_tests(
+    web: Browserless, testcase: str
+) -> None:
+    assert f'value="{testcase}"' in web.http.get("/").text
+    run = web.create(mode="single", scenario="immediate", testcase=testcase)
+    assert web.http.get(f"/api/runs/{run.id}").json()["steps"][0]["testcase"] == testcase
+    resp = web.http.post(
+        "/api/runs", json={"steps": [{"scenario": "immediate", "testcase": testcase}]}
+    )
+    assert resp.status_code == 201, resp.text
+
+
+def test_the_api_lists_where_each_case_applies(web: Browserless) -> None:
+    cases = {c["name"]: c for c in web.http.get("/api/testcases").json()}
+    assert cases["starttls_required"]["protocols"] == ["imap", "smtp"]  # POP3: not applicable
+    assert cases["preauth"]["protocols"] == ["imap"]
+    assert cases["t1"]["standard"] and not cases["inject"]["standard"]
+    resp = web.http.post("/api/runs", json={"plan": "more"})
+    assert resp.status_code == 201
+    assert [s["testcase"] for s in resp.json()["steps"]] == [
+        "starttls_required",
+        "preauth",
+        "inject",
+    ]
