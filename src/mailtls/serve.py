@@ -75,7 +75,12 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     nofile = raise_nofile_limit()
     settings = share_descriptors(settings, nofile)
-    store = Store(data_dir, fsync=settings.fsync, index_queue=settings.storage.index_queue)
+    store = Store(
+        data_dir,
+        fsync=settings.fsync,
+        index_queue=settings.storage.index_queue,
+        segment_bytes=settings.storage.segment_mb * 1024 * 1024,
+    )
     check_free_space(store, settings.storage.min_free_mb)  # before the first connection
     manager = RunManager(store, settings, load_or_create_key(data_dir))
     manager.load()

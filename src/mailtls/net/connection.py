@@ -81,6 +81,7 @@ _READ_VIEW = memoryview(_READ_BUFFER)
 # reasons to pause reading (bit flags)
 _PAUSE_HOLD = 1  # a delayed Send holds the following commands
 _PAUSE_WRITE = 2  # the transport's write buffer is above its high-water mark
+_PAUSE_TURN = 4  # a full read was handled: let the other connections (and accepts) go first
 _PEER_GONE = ("client", "error")
 _FLAT_TYPES = ("str", "int", "bool", "float", "str | None", "int | None", "tuple[str, ...]")
 
@@ -344,6 +345,11 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._received(_READ_VIEW[:nbytes])
             self._uncork()
+            if nbytes == READ_BYTES and self._loop is not None and not self._closing:
+                # more is probably waiting: read it on the next loop turn (uvloop would read
+                # again at once, so a pipelining peer could hold the loop for seconds)
+                self._pause(_PAUSE_TURN)
+                self._loop.call_soon(self._resume, _PAUSE_TURN)
         except OSError as exc:
             self._cannot_record(exc)
         except Exception:
