@@ -38,7 +38,7 @@ def test_run_cli_drives_a_t1_step_to_fail(serve: ServeInstance) -> None:
     with smtplib.SMTP("127.0.0.1", port, "\x1b[31mevil", timeout=10) as c:
         c.ehlo("\x1b]0;pwned\x07host")  # control characters in EHLO
         assert not c.has_extn("starttls")  # t1 stripped it
-        c.login(run["account"]["username"], "pw")
+        c.login(run["account"]["username"], run["account"]["password"])
     finished = _run(serve, "finish", run["id"], "1")
     assert finished.returncode == 1 and "FAIL" in finished.stdout  # exit 1: a step FAILed
     events = _run(serve, "events", run["id"])

@@ -200,6 +200,9 @@ class AuthAttempted(Observation):
     (``h:...``). ``secret_sent`` says whether the secret-carrying message was sent;
     ``secret_in_clear`` whether it was sent without TLS. ``outcome`` is ``success``, ``failure``,
     ``cancelled``, ``refused`` (mechanism not offered / not allowed) or ``disrupted``.
+    ``proof`` says whether the secret was the run's password (never anything derived from the
+    secret itself): only such an attempt is evidence for the run; a run's username with another
+    secret is someone else's (or a mistyped) login.
     """
 
     TYPE: ClassVar[str] = "auth"
@@ -210,6 +213,7 @@ class AuthAttempted(Observation):
     secret_sent: bool
     secret_in_clear: bool
     outcome: str
+    proof: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         return a
 
     c = action("create", "create a run and print its account")
-    c.add_argument("--plan", choices=["guided"], help="the nine standard steps")
+    c.add_argument(
+        "--plan",
+        choices=["guided", "more"],
+        help="guided: the nine standard steps; more: starttls_required, preauth, inject",
+    )
     c.add_argument(
         "--step",
         action="append",
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     with client:
         if args.action == "create":
             if bool(args.plan) == bool(args.step):
-                raise UserError("give either --plan guided or one or more --step")
+                raise UserError("give either --plan guided|more or one or more --step")
             body: dict[str, Any] = (
                 {"plan": args.plan} if args.plan else {"steps": _parse_steps(args.step)}
             )

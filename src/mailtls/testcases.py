@@ -100,8 +100,9 @@ class TestCase:
         return False
 
     def serving(self, protocol: str) -> TestCase:
-        """The policy a connection of ``protocol`` gets in a step of this case."""
-        return self if protocol in self.protocols else BASELINE
+        """The policy a connection of ``protocol`` gets in a step of this case: the baseline
+        for a mail protocol the case does not apply to."""
+        return BASELINE if protocol in ALL_PROTOCOLS - self.protocols else self
 
     def __repr__(self) -> str:
         return f"<TestCase {self.name}>"

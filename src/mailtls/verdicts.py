@@ -23,6 +23,10 @@ Rules, per protocol, from the connections whose accept-time binding is this step
 - PASS: a secret was sent inside TLS there. Otherwise INCONCLUSIVE ``loop`` (>= N connections
   within M s after a disruption, no secret sent), ``aborted_after_downgrade`` (the attack showed,
   the client went no further: the secure outcome), or ``not_exercised``.
+Only the run's password is evidence: an ``auth`` event with the run's code and ``proof`` false (a
+wrong password for the run's username: someone else, or a mistyped password) is never FAIL, PASS,
+``binding_mismatch`` or ``report_contradicts_events``; the run manager hands such attempts in as
+``misuses`` and they become the finding ``username_misused`` (count and times, no address).
 Step level: the user's reports add WARN (prompt shown) and NOT_APPLICABLE (could not connect); no
 connection and no report is INCONCLUSIVE ``never_connected``; the verdict is the worst in the order
 FAIL > WARN > INCONCLUSIVE > NOT_APPLICABLE > PASS > SKIPPED. A skipped step is SKIPPED unless FAIL.
@@ -33,6 +37,7 @@ the store, net or web.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +75,7 @@ TAGS = (
     "plaintext_auth",
     "starttls_not_attempted",
     "username_plaintext",
+    "username_misused",
     "binding_mismatch",
     "loop",
     "starttls_disrupted",
@@ -99,6 +105,20 @@ class UserReports:
     prompt_shown: bool = False
     cannot_connect: bool = False
     record_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Misuse:
+    """A login with the run's username and a secret that is not the run's password: when, its
+    event id, and whether its connection was bound to the run (then maybe the user's own client
+    with a mistyped password). Never the address."""
+
+    at: float
+    event: int | None = None
+    bound: bool = False
+
+
+MAX_MISUSE_TIMES = 10  # times listed in the finding's detail (the count is complete)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +208,11 @@ def _float(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return 0.0
+
+
+def _not_misuse(event: Event) -> bool:
+    """Not a wrong password for a run's username (older events without ``proof`` count)."""
+    return event.get("proof") is not False or event.get("code") is None
 
 
 def _binding_of(event: Event) -> tuple[Any, Any]:
@@ -304,12 +329,13 @@ class _ProtocolJudge:
 
     def _ours(self, event: Event) -> bool:
         code = event.get("code")
-        return code is None or code == self.info.code
+        return (code is None or code == self.info.code) and _not_misuse(event)
 
     def _logins(self, conn: _Conn, *types: str) -> list[Event]:
         if conn.bound:
             return [e for e in conn.of_type(*types) if self._ours(e)]
-        return [e for e in conn.of_type(*types) if e.get("code") == self.info.code]
+        code = self.info.code
+        return [e for e in conn.of_type(*types) if e.get("code") == code and _not_misuse(e)]
 
     def _collect_cleartext(self, conns: list[_Conn]) -> list[Event]:
         """Cleartext findings of ``conns``; returns the secret-carrying messages sent in clear."""
@@ -388,23 +414,29 @@ class _ProtocolJudge:
         return min(found, key=TAGS.index) if found else None
 
     def _injection_used(self, conn: _Conn) -> list[Event]:
-        """``inject``: logins inside TLS that show the forged answer was used: a PLAIN login
-        (only the forged answer offered PLAIN), or (SMTP) a login without the client's own EHLO
-        inside TLS."""
-        starts = [_int(e.get("id")) for e in conn.of_type("tls_established")]
-        if not conn.of_type("response_injected") or not starts:
+        """``inject``: logins that show the forged answer was used: inside TLS a PLAIN login
+        (only the forged answer offered PLAIN) or (SMTP) a login without the client's own EHLO
+        inside TLS; or a secret sent in the clear after it (the forged bytes broke the client's
+        handshake and it went on in plaintext)."""
+        injected = [_int(e.get("id")) for e in conn.of_type("response_injected")]
+        if not injected:
             return []
-        start = min(starts)
+        after = min(injected)
+        starts = [_int(e.get("id")) for e in conn.of_type("tls_established")]
+        start = min(starts) if starts else None
         greeted = [_int(e.get("id")) for e in conn.of_type("client_identified")]
         used = []
         for auth in self._logins(conn, "auth"):
             at = _int(auth.get("id"))
-            if not auth.get("tls") or at < start:
+            if at < after:
                 continue
-            plain = auth.get("mechanism") == "PLAIN"
-            no_ehlo = self.protocol == "smtp" and not any(start < g < at for g in greeted)
-            if plain or no_ehlo:
+            if auth.get("secret_in_clear"):
                 used.append(auth)
+            elif auth.get("tls") and start is not None and at > start:
+                plain = auth.get("mechanism") == "PLAIN"
+                no_ehlo = self.protocol == "smtp" and not any(start < g < at for g in greeted)
+                if plain or no_ehlo:
+                    used.append(auth)
         return used
 
     def _collect_bound_findings(self) -> None:
@@ -482,7 +514,8 @@ def _report_findings(
             _int(e.get("id"))
             for c in conns
             for e in c.of_type("auth")
-            if e.get("code") == info.code or (c.bound and e.get("code") is None)
+            if (e.get("code") == info.code or (c.bound and e.get("code") is None))
+            and _not_misuse(e)
         ]
         if logins:
             findings.append(
@@ -511,6 +544,28 @@ CASE_DETAIL = {
 }
 
 
+def _misuse_finding(misuses: Sequence[Misuse]) -> list[StepFinding]:
+    if not misuses:
+        return []
+    times = sorted(m.at for m in misuses)
+    shown = ", ".join(
+        dt.datetime.fromtimestamp(t, dt.UTC).strftime("%H:%M:%S") for t in times[:MAX_MISUSE_TIMES]
+    )
+    more = f" and {len(times) - MAX_MISUSE_TIMES} more" if len(times) > MAX_MISUSE_TIMES else ""
+    where = (
+        " (some from your own address: maybe your app with a mistyped password)"
+        if any(m.bound for m in misuses)
+        else ""
+    )
+    detail = (
+        f"someone else used your test username with a wrong password: {len(times)} "
+        f"time{'s' if len(times) != 1 else ''}, at {shown}{more} UTC{where}; not counted as "
+        "your app's result"
+    )
+    evidence = tuple(sorted(m.event for m in misuses if m.event is not None))
+    return [StepFinding("username_misused", evidence, detail)]
+
+
 def step_verdict(
     info: StepInfo,
     events: Sequence[Event],
@@ -518,6 +573,7 @@ def step_verdict(
     *,
     loop_connections: int,
     loop_seconds: float,
+    misuses: Sequence[Misuse] = (),
 ) -> StepResult:
     """The verdict of one step (see the module docstring for the rules)."""
     reports = reports or UserReports()
@@ -539,6 +595,7 @@ def step_verdict(
         findings.extend(judge.found.findings())
     extra, report_verdicts = _report_findings(reports, conns, info)
     findings.extend(extra)
+    findings.extend(_misuse_finding(misuses))
     findings.sort(
         key=lambda f: (TAGS.index(f.tag) if f.tag in TAGS else len(TAGS), f.protocol or "")
     )

@@ -296,3 +296,40 @@ def test_messages_from_config_files_are_escaped(
             capsys, "--dovecot-config", str(tmp_path / "main.conf"), "--format", fmt
         )
         assert "\x1b" not in out + err, fmt
+
+
+def test_text_puts_the_one_line_fix_first_under_each_service(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = run(capsys, "--postfix-dir", str(PF / "submission_may"))
+    lines = out.splitlines()
+    head = lines.index("2587/inet  (port 2587)")
+    first, second = lines[head + 1], lines[head + 2]
+    assert first.split()[0] == "HIGH" and "fix: In " in first and "master.cf:11" in first
+    assert "-o smtpd_tls_auth_only=yes" in first
+    assert second.strip().startswith("postfix-auth-before-tls: smtpd_tls_auth_only = no")
+    # each finding of the service starts with its severity and fix, worst first
+    block = lines[head + 1 : lines.index("submission/inet  (port 587)")]
+    starts = [line.split()[0] for line in block if " fix: " in line]
+    assert starts == ["HIGH", "LOW"]
+
+
+OLD_FINDING_KEYS = {
+    "id", "severity", "category", "reason", "fix", "setting", "effective_value", "service",
+    "port", "file", "line", "doc", "evidence", "confirmed_live", "extra",
+}  # fmt: skip
+OLD_SARIF_PROPERTIES = {"severity", "service", "port", "setting", "effective_value", "evidence"}
+
+
+def test_json_and_sarif_keep_their_shape_and_add_the_exposure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = run(capsys, "--postfix-dir", str(PF / "insecure"), "--format", "json")
+    findings = json.loads(out)["findings"]
+    assert findings and all(set(f) > OLD_FINDING_KEYS for f in findings)
+    assert {f["exposure"] for f in findings} >= {"credentials-before-tls"}
+    assert all(f["extra"]["reach"] == "public" for f in findings)
+    _, out, _ = run(capsys, "--postfix-dir", str(PF / "insecure"), "--format", "sarif")
+    results = json.loads(out)["runs"][0]["results"]
+    assert all(set(r["properties"]) > OLD_SARIF_PROPERTIES for r in results)
+    assert all(r["properties"]["exposure"] for r in results)

@@ -218,3 +218,15 @@ def test_24_config_with_23_names_does_not_load_and_nothing_else_is_read() -> Non
     assert "ssl_server_cert_file" in by_name["ssl_cert"].reason
     assert "auth_allow_cleartext" in by_name["disable_plaintext_auth"].fix
     assert all("will not start" in f.reason for f in findings)
+
+
+def test_24_captures_are_audited_like_the_files() -> None:
+    """The hand-written 2.4 ``doveconf -n`` expectations (see dovecot24/README.md), audited as
+    runtime captures, give what auditing the 2.4 files gives."""
+    for name in ("secure", "cleartext"):
+        fixture = D24 / name
+        capture = Request(doveconf_n=str(fixture / "expected-doveconf-n.txt"))
+        result = audit(collect(capture))
+        assert result.effective["dovecot"]["version"] == "2.4"
+        key = [(f.id, f.service, f.severity, f.setting) for f in from_files(fixture)]
+        assert [(f.id, f.service, f.severity, f.setting) for f in result.findings] == key

@@ -40,7 +40,7 @@ def test_live_stream_pushes_new_events(inst: ServeInstance, api: Api) -> None:
     logged_in: list[float] = []
 
     def client() -> None:
-        outcome.append(imap_client(inst, run.username, "pw", False))
+        outcome.append(imap_client(inst, run.username, run.password, False))
         logged_in.append(time.monotonic())
         seen_auth.wait(timeout=5)
         api.finish(run)

@@ -15,7 +15,7 @@ import smtplib
 from collections.abc import Iterator
 
 import pytest
-from e2e_helpers import CLIENT_ERRORS, HOST, Api, serving, tags, tls_context, verdict
+from e2e_helpers import CLIENT_ERRORS, HOST, Api, Run, serving, tags, tls_context, verdict
 
 from conftest import ServeInstance
 
@@ -36,7 +36,7 @@ def api(inst: ServeInstance) -> Iterator[Api]:
     client.close()
 
 
-def login_from(inst: ServeInstance, source: str, user: str) -> bool:
+def login_from(inst: ServeInstance, source: str, run: Run) -> bool:
     """An opportunistic submission client bound to ``source``; True when the login succeeded."""
     s = smtplib.SMTP(HOST, inst.ports["smtp_submission"], timeout=5, source_address=(source, 0))
     try:
@@ -44,7 +44,7 @@ def login_from(inst: ServeInstance, source: str, user: str) -> bool:
         if s.has_extn("starttls"):
             s.starttls(context=tls_context(inst))
             s.ehlo()
-        s.login(user, "canary-pw")
+        s.login(run.username, run.password)
         return True
     except CLIENT_ERRORS:
         return False
@@ -58,7 +58,7 @@ def login_from(inst: ServeInstance, source: str, user: str) -> bool:
 def test_login_from_an_unbound_address_is_a_mismatch(inst: ServeInstance, api: Api) -> None:
     run = api.create(("immediate", "t1"))
     api.start(run)  # binds 127.0.0.1
-    assert login_from(inst, "127.0.55.1", run.username)
+    assert login_from(inst, "127.0.55.1", run)
     step = api.finish(run)
     assert verdict(step) == ("INCONCLUSIVE", "binding_mismatch")
     assert step["protocols"]["smtp"]["connections"] == 0
@@ -68,8 +68,8 @@ def test_login_from_an_unbound_address_is_a_mismatch(inst: ServeInstance, api: A
 def test_the_login_address_is_bound_afterwards(inst: ServeInstance, api: Api) -> None:
     run = api.create(("immediate", "baseline"))
     api.start(run)
-    assert login_from(inst, "127.0.55.2", run.username)  # unbound: mismatch, then bound
-    assert login_from(inst, "127.0.55.2", run.username)  # bound to the step: counts
+    assert login_from(inst, "127.0.55.2", run)  # unbound: mismatch, then bound
+    assert login_from(inst, "127.0.55.2", run)  # bound to the step: counts
     step = api.finish(run)
     assert verdict(step) == ("INCONCLUSIVE", "binding_mismatch")  # never PASS with a mismatch
     assert {"binding_mismatch", "tls_auth"} <= tags(step)
@@ -82,6 +82,6 @@ def test_newest_binding_wins(inst: ServeInstance, api: Api) -> None:
     api.start(older)
     newer = api.create(("immediate", "baseline"))
     api.start(newer)  # the same address: this step now owns it
-    assert login_from(inst, HOST, older.username)  # baseline behaviour: STARTTLS, TLS login
+    assert login_from(inst, HOST, older)  # baseline behaviour: STARTTLS, TLS login
     assert verdict(api.finish(older)) == ("INCONCLUSIVE", "binding_mismatch")
     assert verdict(api.finish(newer)) == ("INCONCLUSIVE", "not_exercised")

@@ -17,15 +17,11 @@ instead of 10 s to keep the suite fast; nothing else differs from the defaults.
 
 from __future__ import annotations
 
-import os
-import pty
-import select
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from client_tools import CURL_URLS, fetchmail_poll, getmail_poll, mutt_session, run_tool
 from e2e_helpers import Api, Run, serving, tags, verdict
 
 from conftest import ServeInstance, require_tool
@@ -55,32 +51,7 @@ def new_step(api: Api, testcase: str, scenario: str = "immediate") -> Run:
     return run
 
 
-def run_tool(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
-    return f"exit {proc.returncode}\n" + proc.stdout.decode("utf-8", "replace")
-
-
-def write_private(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
-
-
 # --- curl -------------------------------------------------------------------------------------
-
-CURL_URLS = {
-    "smtp": "smtp://127.0.0.1:{smtp_submission}",
-    "imap": "imap://127.0.0.1:{imap}/",
-    "pop3": "pop3://127.0.0.1:{pop3}/",
-}
 
 # (flag, test case) -> (verdict, reason); the same for all three protocols
 CURL_EXPECTED = {
@@ -107,7 +78,7 @@ def test_curl(inst: ServeInstance, api: Api, protocol: str, flag: str, testcase:
     argv = [curl, "-sS", "--max-time", "15", flag, "--cacert", str(inst.ca)]
     argv += [
         "--user",
-        f"{run.username}:canary-pw",
+        f"{run.username}:{run.password}",
         "--url",
         CURL_URLS[protocol].format(**inst.ports_for(run.username)),
     ]
@@ -149,7 +120,7 @@ def test_swaks(inst: ServeInstance, api: Api, flag: str, testcase: str) -> None:
     port = inst.port_for(run.username, "smtp_submission")
     argv = [swaks, "--server", "127.0.0.1", "--port", str(port)]
     argv += [flag, "--tls-verify", "--tls-ca-path", str(inst.ca), "--timeout", "10"]
-    argv += ["-a", "PLAIN", "-au", run.username, "-ap", "canary-pw"]
+    argv += ["-a", "PLAIN", "-au", run.username, "-ap", run.password]
     argv += ["--from", "a@example.net", "--to", "b@mailtls.test"]
     out = run_tool(argv, timeout=30)
     step = api.finish(run)
@@ -159,56 +130,6 @@ def test_swaks(inst: ServeInstance, api: Api, flag: str, testcase: str) -> None:
 
 
 # --- mutt in a pseudo-terminal --------------------------------------------------------------
-
-
-def run_in_pty(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bytes]:
-    """Run ``argv`` on a new pseudo-terminal, draining its output; kill it after ``timeout``."""
-    controller, terminal = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env, start_new_session=True
-        )
-    finally:
-        os.close(terminal)
-    screen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # EIO: the terminal side is closed
-                    break
-                screen = (screen + chunk)[-65536:]
-        try:
-            proc.wait(timeout=max(0.5, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-            raise AssertionError(f"{argv[0]} did not quit in time: {screen[-2000:]!r}") from None
-    finally:
-        os.close(controller)
-    return proc.returncode, screen
-
-
-def mutt_session(inst: ServeInstance, run: Run, home: Path, settings: str) -> bytes:
-    mutt = require_tool("mutt")
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "certs").write_text(inst.ca.read_text())
-    rc = write_private(
-        home / "muttrc",
-        f'set imap_user="{run.username}"\n'
-        'set imap_pass="canary-pw"\n'
-        f'set folder="imap://127.0.0.1:{inst.port_for(run.username, "imap")}/" spoolfile="+INBOX"\n'
-        'set record="" header_cache="" message_cachedir=""\n'
-        f'set certificate_file="{home}/certs" ssl_verify_host=no\n'
-        "set imap_passive=yes timeout=1 connect_timeout=5 quit=yes\n" + settings,
-    )
-    env = {**os.environ, "TERM": "vt100", "HOME": str(home)}
-    code, screen = run_in_pty([mutt, "-n", "-F", str(rc), "-e", "push '<quit>'"], env, 25)
-    assert code == 0, screen[-2000:]
-    return screen
 
 
 @pytest.mark.timeout(40)
@@ -253,25 +174,6 @@ def test_mutt_without_force_tls_fails_under_t1(
 # --- fetchmail --------------------------------------------------------------------------------
 
 
-def fetchmail_poll(inst: ServeInstance, run: Run, home: Path, protocol: str = "imap") -> str:
-    """One verbose poll with ``no sslcertck`` (opportunistic STARTTLS) into ``/bin/true``."""
-    fetchmail = require_tool("fetchmail")
-    home.mkdir()
-    rc = write_private(
-        home / "fetchmailrc",
-        "set no bouncemail\n"
-        f"poll 127.0.0.1 service {inst.port_for(run.username, protocol)}"
-        f" protocol {protocol.upper()} auth password"
-        f" timeout {DISRUPTED_SECONDS + 10}\n"
-        f'  user "{run.username}" there with password "canary-pw" is "nobody" here\n'
-        '  no sslcertck keep fetchall mda "/bin/true"\n',
-    )
-    env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
-    argv = [fetchmail, "-v", "--nodetach", "--nosyslog", "-f", str(rc)]
-    argv += ["--idfile", str(home / "ids"), "--pidfile", str(home / "pid")]
-    return run_tool(argv, timeout=45, env=env)
-
-
 # fetchmail ``no sslcertck`` is opportunistic: in the clear when STARTTLS is stripped (t1) or
 # refused (t3, "opportunistic upgrade to TLS failed, trying to continue"); t4 breaks the session
 # after the handshake and fetchmail gives up (status 2); t2 is the repoll below.
@@ -287,7 +189,7 @@ FETCHMAIL_EXPECTED = {
 @pytest.mark.parametrize("testcase", sorted(FETCHMAIL_EXPECTED))
 def test_fetchmail(inst: ServeInstance, api: Api, tmp_path: Path, testcase: str) -> None:
     run = new_step(api, testcase)
-    out = fetchmail_poll(inst, run, tmp_path / "fetchmail")
+    out = fetchmail_poll(inst, run, tmp_path / "fetchmail", hold=DISRUPTED_SECONDS)
     assert verdict(api.finish(run)) == FETCHMAIL_EXPECTED[testcase], out
 
 
@@ -303,7 +205,7 @@ def test_fetchmail_reconnects_in_the_clear_under_t2(
     (``limits.disrupted_seconds``): a shorter one ends the poll with a socket error (status 2)
     and no second connection."""
     run = new_step(api, "t2")
-    out = fetchmail_poll(inst, run, tmp_path / "fetchmail", protocol)
+    out = fetchmail_poll(inst, run, tmp_path / "fetchmail", protocol, DISRUPTED_SECONDS)
     assert "opportunistic upgrade to TLS failed" in out, out
     assert "Repoll immediately" in out, out
     step = api.finish(run)
@@ -328,21 +230,8 @@ def test_fetchmail_reconnects_in_the_clear_under_t2(
 def test_getmail_plain_mode_fails_in_baseline(
     inst: ServeInstance, api: Api, tmp_path: Path, retriever: str, protocol: str
 ) -> None:
-    getmail = require_tool("getmail")
     run = new_step(api, "baseline")
-    home = tmp_path / "getmail"
-    for sub in ("cur", "new", "tmp"):
-        (home / "Maildir" / sub).mkdir(parents=True)
-    rc = write_private(
-        home / "getmailrc",
-        f"[retriever]\ntype = {retriever}\nserver = 127.0.0.1\n"
-        f"port = {inst.port_for(run.username, protocol)}\n"
-        f"username = {run.username}\npassword = canary-pw\n"
-        f"timeout = 10\n\n[destination]\ntype = Maildir\npath = {home}/Maildir/\n\n"
-        "[options]\nverbose = 2\nread_all = false\ndelete = false\n",
-    )
-    env = {**os.environ, "HOME": str(home)}
-    out = run_tool([getmail, "--getmaildir", str(home), "--rcfile", str(rc)], timeout=30, env=env)
+    out = getmail_poll(inst, run, tmp_path / "getmail", retriever, protocol)
     assert out.startswith("exit 0"), out
     step = api.finish(run)
     assert verdict(step) == ("FAIL", "plaintext_auth"), out

@@ -31,6 +31,7 @@ from e2e_helpers import (
     CLIENT_ERRORS,
     HOST,
     Api,
+    Run,
     journal,
     smtp_client,
     tags,
@@ -45,8 +46,9 @@ Seen = list[tuple[str, int]]  # (protocol, client port)
 
 
 def one_session(
-    inst: ServeInstance, protocol: str, tls: bool, user: str, greeted: Seen, authed: Seen
+    inst: ServeInstance, protocol: str, tls: bool, run: Run, greeted: Seen, authed: Seen
 ) -> None:
+    user, password = run.username, run.password
     ctx = tls_context(inst)
     if protocol == "smtp":
         s = smtplib.SMTP(HOST, inst.port_for(user, "smtp_submission"), timeout=5)
@@ -58,7 +60,7 @@ def one_session(
             if tls:
                 s.starttls(context=ctx)
                 s.ehlo()
-            s.login(user, "pw")
+            s.login(user, password)
             authed.append((protocol, cport))
             s.quit()
         finally:
@@ -69,7 +71,7 @@ def one_session(
             greeted.append((protocol, m.sock.getsockname()[1]))
             if tls:
                 m.starttls(ssl_context=ctx)
-            m.login(user, "pw")
+            m.login(user, password)
             authed.append((protocol, m.sock.getsockname()[1]))
             m.logout()
         finally:
@@ -82,7 +84,7 @@ def one_session(
             if tls:
                 p.stls(context=ctx)
             p.user(user)
-            p.pass_("pw")
+            p.pass_(password)
             authed.append((protocol, p.sock.getsockname()[1]))
             p.quit()
         finally:
@@ -116,7 +118,7 @@ def test_kill_9_during_a_burst_loses_no_answered_event(tmp_path: Path) -> None:
             while not stop.is_set():
                 protocol = ("smtp", "imap", "pop3")[i % 3]
                 try:
-                    one_session(inst, protocol, (i // 3) % 2 == 1, run.username, greeted, authed)
+                    one_session(inst, protocol, (i // 3) % 2 == 1, run, greeted, authed)
                 except CLIENT_ERRORS:
                     if inst.proc.poll() is not None:
                         return
@@ -151,7 +153,7 @@ def test_kill_9_during_a_burst_loses_no_answered_event(tmp_path: Path) -> None:
         step = api.step(run)
         assert step["state"] == "active"
         # the restarted server records on: one more session, then a verdict from all of them
-        one_session(again, "imap", True, run.username, [], [])
+        one_session(again, "imap", True, run, [], [])
         finished = api.finish(run)  # half the burst logged in without STARTTLS
         assert (finished["verdict"], finished["reason"]) == ("FAIL", "plaintext_auth")
         assert {"tls_auth", "starttls_not_attempted"} <= tags(finished)
@@ -197,7 +199,7 @@ def test_run_state_survives_kill_9(tmp_path: Path) -> None:
         api = Api(first)
         run = api.create(("two_phase", "t1"), ("immediate", "t3"))
         api.start(run)
-        assert smtp_client(first, run.username, "pw", False) == "tls-login"  # activates
+        assert smtp_client(first, run.username, run.password, False) == "tls-login"  # activates
         activated = api.step(run)["activated"]
         assert activated is not None
         api.close()
@@ -208,7 +210,7 @@ def test_run_state_survives_kill_9(tmp_path: Path) -> None:
         api = Api(second)
         step = api.step(run)
         assert (step["state"], step["activated"]) == ("active", activated)
-        assert smtp_client(second, run.username, "pw", False) == "plain-login"  # t1 is on
+        assert smtp_client(second, run.username, run.password, False) == "plain-login"  # t1 is on
         assert verdict(api.finish(run)) == ("FAIL", "plaintext_auth")
         api.start(run, 2)
         api.close()
@@ -218,7 +220,8 @@ def test_run_state_survives_kill_9(tmp_path: Path) -> None:
     try:
         api = Api(third)
         api.get(run)
-        assert smtp_client(third, run.username, "pw", False).startswith("stopped:")  # t3 refuses
+        # t3 refuses
+        assert smtp_client(third, run.username, run.password, False).startswith("stopped:")
         step = api.finish(run, 2)
         assert verdict(step) == ("INCONCLUSIVE", "aborted_after_downgrade")
         assert step["protocols"]["smtp"]["connections"] == 1
@@ -242,9 +245,9 @@ def test_a_deletion_cut_short_is_finished_at_restart(tmp_path: Path) -> None:
         gone = api.create(("immediate", "t1"))
         keep = api.create(("immediate", "baseline"))
         api.start(gone)
-        assert smtp_client(first, gone.username, "pw", False) == "plain-login"
+        assert smtp_client(first, gone.username, gone.password, False) == "plain-login"
         api.start(keep)
-        assert smtp_client(first, keep.username, "pw", False) == "tls-login"
+        assert smtp_client(first, keep.username, keep.password, False) == "tls-login"
         api.close()
     finally:
         assert first.stop() == 0

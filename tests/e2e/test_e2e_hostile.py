@@ -80,7 +80,7 @@ def still_serving(inst: ServeInstance, api: Api) -> Iterator[None]:
     run = api.create(("immediate", "baseline"))
     api.start(run)
     started = time.monotonic()
-    assert imap_client(inst, run.username, "pw", False) == "tls-login"
+    assert imap_client(inst, run.username, run.password, False) == "tls-login"
     assert time.monotonic() - started < 3
     assert api.finish(run)["verdict"] == "PASS"
 
@@ -387,7 +387,7 @@ def test_thousand_idle_connections(inst: ServeInstance, api: Api) -> None:
         run = api.create(("immediate", "baseline"))
         api.start(run)
         started = time.monotonic()
-        assert imap_client(inst, run.username, "pw", False) == "tls-login"
+        assert imap_client(inst, run.username, run.password, False) == "tls-login"
         assert time.monotonic() - started < 2  # a newcomer is served at once
         assert api.finish(run)["verdict"] == "PASS"
         print(f"server RSS grew by {grown} KiB for {count} plaintext + 20 TLS idle connections")
@@ -449,7 +449,7 @@ def test_imap_literal_trickle_hits_the_line_deadline(
     api.start(run)
     with greeted(inst, "imap") as w:
         if after_login:
-            w.send(f'l LOGIN "{run.username}" pw\r\n'.encode())
+            w.send(f'l LOGIN "{run.username}" {run.password}\r\n'.encode())
             assert w.imap_reply(b"l").startswith(b"l OK")
             w.send(b"a APPEND INBOX {1000}\r\n")
         else:

@@ -26,7 +26,7 @@ def test_shareable_view_hides_identifying_strings(tmp_path: Path) -> None:
         port = inst.port_for(run.username, "smtp_submission")
         with smtplib.SMTP(HOST, port, timeout=5, local_hostname=MARKER) as s:
             s.ehlo()
-            s.login(run.username, "canary-pw")
+            s.login(run.username, run.password)
         assert api.finish(run)["verdict"] == "FAIL"
         texts = api.texts(run)
         api.close()

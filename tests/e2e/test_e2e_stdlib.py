@@ -18,7 +18,7 @@ import smtplib
 from collections.abc import Iterator
 
 import pytest
-from e2e_helpers import CLIENT_ERRORS, CLIENTS, HOST, Api, serving, tags, tls_context, verdict
+from e2e_helpers import CLIENT_ERRORS, CLIENTS, HOST, Api, Run, serving, tags, tls_context, verdict
 
 from conftest import ServeInstance
 
@@ -44,7 +44,7 @@ PROTOCOLS = ("smtp", "imap", "pop3")
 def test_opportunistic_client_fails_under_t1(inst: ServeInstance, api: Api, protocol: str) -> None:
     run = api.create(("immediate", "t1"))
     api.start(run)
-    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", False)
+    outcome = CLIENTS[protocol](inst, run.username, run.password, False)
     assert outcome == "plain-login"
     step = api.finish(run)
     assert verdict(step) == ("FAIL", "plaintext_auth")
@@ -59,7 +59,7 @@ def test_opportunistic_client_passes_in_baseline(
 ) -> None:
     run = api.create(("immediate", "baseline"))
     api.start(run)
-    assert CLIENTS[protocol](inst, run.username, "canary-pw", False) == "tls-login"
+    assert CLIENTS[protocol](inst, run.username, run.password, False) == "tls-login"
     step = api.finish(run)
     assert verdict(step) == ("PASS", "tls_auth")
     assert tags(step) == {"tls_auth"}
@@ -82,7 +82,7 @@ def test_strict_client_never_fails(
 ) -> None:
     run = api.create(("immediate", testcase))
     api.start(run)
-    outcome = CLIENTS[protocol](inst, run.username, "canary-pw", True)
+    outcome = CLIENTS[protocol](inst, run.username, run.password, True)
     # t4 lets the handshake finish: poplib's first command inside TLS is USER, which breaks
     assert outcome.startswith("error:" if (protocol, testcase) == ("pop3", "t4") else "stopped:")
     step = api.finish(run)
@@ -106,7 +106,7 @@ def test_client_that_goes_on_after_a_refused_starttls_fails_under_t3(
         with pytest.raises(smtplib.SMTPResponseException) as refused:
             s.starttls(context=tls_context(inst))
         assert refused.value.smtp_code == 454
-        s.login(run.username, "canary-pw")
+        s.login(run.username, run.password)
     step = api.finish(run)
     assert verdict(step) == ("FAIL", "plaintext_auth")
 
@@ -114,21 +114,22 @@ def test_client_that_goes_on_after_a_refused_starttls_fails_under_t3(
 IMPLICIT = {"smtp": "smtp_tls", "imap": "imap_tls", "pop3": "pop3_tls"}
 
 
-def implicit_tls_login(inst: ServeInstance, protocol: str, user: str, timeout: float) -> str:
+def implicit_tls_login(inst: ServeInstance, protocol: str, run: Run, timeout: float) -> str:
+    user, password = run.username, run.password
     ctx = tls_context(inst)
     port = inst.port_for(user, IMPLICIT[protocol])
     try:
         if protocol == "smtp":
             with smtplib.SMTP_SSL(HOST, port, context=ctx, timeout=timeout) as s:
-                s.login(user, "canary-pw")
+                s.login(user, password)
         elif protocol == "imap":
             m = imaplib.IMAP4_SSL(HOST, port, ssl_context=ctx, timeout=timeout)
-            m.login(user, "canary-pw")
+            m.login(user, password)
             m.logout()
         else:
             p = poplib.POP3_SSL(HOST, port, context=ctx, timeout=timeout)
             p.user(user)
-            p.pass_("canary-pw")
+            p.pass_(password)
             p.quit()
     except TimeoutError:
         return "timeout"
@@ -152,7 +153,7 @@ IMPLICIT_EXPECTED = {
 def test_implicit_tls_client(inst: ServeInstance, api: Api, protocol: str, testcase: str) -> None:
     run = api.create(("immediate", testcase))
     api.start(run)
-    outcome = implicit_tls_login(inst, protocol, run.username, timeout=1.5)
+    outcome = implicit_tls_login(inst, protocol, run, timeout=1.5)
     expected_outcome, expected_verdict = IMPLICIT_EXPECTED[testcase]
     assert outcome.startswith(expected_outcome), outcome
     step = api.finish(run)
@@ -173,7 +174,7 @@ def test_strict_client_retrying_in_a_loop(
     run = api.create(("immediate", testcase))
     api.start(run)
     for _ in range(attempts):
-        assert not CLIENTS["imap"](inst, run.username, "canary-pw", True).endswith("login")
+        assert not CLIENTS["imap"](inst, run.username, run.password, True).endswith("login")
     step = api.finish(run)
     assert verdict(step) == ("INCONCLUSIVE", reason)
     assert "starttls_disrupted" in tags(step)

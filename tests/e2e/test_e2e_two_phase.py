@@ -53,11 +53,11 @@ def test_fail_only_after_activation(inst: ServeInstance, api: Api, protocol: str
     assert api.start(run)["activated"] is None
     client = CLIENTS[protocol]
     # phase one: baseline, so the opportunistic client finds STARTTLS and logs in over TLS
-    assert client(inst, run.username, "canary-pw", False) == "tls-login"
+    assert client(inst, run.username, run.password, False) == "tls-login"
     activated = api.step(run)["activated"]
     assert isinstance(activated, float)
     # phase two: t1 is active now, the same client sends its password in the clear
-    assert client(inst, run.username, "canary-pw", False) == "plain-login"
+    assert client(inst, run.username, run.password, False) == "plain-login"
     step = api.finish(run)
     assert verdict(step) == ("FAIL", "plaintext_auth")
     assert {"plaintext_auth", "tls_auth"} <= tags(step)
@@ -78,7 +78,7 @@ def test_activation_closes_the_runs_open_connections(inst: ServeInstance, api: A
     try:
         greeting = read_until(held, b"\r\n")
         assert b"STARTTLS" in greeting  # before activation: baseline
-        assert imap_client(inst, run.username, "canary-pw", False) == "tls-login"
+        assert imap_client(inst, run.username, run.password, False) == "tls-login"
         assert api.step(run)["activated"] is not None
         assert read_all(held).startswith(b"* BYE")
     finally:
@@ -115,9 +115,9 @@ def test_never_activated_is_not_fail(inst: ServeInstance, api: Api) -> None:
 def test_strict_client_after_activation_is_not_fail(inst: ServeInstance, api: Api) -> None:
     run = api.create(("two_phase", "t1"))
     api.start(run)
-    assert smtp_client(inst, run.username, "canary-pw", True) == "tls-login"
+    assert smtp_client(inst, run.username, run.password, True) == "tls-login"
     assert api.step(run)["activated"] is not None
-    assert smtp_client(inst, run.username, "canary-pw", True).startswith("stopped:")
+    assert smtp_client(inst, run.username, run.password, True).startswith("stopped:")
     step = api.finish(run)
     assert verdict(step) == ("INCONCLUSIVE", "aborted_after_downgrade")
 
@@ -134,7 +134,7 @@ def test_plaintext_login_before_activation_is_still_a_leak(inst: ServeInstance, 
     sock = connect(inst.port_for(run.username, "imap"), timeout=5)
     with contextlib.closing(sock):
         assert b"STARTTLS" in read_until(sock, b"\r\n")
-        sock.sendall(f'a LOGIN "{run.username}" canary-pw\r\n'.encode())
+        sock.sendall(f'a LOGIN "{run.username}" {run.password}\r\n'.encode())
         assert b"a OK" in read_until(sock, b"a ")
     step = api.finish(run)
     assert step["activated"] is None

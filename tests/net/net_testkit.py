@@ -29,6 +29,7 @@ from mailtls.protocols.base import (
     Closed,
     Command,
     Connected,
+    Credential,
     DataReceived,
     Event,
     Kicked,
@@ -169,7 +170,7 @@ class Journal:
         return [r["type"] for r in self.records]
 
 
-def authenticator(username: str) -> AuthDecision:
+def authenticator(credential: Credential) -> AuthDecision:
     return AuthDecision(False, "h:x", None)
 
 

@@ -25,6 +25,7 @@ from mailtls.protocols.base import (
     StartTls,
     Timeout,
     TlsEstablished,
+    TlsFailed,
 )
 from mailtls.protocols.flow import Phase, reply_text
 
@@ -74,7 +75,9 @@ def test_a_pipelined_client_s_credentials_behind_starttls_are_recorded_as_sent_i
             starttls_shown(s),
             Record(obs.StarttlsRequested(True)),
             Record(obs.PipelinedAfterStarttls(len(d.login))),
-            Record(obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "refused")),
+            Record(
+                obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "refused", True)
+            ),
             Record(obs.StarttlsAccepted()),
             Send(d.go_ahead),
             StartTls(),
@@ -139,7 +142,9 @@ def test_t2_answers_the_client_hello_then_records_the_first_bytes_and_closes(
         [
             Record(obs.DataAfterDisruption(len(d.login), False, d.login_verb)),
             Record(
-                obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "disrupted")
+                obs.AuthAttempted(
+                    d.login_mechanism, USER, CODE, False, True, True, "disrupted", True
+                )
             ),
             Close(),
         ],
@@ -181,7 +186,9 @@ def test_t4_the_first_command_inside_tls_gets_the_line_outside_tls(
         [
             Record(obs.CommandReceived(d.login_shown, True)),
             Record(
-                obs.AuthAttempted(d.login_mechanism, USER, CODE, True, True, False, "disrupted")
+                obs.AuthAttempted(
+                    d.login_mechanism, USER, CODE, True, True, False, "disrupted", True
+                )
             ),
             Record(obs.StarttlsDisrupted("session", 0, True, text(d.unavailable))),
             SendRaw(d.unavailable),
@@ -189,6 +196,42 @@ def test_t4_the_first_command_inside_tls_gets_the_line_outside_tls(
         ],
     )
     s.expect(b"\x15\x03\x03\x00\x02\x02\x28", [Record(obs.DataAfterDisruption(7, True, ""))])
+    s.expect(Timeout(), [Close()])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_failed_handshake_records_the_plaintext_that_follows_then_closes(protocol: str) -> None:
+    """fetchmail after a failed upgrade "tries to continue" in plaintext on the connection: its
+    LOGIN there is sent in the clear, so it is recorded before the connection ends."""
+    s = Session(protocol)
+    s.ready()
+    d = s.dialect
+    s.data(d.starttls)
+    s.expect(
+        TlsFailed("wrong version number"),
+        [
+            Record(obs.TlsHandshakeFailed("wrong version number")),
+            SetTimer(LIMITS.disrupted_seconds),
+        ],
+    )
+    s.expect(
+        d.login,
+        [
+            Record(obs.DataAfterDisruption(len(d.login), False, d.login_verb)),
+            Record(
+                obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "disrupted")
+            ),
+            Close(),
+        ],
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_failed_handshake_then_silence_closes(protocol: str) -> None:
+    s = Session(protocol)
+    s.ready()
+    s.data(s.dialect.starttls)
+    s.event(TlsFailed("bad certificate"))
     s.expect(Timeout(), [Close()])
 
 

@@ -38,7 +38,8 @@ def cmd(line: str, tls: bool = False) -> Record:
 
 def refused(mechanism: str, secret: bool) -> Record:
     user, code = (USER, CODE) if secret else ("", None)
-    return Record(obs.AuthAttempted(mechanism, user, code, False, secret, secret, "refused"))
+    attempt = obs.AuthAttempted(mechanism, user, code, False, secret, secret, "refused", secret)
+    return Record(attempt)
 
 
 # --- starttls_required ------------------------------------------------------------------------
@@ -55,7 +56,7 @@ def test_starttls_required_imap_says_logindisabled_and_refuses_every_login() -> 
         f"a2 LOGIN {USER} {CANARY}\r\n".encode(),
         [
             cmd(f"a2 LOGIN {USER} <redacted, {len(CANARY)} bytes>"),
-            Record(obs.AuthAttempted("IMAP-LOGIN", USER, CODE, False, True, True, "refused")),
+            Record(obs.AuthAttempted("IMAP-LOGIN", USER, CODE, False, True, True, "refused", True)),
             Send(f"a2 {IMAP_REFUSED}\r\n".encode()),
             IDLE,
         ],
@@ -102,7 +103,7 @@ def test_starttls_required_imap_blind_and_pipelined_clients() -> None:
             cmd("a2 CAPABILITY"),
             Record(obs.CapabilitiesSent(False, (), False)),
             cmd(f"a3 LOGIN {USER} <redacted, {len(CANARY)} bytes>"),
-            Record(obs.AuthAttempted("IMAP-LOGIN", USER, CODE, False, True, True, "refused")),
+            Record(obs.AuthAttempted("IMAP-LOGIN", USER, CODE, False, True, True, "refused", True)),
             Send((caps + f"a3 {IMAP_REFUSED}\r\n").encode()),
             IDLE,
         ],
@@ -219,7 +220,9 @@ def test_preauth_login_anyway_is_refused_and_in_the_clear() -> None:
     s.ready()
     commands = s.data(f"a1 LOGIN {USER} {CANARY}\r\n".encode())
     assert (
-        Record(obs.AuthAttempted("IMAP-LOGIN", USER, CODE, False, True, True, "refused"))
+        Record(
+            obs.AuthAttempted("IMAP-LOGIN", USER, CODE, False, True, True, "refused", proof=True)
+        )
         in commands
     )
 
@@ -285,7 +288,10 @@ def test_inject_leaves_plain_out_inside_tls_but_accepts_it(protocol: str) -> Non
     assert sent == [obs.CapabilitiesSent(False, ("LOGIN", "CRAM-MD5"), True)]
     plain = f"a3 AUTHENTICATE PLAIN {PLAIN}\r\n".encode() if protocol == "imap" else d.login
     login = s.data(plain)
-    assert Record(obs.AuthAttempted("PLAIN", USER, CODE, True, True, False, "success")) in login
+    assert (
+        Record(obs.AuthAttempted("PLAIN", USER, CODE, True, True, False, "success", proof=True))
+        in login
+    )
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,9 @@ from mailtls.net.listeners import MailServer
 from mailtls.net.pki import ensure_certificates
 from mailtls.net.types import ListenerSpec
 from mailtls.protocols import pop3
-from mailtls.protocols.base import AuthDecision, PortRole
+from mailtls.protocols.base import AuthDecision, Credential, PortRole
 from mailtls.protocols.pop3 import Pop3Core
+from mailtls.runs.proof import presents
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
 
@@ -34,9 +35,10 @@ PASSWORD = "Canary-Pa55w0rd-xyzzy"
 T = TypeVar("T")
 
 
-def authenticator(username: str) -> AuthDecision:
-    if username.lower().partition("@")[0] == ACCOUNT:
-        return AuthDecision(True, ACCOUNT, "abc123")
+def authenticator(credential: Credential) -> AuthDecision:
+    if credential.username.lower().partition("@")[0] == ACCOUNT:
+        proof = presents(PASSWORD, credential)
+        return AuthDecision(proof, ACCOUNT, "abc123", proof)
     return AuthDecision(False, "h:unknown", None)
 
 

@@ -26,6 +26,7 @@ from mailtls.protocols.base import (
     Closed,
     Command,
     Connected,
+    Credential,
     DataReceived,
     Event,
     Kicked,
@@ -40,11 +41,11 @@ from mailtls.protocols.base import (
     StartTls,
     Timeout,
     TlsEstablished,
-    TlsFailed,
     TlsInfo,
 )
 from mailtls.protocols.flow import Phase
 from mailtls.protocols.pop3 import Pop3Core, State
+from mailtls.runs.proof import presents
 from mailtls.testcases import STANDARD, TESTCASES
 
 CANARY = "Canary-Pa55w0rd-xyzzy"
@@ -58,11 +59,14 @@ ALL_CASES = list(STANDARD)  # T1-T4; the other cases have their own tests
 Obs = TypeVar("Obs", bound=obs.Observation)
 
 
-def fake_authenticator(username: str) -> AuthDecision:
-    """Accepts only ``test-abc123`` (with or without ``@mailtls.test``, any case)."""
+def fake_authenticator(credential: Credential) -> AuthDecision:
+    """Knows only ``test-abc123`` (with or without ``@mailtls.test``, any case); accepts it with
+    the canary password (or its CRAM-MD5 digest), as the run manager checks a run's password."""
+    username = credential.username
     local, _, domain = username.lower().partition("@")
     if local == ACCOUNT and domain in ("", "mailtls.test"):
-        return AuthDecision(ok=True, display=ACCOUNT, code=CODE)
+        proof = presents(CANARY, credential)
+        return AuthDecision(ok=proof, display=ACCOUNT, code=CODE, proof=proof)
     digest = hmac.new(b"test-key", username.encode(), hashlib.sha256).hexdigest()[:16]
     return AuthDecision(ok=False, display="h:" + digest, code=None)
 
@@ -287,16 +291,6 @@ def test_baseline_stls_then_tls_forgets_pre_tls_state() -> None:
     assert (attempt.tls, attempt.secret_in_clear, attempt.outcome) == (True, False, "refused")
 
 
-def test_tls_failure_closes() -> None:
-    s = connected()
-    s.send("STLS\r\n")
-    assert s.event(TlsFailed("bad_certificate")) == [
-        Record(obs.TlsHandshakeFailed("bad_certificate")),
-        Close(),
-    ]
-    assert s.send("CAPA\r\n") == []
-
-
 @pytest.mark.parametrize("testcase", ["baseline", "t2", "t4"])
 def test_bytes_pipelined_after_stls_are_discarded_and_recorded(testcase: str) -> None:
     s = connected(testcase)
@@ -308,7 +302,7 @@ def test_bytes_pipelined_after_stls_are_discarded_and_recorded(testcase: str) ->
     # the password went out in the clear, though the server never read it as a command
     assert one(obs.UsernameSent, commands) == obs.UsernameSent(ACCOUNT, CODE, False)
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "USER", ACCOUNT, CODE, False, True, True, "refused"
+        "USER", ACCOUNT, CODE, False, True, True, "refused", proof=True
     )
     if testcase == "baseline":
         s.event(TlsEstablished(TLS))
@@ -319,7 +313,7 @@ def test_pipelined_auth_plain_after_stls_is_recorded() -> None:
     s = connected()
     commands = s.send(f"STLS\r\nAUTH PLAIN {plain(s)}\r\n")
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "PLAIN", ACCOUNT, CODE, False, True, True, "refused"
+        "PLAIN", ACCOUNT, CODE, False, True, True, "refused", proof=True
     )
 
 
@@ -345,7 +339,7 @@ def test_t2_answers_the_client_hello_in_cleartext_then_only_records() -> None:
     )
     assert one(obs.UsernameSent, commands) == obs.UsernameSent(ACCOUNT, CODE, False)
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "USER", ACCOUNT, CODE, False, True, True, "disrupted"
+        "USER", ACCOUNT, CODE, False, True, True, "disrupted", proof=True
     )
     assert commands[-1] == Close() and s.core.phase is Phase.CLOSED
     assert s.event(Timeout()) == []
@@ -386,7 +380,7 @@ def test_t2_plaintext_instead_of_a_client_hello() -> None:
     secret = s.secret(b64(f"\0{ACCOUNT}\0{CANARY}".encode()))
     commands = s.send(f"AUTH PLAIN {secret}\r\n")
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "PLAIN", ACCOUNT, CODE, False, True, True, "disrupted"
+        "PLAIN", ACCOUNT, CODE, False, True, True, "disrupted", proof=True
     )
     assert one(obs.DataAfterDisruption, commands).verb == "AUTH"
 
@@ -404,7 +398,7 @@ def test_t3_refuses_then_plaintext_login_is_recorded_in_clear() -> None:
     s.send(f"USER {ACCOUNT}\r\n")
     commands = s.send(f"PASS {CANARY}\r\n")
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "USER", ACCOUNT, CODE, False, True, True, "success"
+        "USER", ACCOUNT, CODE, False, True, True, "success", proof=True
     )
     assert replies(commands) == [pop3.OK_LOGGED_IN]
 
@@ -443,7 +437,7 @@ def test_t4_first_command_inside_tls_gets_cleartext_line_outside_tls() -> None:
     assert s.send(TLS_ALERT) == [Record(obs.DataAfterDisruption(len(TLS_ALERT), True, ""))]
     commands = s.send(f"USER {ACCOUNT}\r\nPASS {CANARY}\r\n")
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "USER", ACCOUNT, CODE, False, True, True, "disrupted"
+        "USER", ACCOUNT, CODE, False, True, True, "disrupted", proof=True
     )
     assert s.event(Timeout()) == [Close()]
 
@@ -455,7 +449,7 @@ def test_t4_auth_as_first_command_is_a_tls_auth() -> None:
     commands = s.send(f"AUTH PLAIN {secret}\r\n")
     assert transcript(commands) == [f"AUTH PLAIN <redacted, {len(secret)} bytes>"]
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "PLAIN", ACCOUNT, CODE, True, True, False, "disrupted"
+        "PLAIN", ACCOUNT, CODE, True, True, False, "disrupted", proof=True
     )
     assert raw_replies(commands) == [wire(pop3.ERR_TLS_TEMP)]
     assert replies(commands) == []
@@ -467,7 +461,7 @@ def test_t4_pipelined_inside_tls_counts_as_tls() -> None:
     commands = s.send(f"USER {ACCOUNT}\r\nPASS {CANARY}\r\n")
     assert one(obs.UsernameSent, commands).tls is True
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "USER", ACCOUNT, CODE, True, True, False, "disrupted"
+        "USER", ACCOUNT, CODE, True, True, False, "disrupted", proof=True
     )
     assert replies(commands) == []
 
@@ -515,7 +509,7 @@ def test_pass_logs_in_the_run_account(user: str) -> None:
     commands = s.send(f"PASS {CANARY}\r\n")
     assert commands == [
         Record(obs.CommandReceived(f"PASS <redacted, {len(CANARY)} bytes>", False)),
-        Record(obs.AuthAttempted("USER", ACCOUNT, CODE, False, True, True, "success")),
+        Record(obs.AuthAttempted("USER", ACCOUNT, CODE, False, True, True, "success", True)),
         Send(wire(pop3.OK_LOGGED_IN)),
         SetTimer(LIMITS.idle_seconds),
     ]
@@ -542,7 +536,9 @@ def test_pass_with_spaces_and_nul_is_redacted_whole() -> None:
     password = f"{CANARY} with\0space"
     commands = s.send(f"PASS {password}\r\n".encode())
     assert transcript(commands) == [f"PASS <redacted, {len(password)} bytes>"]
-    assert replies(commands) == [pop3.OK_LOGGED_IN]
+    # the whole argument is the password: it is not the account's (the canary alone would be)
+    attempt = one(obs.AuthAttempted, commands)
+    assert (attempt.code, attempt.outcome, attempt.proof) == (CODE, "failure", False)
 
 
 def test_pass_without_user_is_refused() -> None:
@@ -609,7 +605,7 @@ def test_auth_plain(tls: bool, initial: bool) -> None:
         assert transcript(commands) == [f"<redacted, {len(response)} bytes>"]
     assert replies(commands) == [pop3.OK_LOGGED_IN]
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "PLAIN", ACCOUNT, CODE, tls, True, not tls, "success"
+        "PLAIN", ACCOUNT, CODE, tls, True, not tls, "success", proof=True
     )
 
 
@@ -627,7 +623,7 @@ def test_auth_login(initial: bool) -> None:
     assert not of(obs.UsernameSent, commands)  # the exchange is still running
     commands = s.send(password + "\r\n")
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "LOGIN", ACCOUNT, CODE, False, True, True, "success"
+        "LOGIN", ACCOUNT, CODE, False, True, True, "success", proof=True
     )
     assert transcript(commands) == [f"<redacted, {len(password)} bytes>"]
 
@@ -675,7 +671,7 @@ def test_cram_md5_after_tls() -> None:
     response = s.secret(b64(f"{ACCOUNT} {digest}".encode()))
     commands = s.send(response + "\r\n")
     assert one(obs.AuthAttempted, commands) == obs.AuthAttempted(
-        "CRAM-MD5", ACCOUNT, CODE, True, True, False, "success"
+        "CRAM-MD5", ACCOUNT, CODE, True, True, False, "success", proof=True
     )
 
 
@@ -989,7 +985,7 @@ def test_fetchmail_like_session() -> None:
     ]
     assert [o.tls for o in of(obs.CommandReceived, s.history)] == [False] * 2 + [True] * 6
     assert one(obs.AuthAttempted, s.history) == obs.AuthAttempted(
-        "USER", ACCOUNT, CODE, True, True, False, "success"
+        "USER", ACCOUNT, CODE, True, True, False, "success", proof=True
     )
 
 

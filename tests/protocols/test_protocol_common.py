@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from protocols_kit import authenticator, b64, hashed
+from protocols_kit import PASSWORDS, authenticator, b64, hashed
 
 from mailtls import observations as obs
 from mailtls.protocols.base import (
@@ -109,9 +109,17 @@ def test_tls_record_and_mechanism_helpers() -> None:
 
 def test_sasl_flow_plain_success_and_records() -> None:
     f = flow("plain")
-    assert f.start(b64(f"\0{USER}\0pw")) == SUCCESS
+    assert f.start(b64(f"\0{USER}\0{PASSWORDS[0]}")) == SUCCESS
     assert f.records(SUCCESS) == [
-        obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, SUCCESS)
+        obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, SUCCESS, proof=True)
+    ]
+
+
+def test_sasl_flow_wrong_password_names_the_run_without_proof() -> None:
+    f = flow("plain")
+    assert f.start(b64(f"\0{USER}\0pw")) == FAILURE
+    assert f.records(FAILURE) == [
+        obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, FAILURE, proof=False)
     ]
 
 

@@ -8,6 +8,8 @@ any returned command. Tables are parametrised over the five test cases.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import random
 from collections.abc import Iterable
 from dataclasses import replace
@@ -38,7 +40,6 @@ from mailtls.protocols.base import (
     StartTls,
     Timeout,
     TlsEstablished,
-    TlsFailed,
     TlsInfo,
 )
 from mailtls.protocols.flow import Phase
@@ -298,16 +299,6 @@ def test_tls_forgets_pre_tls_state() -> None:
     assert s.line("MAIL FROM:<a@b.example>") == R.S503_HELO_FIRST
 
 
-def test_tls_failure_closes() -> None:
-    s = Session()
-    s.ready()
-    s.data(b"STARTTLS\r\n")
-    commands = s.event(TlsFailed("bad certificate"))
-    assert only(commands, obs.TlsHandshakeFailed).reason == "bad certificate"
-    assert commands[-1] == Close() and sent(commands) == b""
-    assert s.event(DataReceived(b"EHLO x\r\n")) == []
-
-
 # --- t2: handshake disrupted ---------------------------------------------------------------
 
 TLS_ALERT = b"\x15\x03\x03\x00\x02\x02\x28"
@@ -347,7 +338,9 @@ def test_t2_plaintext_auth_after_the_broken_handshake_is_recorded_then_closed() 
         obs.DataAfterDisruption(len(chunk), False, "EHLO")
     ]
     auth = only(commands, obs.AuthAttempted)
-    assert auth == obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, "disrupted")
+    assert auth == obs.AuthAttempted(
+        "PLAIN", USER, "abc123", False, True, True, "disrupted", proof=True
+    )
     assert commands[-1] == Close()
 
 
@@ -397,7 +390,9 @@ def test_t3_refusal_then_plaintext_auth() -> None:
     commands = s.data(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())
     assert sent(commands) == R.S235_AUTH_SUCCESS
     auth = only(commands, obs.AuthAttempted)
-    assert auth == obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, "success")
+    assert auth == obs.AuthAttempted(
+        "PLAIN", USER, "abc123", False, True, True, "success", proof=True
+    )
 
 
 def test_t3_silence_after_refusal_closes_without_reply() -> None:
@@ -466,12 +461,16 @@ def test_t4_pipelined_auth_inside_tls_then_plaintext_auth_outside() -> None:
     commands = s.data(f"EHLO x\r\nAUTH LOGIN\r\n{b64(USER)}\r\n{b64(CANARY)}\r\n".encode())
     assert raw(commands) == R.S454_TLS_NA and sent(commands) == b""
     inside = only(commands, obs.AuthAttempted)
-    assert inside == obs.AuthAttempted("LOGIN", USER, "abc123", True, True, False, "disrupted")
+    assert inside == obs.AuthAttempted(
+        "LOGIN", USER, "abc123", True, True, False, "disrupted", proof=True
+    )
     assert lines(commands) == ["EHLO x"]  # only the first command is in the transcript
     # SendRaw abandoned TLS: what comes next is raw TCP, a secret there is in the clear
     commands = s.data(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())
     outside = only(commands, obs.AuthAttempted)
-    assert outside == obs.AuthAttempted("PLAIN", USER, "abc123", False, True, True, "disrupted")
+    assert outside == obs.AuthAttempted(
+        "PLAIN", USER, "abc123", False, True, True, "disrupted", proof=True
+    )
 
 
 def test_t4_implicit_tls_auth_as_first_command_is_a_tls_auth() -> None:
@@ -480,7 +479,9 @@ def test_t4_implicit_tls_auth_as_first_command_is_a_tls_auth() -> None:
     commands = s.data(f"AUTH PLAIN {PLAIN_OK_DOMAIN}\r\n".encode())
     assert raw(commands) == R.S454_TLS_NA and sent(commands) == b""
     auth = only(commands, obs.AuthAttempted)
-    assert auth == obs.AuthAttempted("PLAIN", USER, "abc123", True, True, False, "disrupted")
+    assert auth == obs.AuthAttempted(
+        "PLAIN", USER, "abc123", True, True, False, "disrupted", proof=True
+    )
     assert lines(commands)[0].startswith("AUTH PLAIN <redacted, ")
 
 
@@ -544,15 +545,22 @@ def test_every_mechanism_with_and_without_initial_response(
         assert transcript[1] == f"AUTH {mech}"
 
 
-def test_cram_md5_after_tls_any_digest_accepted_for_the_run_account() -> None:
+def test_cram_md5_after_tls_checks_the_digest_against_the_run_password() -> None:
     s = Session()
     s.starttls()
-    reply = s.line("AUTH CRAM-MD5")
-    (challenge,) = challenges(reply)
+    (challenge,) = challenges(s.line("AUTH CRAM-MD5"))
     assert challenge.startswith(b"<") and challenge.endswith(b"@mx.mailtls.test>")
-    assert s.line(b64(f"{USER} 0123456789abcdef0123456789abcdef")) == R.S235_AUTH_SUCCESS
+    wrong = hmac.new(b"not-the-password", challenge, hashlib.md5).hexdigest()
+    s.line(b64(f"{USER} {wrong}"))
+    assert Send(R.S535_AUTH_INVALID, LIMITS.auth_fail_delay) in s.log
+    failed = obs.AuthAttempted("CRAM-MD5", USER, "abc123", True, True, False, "failure")
+    assert only(s.log, obs.AuthAttempted) == failed  # the username, but no proof
+    s.log.clear()
+    (challenge,) = challenges(s.line("AUTH CRAM-MD5"))
+    digest = hmac.new(CANARY.encode(), challenge, hashlib.md5).hexdigest()
+    assert s.line(b64(f"{USER} {digest}")) == R.S235_AUTH_SUCCESS
     auth = only(s.log, obs.AuthAttempted)
-    assert auth == obs.AuthAttempted("CRAM-MD5", USER, "abc123", True, True, False, "success")
+    assert auth == obs.AuthAttempted("CRAM-MD5", USER, "abc123", True, True, False, "success", True)
 
 
 def test_cram_md5_with_an_initial_response_is_malformed() -> None:

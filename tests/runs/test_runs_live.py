@@ -109,7 +109,7 @@ class Pop3(poplib.POP3):
         )
 
 
-def imap_session(live: Live, source: str, user: str, *, strict: bool) -> str:
+def imap_session(live: Live, source: str, run: Run, *, strict: bool) -> str:
     """STARTTLS when advertised (``strict``: or give up), then LOGIN. Returns what happened."""
     client = Imap(live.server.port("imap"), source)
     try:
@@ -117,7 +117,7 @@ def imap_session(live: Live, source: str, user: str, *, strict: bool) -> str:
             client.starttls(ssl_context=live.tls)
         elif strict:
             return "gave up"
-        client.login(user, "any password")
+        client.login(live.user(run), live.manager.password_for(run))
         return "logged in"
     finally:
         with contextlib.suppress(imaplib.IMAP4.abort, OSError):
@@ -130,13 +130,9 @@ async def test_t1_opportunistic_fails_strict_does_not(live: Live) -> None:
     live.manager.start_step(weak.id, 1, ["127.0.0.2"])
     live.manager.start_step(strong.id, 1, ["127.0.0.3"])
 
-    outcome = await asyncio.to_thread(
-        imap_session, live, "127.0.0.2", live.user(weak), strict=False
-    )
+    outcome = await asyncio.to_thread(imap_session, live, "127.0.0.2", weak, strict=False)
     assert outcome == "logged in"
-    outcome = await asyncio.to_thread(
-        imap_session, live, "127.0.0.3", live.user(strong), strict=True
-    )
+    outcome = await asyncio.to_thread(imap_session, live, "127.0.0.3", strong, strict=True)
     assert outcome == "gave up"
 
     weak_result = live.manager.finish(weak.id, 1)
@@ -162,7 +158,7 @@ async def test_two_phase_activation_kicks_and_the_next_connection_is_attacked(
     client = await asyncio.to_thread(Imap, live.server.port("imap"), "127.0.0.4")
     assert "STARTTLS" in client.capabilities
     await asyncio.to_thread(client.starttls, live.tls)
-    typ, _ = await asyncio.to_thread(client.login, live.user(run), "pw")
+    typ, _ = await asyncio.to_thread(client.login, live.user(run), live.manager.password_for(run))
     assert typ == "OK"
     assert step.activated is not None
     await live.wait_for(lambda: live.store.query(run=run.id, types=["session_kicked"]))
@@ -171,7 +167,7 @@ async def test_two_phase_activation_kicks_and_the_next_connection_is_attacked(
     client.shutdown()
 
     # the client comes back: now under t1, STARTTLS is gone; an opportunistic client leaks
-    outcome = await asyncio.to_thread(imap_session, live, "127.0.0.4", live.user(run), strict=False)
+    outcome = await asyncio.to_thread(imap_session, live, "127.0.0.4", run, strict=False)
     assert outcome == "logged in"
     result = live.manager.finish(run.id, 1)
     assert (result.verdict, result.reason) == ("FAIL", "plaintext_auth")
@@ -187,12 +183,12 @@ async def test_a_two_phase_step_never_activated_is_not_fail(live: Live) -> None:
     assert (result.verdict, result.reason) == ("INCONCLUSIVE", "not_exercised")
 
 
-def pop3_tls_login(live: Live, source: str, user: str) -> None:
+def pop3_tls_login(live: Live, source: str, run: Run) -> None:
     client = Pop3(live.server.port("pop3"), source)
     try:
         client.stls(live.tls)
-        client.user(user)
-        client.pass_("any password")
+        client.user(live.user(run))
+        client.pass_(live.manager.password_for(run))
     finally:
         client.quit()
 
@@ -204,7 +200,7 @@ async def test_the_phones_address_is_bound_after_its_login(live: Live) -> None:
     live.manager.finish(run.id, 1)
     live.manager.start_step(run.id, 2, ["127.0.0.5"])
     # the phone is elsewhere: its session is unbound (baseline), its login is a mismatch
-    await asyncio.to_thread(pop3_tls_login, live, "127.0.0.6", live.user(run))
+    await asyncio.to_thread(pop3_tls_login, live, "127.0.0.6", run)
     bound = live.manager.binder("127.0.0.6")
     assert bound is not None and (bound.step, bound.testcase, bound.source) == (
         2,

@@ -12,6 +12,7 @@ import pytest
 from runs_testkit import KEY, Env, settings
 
 from mailtls import settings as cfg
+from mailtls.protocols.base import Credential
 from mailtls.runs import codes
 from mailtls.runs.model import (
     GUIDED_PLAN,
@@ -120,14 +121,16 @@ def test_unknown_runs_and_steps(env: Env) -> None:
 def test_only_open_runs_codes_may_log_in(env: Env) -> None:
     run = env.manager.create_run(steps=[("immediate", "t1")])
     name = account(env, run.code)
+    password = env.manager.password_for(run).encode()
     for username in (name, name.upper(), f"test-{run.code}", f" test-{run.code}@other.example "):
-        decision = env.manager.authenticate(username)
+        decision = env.manager.authenticate(Credential(username, password))
         assert (decision.ok, decision.display, decision.code) == (True, name, run.code)
+        assert decision.proof
 
-    unknown = env.manager.authenticate("test-zzzzzzzzzz@mailtls.test")
+    unknown = env.manager.authenticate(Credential("test-zzzzzzzzzz@mailtls.test", password))
     assert (unknown.ok, unknown.code) == (False, None)
     assert unknown.display == codes.hash_username(KEY, "test-zzzzzzzzzz@mailtls.test")
-    victim = env.manager.authenticate("alice@example.com")
+    victim = env.manager.authenticate(Credential("alice@example.com", password))
     assert not victim.ok and victim.display.startswith("h:") and "alice" not in victim.display
 
 
@@ -135,10 +138,11 @@ def test_a_finished_run_closes_after_the_grace_period(env: Env) -> None:
     run = env.manager.create_run(steps=[("immediate", "t1")])
     env.manager.start_step(run.id, 1, [BROWSER])
     env.manager.finish(run.id, 1)
+    credential = Credential(account(env, run.code), env.manager.password_for(run).encode())
     env.clock.advance(59)
-    assert env.manager.authenticate(account(env, run.code)).ok
+    assert env.manager.authenticate(credential).ok
     env.clock.advance(2)
-    closed = env.manager.authenticate(account(env, run.code))
+    closed = env.manager.authenticate(credential)
     assert (closed.ok, closed.display, closed.code) == (False, account(env, run.code), run.code)
 
 
@@ -147,7 +151,7 @@ def test_a_deleted_runs_code_is_unknown(env: Env) -> None:
     env.manager.start_step(run.id, 1, [BROWSER])
     env.shell.connect(BROWSER).login(account(env, run.code))
     assert env.manager.delete(run.id) >= 2
-    decision = env.manager.authenticate(account(env, run.code))
+    decision = env.manager.authenticate(Credential(account(env, run.code), b"x"))
     assert (decision.ok, decision.code) == (False, None) and decision.display.startswith("h:")
     assert env.manager.binder(BROWSER) is None
     with pytest.raises(RunNotFound):
@@ -335,6 +339,7 @@ def test_view_is_the_api_object(env: Env) -> None:
         "activated": None,
         "reports": {"prompt_shown": False, "cannot_connect": False},
         "collisions": [],
+        "username_misused": {"count": 0, "times": []},
         "verdict": None,
         "reason": None,
         "findings": [],

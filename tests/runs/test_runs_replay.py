@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from runs_testkit import Env
 
+from mailtls.protocols.base import Credential
 from mailtls.runs import codes
 from mailtls.runs.model import RunNotFound
 
@@ -79,7 +80,10 @@ def snapshot(env: Env, run_ids: list[str]) -> dict[str, Any]:
     return {
         "views": [m.view(r, "https://example.test") for r in run_ids],
         "binder": [m.binder(ip) for ip in PROBES],
-        "auth": [m.authenticate(codes.account_username(r.code, env.conf.domain)) for r in runs],
+        "auth": [
+            m.authenticate(Credential(codes.account_username(r.code, env.conf.domain)))
+            for r in runs
+        ],
         "passwords": [m.password_for(r) for r in runs],
         "tokens": [m.result_token(r) for r in runs],
         "by_token": [m.find_by_result_token(m.result_token(r)).id for r in runs],  # type: ignore[union-attr]
@@ -118,7 +122,7 @@ def test_bindings_expire_by_the_recorded_times_after_restart(env: Env) -> None:
     env.clock.advance(61)
     env.restart()
     assert env.manager.binder(BROWSER) is None
-    assert not env.manager.authenticate(f"test-{run.code}").ok
+    assert not env.manager.authenticate(Credential(f"test-{run.code}")).ok
 
 
 def test_password_and_result_token_are_stable_across_restarts(env: Env) -> None:

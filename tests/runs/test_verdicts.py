@@ -12,6 +12,7 @@ import pytest
 
 from mailtls.verdicts import (
     SEVERITY,
+    Misuse,
     StepInfo,
     StepResult,
     UserReports,
@@ -107,7 +108,9 @@ class Conn:
     def starttls(self) -> int:
         return self.add("starttls_requested", advertised=True)
 
-    def auth(self, *, tls: bool, code: str | None = CODE, outcome: str = "success") -> int:
+    def auth(
+        self, *, tls: bool, code: str | None = CODE, outcome: str = "success", proof: bool = True
+    ) -> int:
         return self.add(
             "auth",
             mechanism="PLAIN",
@@ -117,6 +120,7 @@ class Conn:
             secret_sent=True,
             secret_in_clear=not tls,
             outcome=outcome,
+            proof=proof and code is not None,
         )
 
     def disrupted(self, stage: str = "handshake", dt: float = 0.0) -> int:
@@ -406,6 +410,17 @@ def implicit_blocked(log: Log) -> None:
     c.close()
 
 
+def t1_wrong_password_on_the_users_address(log: Log) -> None:
+    c = log.conn("c1")
+    c.caps(starttls=False)
+    c.auth(tls=False, outcome="failure", proof=False)
+
+
+def wrong_password_from_elsewhere(log: Log) -> None:
+    c = log.conn("s1", bound=False)
+    c.auth(tls=False, outcome="failure", proof=False)
+
+
 # --- the cases beyond T1-T4 ---------------------------------------------------------------
 
 
@@ -500,6 +515,15 @@ def injected_then(mechanism: str, protocol: str = "imap", ehlo: bool = True) -> 
     return build
 
 
+def injected_then_plaintext(log: Log) -> None:
+    c = log.conn("c1", testcase="inject")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add("response_injected", nbytes=63)
+    c.add("tls_failed", reason="wrong version number")
+    c.auth(tls=False, outcome="disrupted")
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -513,6 +537,20 @@ class Row:
 
 
 ROWS = [
+    Row(
+        "t1: the run's username with a wrong password in the clear is not the user's FAIL",
+        t1_wrong_password_on_the_users_address,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"plaintext_auth", "starttls_not_attempted", "binding_mismatch"}),
+    ),
+    Row(
+        "a wrong password from a connection bound elsewhere is no mismatch",
+        wrong_password_from_elsewhere,
+        Verdict.INCONCLUSIVE,
+        "never_connected",
+        absent=frozenset({"plaintext_auth", "binding_mismatch"}),
+    ),
     Row(
         "t1 plaintext login",
         t1_plaintext,
@@ -871,6 +909,14 @@ ROWS = [
         step=info("inject"),
     ),
     Row(
+        "inject: the forged bytes broke the handshake, the client went on in plaintext",
+        injected_then_plaintext,
+        Verdict.FAIL,
+        "response_injection",
+        frozenset({"response_injection", "plaintext_auth"}),
+        step=info("inject"),
+    ),
+    Row(
         "inject: the forged answer discarded (CRAM-MD5 after its own EHLO)",
         injected_then("CRAM-MD5", "smtp"),
         Verdict.PASS,
@@ -893,6 +939,21 @@ def test_verdict_table(row: Row) -> None:
 
 
 # --- evidence and per-protocol detail -----------------------------------------------------------
+
+
+def test_misuses_are_their_own_finding_with_count_and_times() -> None:
+    log = Log()
+    baseline_tls(log)
+    misuses = [Misuse(3600.0 * 25 + 61, 7, False), Misuse(3600.0 * 25 + 1, 5, True)]
+    result = step_verdict(
+        info("baseline"), log.events, None, loop_connections=5, loop_seconds=60, misuses=misuses
+    )
+    assert (result.verdict, result.reason) == (Verdict.PASS, "tls_auth")  # not the verdict
+    (found,) = [f for f in result.findings if f.tag == "username_misused"]
+    assert found.evidence == (5, 7)
+    assert "2 times, at 01:00:01, 01:01:01 UTC" in found.detail
+    assert "your own address" in found.detail
+    assert finding(judge(log, info("baseline")), "username_misused") == []
 
 
 def test_evidence_is_the_event_ids() -> None:

@@ -95,7 +95,9 @@ def skip(tab: Tab, n: int) -> None:
 
 def no_horizontal_scroll(tab: Tab) -> None:
     width = tab.page.evaluate("document.documentElement.scrollWidth")
-    viewport = tab.page.evaluate("window.innerWidth")
+    # the size the page was given: a mobile browser widens its layout viewport (and
+    # innerWidth) to fit content that is too wide, so innerWidth would hide the overflow
+    viewport = tab.page.viewport_size["width"]
     assert width <= viewport, f"{tab.page.url} scrolls sideways: {width} > {viewport}"
 
 

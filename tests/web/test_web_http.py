@@ -342,3 +342,45 @@ def test_request_bodies_are_bounded(web: Browserless) -> None:
     )
     assert resp.status_code == 413
     assert web.post("/start", mode="guided").status_code == 303  # small bodies still pass
+
+
+# --- the cases beyond T1-T4 ---------------------------------------------------------------------
+
+
+def test_the_guided_flow_offers_the_more_tests_after_the_nine_steps(web: Browserless) -> None:
+    assert 'name="more"' in web.http.get("/").text
+    nine = web.http.get(f"/api/runs/{web.create().id}").json()["steps"]
+    imap = web.http.get(f"/api/runs/{web.create(more='yes').id}").json()["steps"]
+    pop3 = web.http.get(f"/api/runs/{web.create(more='yes', protocol='pop3').id}").json()["steps"]
+    assert len(nine) == 9 and imap[:9] == nine
+    assert [s["testcase"] for s in imap[9:]] == ["starttls_required", "preauth", "inject"]
+    assert [s["testcase"] for s in pop3[9:]] == ["starttls_required", "inject"]  # no preauth
+    page = web.http.get(f"/run/{web.create(more='yes').id}").text
+    assert "a careful server behind the attacker" in page
+
+
+@pytest.mark.parametrize("testcase", ["starttls_required", "preauth", "inject"])
+def test_the_single_test_page_and_the_api_accept_the_more_tests(
+    web: Browserless, testcase: str
+) -> None:
+    assert f'value="{testcase}"' in web.http.get("/").text
+    run = web.create(mode="single", scenario="immediate", testcase=testcase)
+    assert web.http.get(f"/api/runs/{run.id}").json()["steps"][0]["testcase"] == testcase
+    resp = web.http.post(
+        "/api/runs", json={"steps": [{"scenario": "immediate", "testcase": testcase}]}
+    )
+    assert resp.status_code == 201, resp.text
+
+
+def test_the_api_lists_where_each_case_applies(web: Browserless) -> None:
+    cases = {c["name"]: c for c in web.http.get("/api/testcases").json()}
+    assert cases["starttls_required"]["protocols"] == ["imap", "smtp"]  # POP3: not applicable
+    assert cases["preauth"]["protocols"] == ["imap"]
+    assert cases["t1"]["standard"] and not cases["inject"]["standard"]
+    resp = web.http.post("/api/runs", json={"plan": "more"})
+    assert resp.status_code == 201
+    assert [s["testcase"] for s in resp.json()["steps"]] == [
+        "starttls_required",
+        "preauth",
+        "inject",
+    ]

@@ -167,12 +167,31 @@ def test_visible_events_hides_strings_of_connections_without_the_code() -> None:
         {"id": 3, "conn": "b", "run": "R", "type": "client_identified", "value": "neighbour"},
         {"id": 4, "run": "R", "type": "step_started", "addresses": ["192.0.2.1"]},
     ]
-    shown = {e["id"]: e for e in visible_events(records, "c0de")}
+    shown = {e["id"]: e for e in visible_events(records, "c0de", run_id="R")}
     assert shown[1]["line"] == "EHLO <x>"  # connection a presented the code later
     assert "value" not in shown[3] and shown[3]["reduced"]
     assert "addresses" not in shown[4]
-    shared = {e["id"]: e for e in visible_events(records, "c0de", share=True)}
+    shared = {e["id"]: e for e in visible_events(records, "c0de", run_id="R", share=True)}
     assert "line" not in shared[1] and "username" not in shared[2]
+
+
+def test_visible_events_leave_out_strangers_who_used_the_username() -> None:
+    """Only the run's password presents the run: a stranger's wrong password or bare USER
+    from an unbound connection is not in the transcript; the user's phone (right password,
+    another network) is."""
+    auth = {"type": "auth", "code": "c0de", "username": "test-c0de", "run": None}
+    records = [
+        {"id": 1, "conn": "s", **auth, "proof": False, "client": "203.0.113.9"},
+        {"id": 2, "conn": "u", "type": "username_sent", "code": "c0de", "run": None},
+        {"id": 3, "conn": "p", **auth, "proof": True, "client": "198.51.100.7"},
+        {"id": 4, "conn": "a", "run": "R", "type": "auth", "code": "c0de", "proof": False},
+        {"id": 5, "conn": "a", "run": "R", "type": "command", "line": "a1 LOGIN x"},
+    ]
+    shown = {e["id"]: e for e in visible_events(records, "c0de", run_id="R")}
+    assert sorted(shown) == [3, 4, 5]
+    assert shown[3]["client"] == "198.51.100.7"
+    # a wrong password on a connection bound to the run does not own it: neutral facts only
+    assert shown[5]["reduced"] and "line" not in shown[5]
 
 
 def _request(peer: str) -> Request:
@@ -215,3 +234,28 @@ def test_csrf_cookie_is_secure_behind_a_tls_terminating_proxy(tmp_path: Path) ->
 
         cookie = TestClient(app).get("/").headers["set-cookie"]
         assert ("secure" in cookie.lower()) is secure, cookie
+
+
+def test_the_api_accepts_every_test_case_and_words_each_one() -> None:
+    from typing import get_args
+
+    from mailtls.testcases import TESTCASES
+    from mailtls.web import guide
+    from mailtls.web.api import TestCaseName
+
+    assert set(get_args(TestCaseName)) == set(TESTCASES)
+    assert set(guide.TESTCASE_TITLE) == set(guide.TESTCASE_EXPLAIN) == set(TESTCASES)
+    for tag in (
+        "credentials_before_530",
+        "ignored_logindisabled",
+        "preauth_plaintext",
+        "response_injection",
+    ):
+        assert tag in guide.FINDING_TEXT and tag in guide.REASON_TEXT
+
+
+def test_the_more_tests_events_have_a_plain_sentence() -> None:
+    from mailtls.web.describe import describe
+
+    for kind in ("preauth_greeted", "preauth_used", "response_injected"):
+        assert describe({"type": kind, "protocol": "imap"})

@@ -402,6 +402,7 @@ def check_version_settings(config: DovecotConfig, version: str) -> list[Finding]
                     "dovecot_version": version,
                     "replacement": RENAMED_IN_24.get(key) if version == "2.4" else None,
                     "loads": False,
+                    "reach": Reach.PUBLIC.value,
                 },
                 exposure=Exposure.SERVICE_FAILS.value,
             )

@@ -237,7 +237,7 @@ def check_auth_before_tls(v: View) -> Iterable[Finding]:
             f" '{entry.service} {entry.type}' entry in master.cf)"
         )
     else:
-        fix += f"  (or require TLS: {_fix(v, 'smtpd_tls_security_level', 'encrypt')})"
+        fix += "   (or require TLS there: -o smtpd_tls_security_level=encrypt)"
     yield _finding(
         PostfixCheck.AUTH_BEFORE_TLS,
         v,

@@ -125,7 +125,8 @@ def render_text_report(result: AuditResult, console: Console) -> None:
             # the one-line fix first: it is what the reader came for
             colour = _COLOUR[f.severity]
             console.print(
-                f"  [{colour}]{str(f.severity).upper():8}[/] [green]fix:[/green] {esc(f.fix)}"
+                f"  [{colour}]{str(f.severity).upper():8}[/] [green]fix:[/green] {esc(f.fix)}",
+                soft_wrap=True,  # one line, however long: the terminal wraps it, not us
             )
             label = esc(f.id)
             if f.setting:

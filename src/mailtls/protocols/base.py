@@ -143,21 +143,43 @@ class PortRole(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class AuthDecision:
-    """What the authenticator says about a username (never about a password).
+class Credential:
+    """What a client presented to log in: handed to the authenticator, then dropped.
 
-    ``ok``: the username is ``test-<CODE>`` of an open run (any password is accepted).
+    A core builds one per login, asks the authenticator, and keeps only the answer: no field of
+    a credential is ever recorded, kept or logged (``repr`` shows the username only).
+    ``password``: PLAIN, LOGIN, POP3 ``PASS``, IMAP ``LOGIN``. ``challenge`` and ``response``:
+    CRAM-MD5 (the server's challenge, the client's hex digest). None of them: only a username
+    was presented (POP3 ``USER``, LOGIN cut short after the username, an OAuth exchange), which
+    proves nothing: the username travels in the clear.
+    """
+
+    username: str
+    password: bytes | None = field(default=None, repr=False)
+    challenge: bytes | None = field(default=None, repr=False)
+    response: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDecision:
+    """What the authenticator says about a credential.
+
+    ``proof``: the credential is the run's own (its password, or the CRAM-MD5 digest of it):
+    only such a login is evidence for the run (verdict, activation, login binding).
+    ``ok``: log the client in: ``proof`` and the run is open.
     ``display``: what may be stored/shown: the account name for known runs, else a keyed hash.
-    ``code``: the session code parsed from the username when it names a known run.
+    ``code``: the session code parsed from the username when it names a known run (a wrong
+    password for it keeps the code, with ``proof`` false: someone else used the username).
     """
 
     ok: bool
     display: str
     code: str | None
+    proof: bool = False
 
 
 class Authenticator(Protocol):
-    def __call__(self, username: str) -> AuthDecision: ...
+    def __call__(self, credential: Credential) -> AuthDecision: ...
 
 
 @dataclass(frozen=True, slots=True)

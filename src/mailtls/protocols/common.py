@@ -8,8 +8,9 @@ What is here, and why it is shared:
   when a partial line starts and left alone while it grows.
 - ``SaslFlow``: one AUTH/AUTHENTICATE exchange on top of ``sasl.SaslExchange`` that turns its
   steps into a protocol-neutral result and builds the exchange's single ``AuthAttempted`` (plus
-  ``UsernameSent`` when a username went out without its secret). It never keeps a secret, only
-  whether one was sent.
+  ``UsernameSent`` when a username went out without its secret). It hands the exchange's
+  ``Credential`` to the authenticator once and keeps only the answer (``AuthDecision``, whose
+  ``proof`` the ``AuthAttempted`` carries) and whether a secret was sent.
 - ``Disrupted``: the t2/t4 *disrupted* state (no replies; every chunk recorded as
   ``DataAfterDisruption``; secret-carrying plaintext lines found by a protocol's
   ``SecretScanner`` recorded as ``AuthAttempted(outcome="disrupted")``; bounded).
@@ -40,6 +41,7 @@ from mailtls.protocols.base import (
     Close,
     Closed,
     Command,
+    Credential,
     DataReceived,
     Event,
     Kicked,
@@ -254,8 +256,10 @@ class SaslFlow:
 
     @property
     def decision(self) -> AuthDecision | None:
+        """The authenticator's answer: for the exchange's credential once it finished, else
+        for the username alone (which proves nothing)."""
         if self._decision is None and self.username is not None:
-            self._decision = self._authenticator(self.username)
+            self._decision = self._authenticator(Credential(self.username))
         return self._decision
 
     def records(self, outcome: str) -> list[Observation]:
@@ -263,9 +267,10 @@ class SaslFlow:
         decision = self.decision
         display, code = (decision.display, decision.code) if decision else ("", None)
         sent = self.secret_sent
+        proof = decision is not None and decision.proof
         out: list[Observation] = [
             AuthAttempted(
-                self.mechanism, display, code, self.tls, sent, sent and not self.tls, outcome
+                self.mechanism, display, code, self.tls, sent, sent and not self.tls, outcome, proof
             )
         ]
         if decision is not None and not sent:
@@ -290,7 +295,9 @@ class SaslFlow:
         if isinstance(step, Finished):
             self.username = step.username
             self.secret_sent = step.secret_sent
-            decision = self.decision
+            self._decision = decision = self._authenticator(
+                step.credential or Credential(step.username)
+            )
             ok = decision is not None and decision.ok and not step.always_fail
             return SUCCESS if ok else FAILURE
         if isinstance(step, Aborted) and step.reason == "cancelled":
@@ -347,8 +354,9 @@ class LineScanner:
             return []
         return self.finish()
 
-    def decide(self, username: str) -> AuthDecision:
-        return self._authenticator(username)
+    def decide(self, username: str, password: bytes | None = None) -> AuthDecision:
+        """The authenticator's answer for a username, with its password when one was sent."""
+        return self._authenticator(Credential(username, password))
 
     def feed(self, data: bytes) -> list[Observation]:
         self._lines.feed(data)

@@ -301,7 +301,11 @@ class AttackFlow(ABC):
         if self.phase is not Phase.HANDSHAKE:
             return
         self._out.record(TlsHandshakeFailed(printable(event.reason)))
-        self._close()
+        # A client that gives up on TLS may go on in plaintext on this connection (fetchmail
+        # "trying to continue" after a failed upgrade): record its first bytes, then close,
+        # as after t2. The shell reads the connection raw from now on.
+        self._tls = False
+        self._enter_disrupted(None, close_on_data=True)
 
     def _on_client_hello(self, event: Event) -> None:
         """t2: the ClientHello was read and never answered; a cleartext line replaces it."""
@@ -517,8 +521,9 @@ class AttackFlow(ABC):
     ) -> AuthAttempted:
         tls = self._tls
         display, code = (decision.display, decision.code) if decision else ("", None)
+        proof = decision is not None and decision.proof
         return AuthAttempted(
-            mechanism, display, code, tls, secret_sent, secret_sent and not tls, outcome
+            mechanism, display, code, tls, secret_sent, secret_sent and not tls, outcome, proof
         )
 
     def _auth_failed(self) -> None:

@@ -37,6 +37,7 @@ from mailtls.observations import (
 )
 from mailtls.protocols.base import (
     AuthDecision,
+    Credential,
     LineBuffer,
     LineTooLong,
     Send,
@@ -201,10 +202,13 @@ class CommandScanner:
             user, password = astring(cmd.args[0]), astring(cmd.args[1])
             if user is None or password is None:
                 return []
-            decision = login or self._ctx.authenticator(decode(user))
+            decision = login or self._ctx.authenticator(Credential(decode(user), password))
             tls, outcome = self._tls, self._outcome
             display, code = decision.display, decision.code
-            return [AuthAttempted(LOGIN_MECHANISM, display, code, tls, True, not tls, outcome)]
+            proof = decision.proof
+            return [
+                AuthAttempted(LOGIN_MECHANISM, display, code, tls, True, not tls, outcome, proof)
+            ]
         if cmd.name != "AUTHENTICATE" or not 1 <= len(cmd.args) <= 2:
             return []
         mechanism = astring(cmd.args[0])
@@ -459,7 +463,7 @@ class ImapCore(AttackFlow):
         if isinstance(parsed, ImapCommand) and parsed.name == "LOGIN" and len(parsed.args) == 2:
             user, password = astring(parsed.args[0]), astring(parsed.args[1])
             if user is not None and password is not None:
-                self._login = login = self._ctx.authenticator(decode(user))
+                self._login = login = self._ctx.authenticator(Credential(decode(user), password))
                 return f"{parsed.tag} LOGIN {login.display} {redacted_line(len(password))}"
         words = raw.lines[0].rstrip(b" ").split(b" ")
         first = [w.upper() for w in words[:2]]

@@ -41,6 +41,7 @@ from mailtls.observations import (
 )
 from mailtls.protocols.base import (
     AuthDecision,
+    Credential,
     LineTooLong,
     SessionContext,
     decode,
@@ -175,12 +176,12 @@ class _Line:
 class CredentialScanner(LineScanner):
     """Finds credentials in POP3 lines that get no reply (pipelined after STLS, the t4 first
     command, the disrupted state): ``USER``, ``PASS``, ``AUTH <mech> <initial>`` and the SASL
-    lines after it. ``user`` carries a USER across."""
+    lines after it. ``user`` carries a USER's name across (in memory only, for its ``PASS``)."""
 
     __slots__ = ("user",)
 
     def __init__(
-        self, ctx: SessionContext, tls: bool, outcome: str, user: AuthDecision | None = None
+        self, ctx: SessionContext, tls: bool, outcome: str, user: str | None = None
     ) -> None:
         super().__init__(ctx.authenticator, ctx.hostname, ctx.limits.line_bytes, tls, outcome)
         self.user = user
@@ -188,13 +189,16 @@ class CredentialScanner(LineScanner):
     def command(self, line: bytes) -> list[Observation]:
         cmd = _Line.parse(line)
         if cmd.verb == "USER" and cmd.arg.strip():
-            self.user = decision = self.decide(cmd.arg.strip())
+            self.user = cmd.arg.strip()
+            decision = self.decide(self.user)
             return [UsernameSent(decision.display, decision.code, self.tls)]
         if cmd.verb == "PASS" and cmd.raw_arg:
-            d = self.user or _NOBODY
-            tls = self.tls
+            d = _NOBODY if self.user is None else self.decide(self.user, cmd.raw_arg)
+            tls, outcome = self.tls, self.outcome
             return [
-                AuthAttempted(USER_MECHANISM, d.display, d.code, tls, True, not tls, self.outcome)
+                AuthAttempted(
+                    USER_MECHANISM, d.display, d.code, tls, True, not tls, outcome, d.proof
+                )
             ]
         args = cmd.args
         if cmd.verb == "AUTH" and 1 <= len(args) <= 2 and args[0].upper() in RECOGNISED:
@@ -220,7 +224,7 @@ class Pop3Core(AttackFlow):
         self._in_line = False  # an incomplete line is buffered (its deadline is armed)
         self._completed = False  # the data just read completed a line
         self._partial = False  # the data just read ended inside a line
-        self._user: AuthDecision | None = None  # after USER, until PASS
+        self._user: str | None = None  # the USER name (in memory), until PASS
         self._decided: tuple[str, AuthDecision] | None = None
 
     @property
@@ -343,7 +347,8 @@ class Pop3Core(AttackFlow):
         if not name:
             self._fail("syntax", ERR_USER_SYNTAX)
             return
-        self._user = decision = self._decide(name)
+        self._user = name
+        decision = self._decide(name)
         self._out.record(UsernameSent(decision.display, decision.code, self._tls))
         self._reply(OK_USER)
 
@@ -351,11 +356,12 @@ class Pop3Core(AttackFlow):
         if not cmd.raw_arg:
             self._fail("syntax", ERR_PASS_SYNTAX)
             return
-        decision, self._user = self._user, None
-        if decision is None:
+        name, self._user = self._user, None
+        if name is None:
             self._out.record(self._attempt(USER_MECHANISM, _NOBODY, True, "refused"))
             self._fail("bad_sequence", ERR_NO_USER)
             return
+        decision = self._ctx.authenticator(Credential(name, cmd.raw_arg))
         ok = decision.ok
         self._out.record(self._attempt(USER_MECHANISM, decision, True, SUCCESS if ok else FAILURE))
         if ok:
@@ -436,7 +442,7 @@ class Pop3Core(AttackFlow):
         """Ask the authenticator once per username (transcript and handler both need it)."""
         if self._decided is not None and self._decided[0] == username:
             return self._decided[1]
-        decision = self._ctx.authenticator(username)
+        decision = self._ctx.authenticator(Credential(username))
         self._decided = (username, decision)
         return decision
 

@@ -2,13 +2,14 @@
 
 The core owns framing (``334``/``+`` continuation lines, base64 on the wire is handled here);
 an exchange takes the client's base64 lines and returns a ``Challenge`` to send, a ``Finished``
-with the username and whether the secret-carrying message was sent, or ``Aborted`` (``*`` cancel
-or malformed input). Secrets are never returned, kept or logged: only their length is, so that a
-transcript can show ``<redacted, 24 bytes>``.
+with the username, whether the secret-carrying message was sent and the ``Credential`` for the
+authenticator, or ``Aborted`` (``*`` cancel or malformed input). The credential is handed over
+once, for the authenticator's answer, and never kept, logged or recorded: observations get only
+the secret's length, so that a transcript can show ``<redacted, 24 bytes>``.
 
-Mechanisms: PLAIN and LOGIN (always), CRAM-MD5 (offered only after TLS; any digest accepted for an
-open run's account), XOAUTH2 and OAUTHBEARER (recognised, never advertised, always refused after
-the exchange).
+Mechanisms: PLAIN and LOGIN (always), CRAM-MD5 (offered only after TLS; the digest is checked
+against the run's password), XOAUTH2 and OAUTHBEARER (recognised, never advertised, always refused
+after the exchange).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from mailtls.protocols.base import Credential
 
 PRE_TLS_MECHANISMS = ("PLAIN", "LOGIN")
 TLS_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
@@ -37,6 +40,8 @@ class Finished:
     secret_sent: bool
     secret_bytes: int
     always_fail: bool = False  # XOAUTH2/OAUTHBEARER: refuse whatever the username
+    # what the authenticator checks (not kept: the flow drops the step after asking)
+    credential: Credential | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,7 @@ class SaslExchange:
         self._hostname = hostname
         self._stage = 0
         self._username: str | None = None
+        self._challenge = b""  # CRAM-MD5: the challenge sent (a server nonce, not a secret)
 
     def start(self, initial: str | None) -> Step:
         """``initial`` is the base64 initial response as sent (``=`` for empty), or None."""
@@ -79,7 +85,8 @@ class SaslExchange:
             if initial is not None:
                 return Aborted("malformed")
             token = f"<{secrets.randbits(48)}.{secrets.randbits(20)}@{self._hostname}>"
-            return Challenge(token.encode())
+            self._challenge = token.encode()
+            return Challenge(self._challenge)
         if initial is None:
             if self.mechanism == "LOGIN":
                 return Challenge(b"Username:")
@@ -103,19 +110,24 @@ class SaslExchange:
         parts = raw.split(b"\x00")
         if len(parts) != 3:
             return Aborted("malformed")
-        return Finished(_text(parts[1]), secret_sent=True, secret_bytes=len(parts[2]))
+        user = _text(parts[1])
+        credential = Credential(user, password=parts[2])
+        return Finished(user, True, len(parts[2]), credential=credential)
 
     def _login(self, raw: bytes) -> Step:
         if self._stage == 0:
             self._username = _text(raw)
             return Challenge(b"Password:", username_so_far=self._username)
-        return Finished(self._username or "", secret_sent=True, secret_bytes=len(raw))
+        user = self._username or ""
+        return Finished(user, True, len(raw), credential=Credential(user, password=raw))
 
     def _cram_md5(self, raw: bytes) -> Step:
         user, _, digest = raw.rpartition(b" ")
         if not user or not digest:
             return Aborted("malformed")
-        return Finished(_text(user), secret_sent=True, secret_bytes=len(digest))
+        name = _text(user)
+        credential = Credential(name, challenge=self._challenge, response=digest)
+        return Finished(name, True, len(digest), credential=credential)
 
     def _xoauth2(self, raw: bytes) -> Step:
         if self._stage == 0:

@@ -3,10 +3,10 @@
 Every operation validates, appends one run record to the store (``run_created``,
 ``step_started``, ``step_extended``, ``step_reported``, ``step_skipped``, ``step_finished``,
 ``step_activated``, ``address_bound``, ``binding_collision``, ``binding_mismatch``,
-``endpoints_assigned``, ``endpoints_released``, ``run_deleted``) and applies it; ``load()``
-applies the same records in order after a restart, so the state (and ``view()``) comes back
-identical. Records carry ``run``, ``step`` where relevant
-and ``at`` (this manager's clock), so replay never reads the clock.
+``endpoints_assigned``, ``endpoints_released``, ``username_misused``, ``run_deleted``) and
+applies it; ``load()`` applies the same records in order after a restart, so the state (and
+``view()``) comes back identical. Records carry ``run``, ``step`` where relevant and ``at``
+(this manager's clock), so replay never reads the clock.
 
 Side effects live in the operations, never in ``_apply``: kicking the run's connections (step start,
 activation), recording collisions, and opening or closing the run's own listeners (through the
@@ -22,6 +22,10 @@ the lock handles what was queued meanwhile.
 
 Secrets: the account password and the result-link token are derived from the server key and the
 run id when asked for, never stored. Usernames that name no run are reduced to a keyed hash.
+Evidence: only a login that presents the run's password (``AuthDecision.proof``, recorded as the
+event's ``proof``) activates a step, binds its address or counts as a mismatch; a secret that is
+not the run's password with the run's username is journalled as ``username_misused`` (time, step,
+whether its connection was bound to the run: never the address), at most ``MAX_MISUSES`` per run.
 Must not import ``mailtls.net`` or ``mailtls.web``.
 """
 
@@ -36,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from mailtls.protocols.base import AuthDecision
+from mailtls.protocols.base import AuthDecision, Credential
 from mailtls.runs import codes
 from mailtls.runs.binding import SOURCE_ADDRESS, SOURCE_LOGIN, AddressBinding, BindingTable
 from mailtls.runs.endpoints import (
@@ -64,9 +68,10 @@ from mailtls.runs.model import (
     new_run_id,
     resolve_plan,
 )
+from mailtls.runs.proof import presents
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
-from mailtls.verdicts import StepInfo, StepResult, UserReports, step_verdict
+from mailtls.verdicts import Misuse, StepInfo, StepResult, UserReports, step_verdict
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +86,14 @@ RUN_RECORD_TYPES = (
     "address_bound",
     "binding_collision",
     "binding_mismatch",
+    "username_misused",
     "endpoints_assigned",
     "endpoints_released",
     "run_deleted",
 )
 MAX_ADDRESSES = 8  # addresses bound per step start
 MAX_LOGIN_ADDRESSES = 8  # login addresses remembered per run (newest kept)
+MAX_MISUSES = 100  # username_misused records journalled per run (a bot cannot grow it further)
 DAY = 86400.0
 OPEN_ATTEMPTS = 16  # endpoints tried per run when other programs hold some of the pool
 
@@ -506,25 +513,37 @@ class RunManager:
                 self._close_endpoints(run_id)
             return len(done)
 
-    def authenticate(self, username: str) -> AuthDecision:
-        """Only ``test-<CODE>`` of an open run may log in; other usernames become keyed hashes."""
-        code = codes.parse_code(username)
+    def authenticate(self, credential: Credential) -> AuthDecision:
+        """Only ``test-<CODE>`` of an open run with that run's password may log in.
+
+        The decision names the run (``code``) for its username whatever the secret, and says
+        whether the credential is the run's own (``proof``, constant-time): a wrong password
+        for a run's username is someone else's login, never the run's evidence. Usernames that
+        name no run become keyed hashes.
+        """
+        code = codes.parse_code(credential.username)
         with self._locked():
             run_id = self._by_code.get(code) if code is not None else None
             run = self._runs.get(run_id) if run_id is not None else None
             if code is not None and run is not None and not run.deleted:
+                proof = presents(self.password_for(run), credential)
                 return AuthDecision(
-                    ok=self.is_open(run), display=self.account_username(run), code=code
+                    ok=proof and self.is_open(run),
+                    display=self.account_username(run),
+                    code=code,
+                    proof=proof,
                 )
-        return AuthDecision(ok=False, display=codes.hash_username(self._key, username), code=None)
+        display = codes.hash_username(self._key, credential.username)
+        return AuthDecision(ok=False, display=display, code=None)
 
     def on_record(self, record: dict[str, Any]) -> None:
-        """Subscribed to the store: activation, login-address binding, binding mismatches.
+        """Subscribed to the store: activation, login-address binding, binding mismatches,
+        misuses of the run's username. A username alone (``username_sent``) proves nothing.
 
         Never blocks (see the module docstring): logins are queued and handled when the lock
         is free.
         """
-        if record.get("type") not in ("auth", "username_sent"):
+        if record.get("type") != "auth":
             return
         if not isinstance(record.get("code"), str):
             return
@@ -543,6 +562,10 @@ class RunManager:
             return
         now = self._clock()
         bound_run, bound_step = _binding_of(record)
+        if record.get("proof") is False:  # the run's username, not its password
+            if record.get("secret_sent"):
+                self._note_misuse(run, record, bound_run == run.id, now)
+            return
         if bound_run != run.id:
             self._note_mismatch(run, record, now)
         if record.get("type") == "auth" and record.get("outcome") == "success":
@@ -580,6 +603,7 @@ class RunManager:
             step.reports,
             loop_connections=self._settings.binding.loop_connections,
             loop_seconds=self._settings.binding.loop_seconds,
+            misuses=step.misuses,
         )
 
     def view(self, run_id: str, base_url: str) -> dict[str, Any]:
@@ -644,6 +668,10 @@ class RunManager:
                 {"at": c.at, "role": c.role, "peer": c.peer, "source": c.source}
                 for c in step.collisions
             ],
+            "username_misused": {
+                "count": len(step.misuses),
+                "times": sorted(m.at for m in step.misuses),
+            },
             "verdict": None,
             "reason": None,
             "findings": [],
@@ -791,6 +819,28 @@ class RunManager:
                 "at": now,
                 "event": event_id,
                 "event_conn": conn,  # not "conn": this is a run record, not a connection's
+            }
+        )
+
+    def _note_misuse(self, run: Run, record: Mapping[str, Any], bound: bool, now: float) -> None:
+        if sum(len(s.misuses) for s in run.steps) >= MAX_MISUSES:
+            return
+        step = self._current_step(run, now) or max(
+            (s for s in run.steps if s.started is not None),
+            key=lambda s: s.started or 0.0,
+            default=run.steps[0],
+        )
+        event_id = record.get("id")
+        self._journal(
+            {
+                "type": "username_misused",
+                "run": run.id,
+                "step": step.n,
+                "at": now,
+                "event": event_id if isinstance(event_id, int) else None,
+                "protocol": str(record.get("protocol") or ""),
+                "tls": record.get("tls") is True,
+                "bound": bound,
             }
         )
 
@@ -991,6 +1041,15 @@ class RunManager:
         step.mismatches.append((int(record["event"]), record["event_conn"]))
         return []
 
+    def _apply_misused(
+        self, run: Run, step: Step, record: Mapping[str, Any], at: float
+    ) -> list[tuple[AddressBinding, str]]:
+        event = record.get("event")
+        step.misuses.append(
+            Misuse(at, event if isinstance(event, int) else None, record.get("bound") is True)
+        )
+        return []
+
     _STEP_APPLY: Mapping[
         str,
         Callable[
@@ -1005,4 +1064,5 @@ class RunManager:
         "step_activated": _apply_activated,
         "binding_collision": _apply_collision,
         "binding_mismatch": _apply_mismatch,
+        "username_misused": _apply_misused,
     }

@@ -13,8 +13,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mailtls.testcases import SCENARIOS, TESTCASES
-from mailtls.verdicts import UserReports
+from mailtls.testcases import MORE, SCENARIOS, TESTCASES
+from mailtls.verdicts import Misuse, UserReports
 
 RUN_ID_BYTES = 18  # 144 bits, URL-safe base64: 24 characters
 MAX_STEPS = 50
@@ -31,7 +31,9 @@ GUIDED_PLAN: tuple[tuple[str, str], ...] = (
     ("two_phase", "t3"),
     ("two_phase", "t4"),
 )
-PLANS: dict[str, tuple[tuple[str, str], ...]] = {"guided": GUIDED_PLAN}
+# the optional "more tests" after the nine standard steps: the cases beyond T1-T4
+MORE_PLAN: tuple[tuple[str, str], ...] = tuple(("immediate", name) for name in MORE)
+PLANS: dict[str, tuple[tuple[str, str], ...]] = {"guided": GUIDED_PLAN, "more": MORE_PLAN}
 
 
 class RunError(ValueError):
@@ -96,6 +98,8 @@ class Step:
     collisions: list[Collision] = field(default_factory=list)
     # logins with the run's code on connections not bound to this run: (event id, connection id)
     mismatches: list[tuple[int, str | int]] = field(default_factory=list)
+    # logins with the run's username and a wrong password (someone else's, or mistyped)
+    misuses: list[Misuse] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:

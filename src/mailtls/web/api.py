@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mailtls.runs.binding import address_key
 from mailtls.runs.endpoints import PoolExhausted
+from mailtls.testcases import STANDARD, TESTCASES
 from mailtls.web.clientaddr import Network, client_address
 from mailtls.web.deletions import Deletions
 from mailtls.web.ratelimit import RateLimiter
@@ -25,7 +26,9 @@ from mailtls.web.streams import Stream, StreamHub, TooManyStreams
 from mailtls.web.transcript import visible_events
 
 Scenario = Literal["immediate", "two_phase"]
-TestCaseName = Literal["baseline", "t1", "t2", "t3", "t4"]
+TestCaseName = Literal[
+    "baseline", "t1", "t2", "t3", "t4", "starttls_required", "preauth", "inject"
+]  # mailtls.testcases.TESTCASES (tests/web keep the two equal)
 MAX_EVENT_ID = 2**63 - 1  # event ids are SQLite integers
 
 
@@ -38,7 +41,11 @@ class StepSpec(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps: list[StepSpec] | None = Field(default=None, min_length=1, max_length=20)
-    plan: Literal["guided"] | None = None
+    plan: Literal["guided", "more"] | None = Field(
+        default=None,
+        description='"guided": the nine standard steps; "more": the cases beyond T1-T4 '
+        "(starttls_required, preauth, inject), see GET /api/testcases",
+    )
     protocol: Literal["imap", "pop3"] | None = Field(
         default=None, description="how the client fetches mail (sending is always SMTP)"
     )
@@ -137,7 +144,7 @@ class ApiContext:
     def events_for(self, run: Any, after_id: int = 0) -> list[dict[str, Any]]:
         records = self.store.query(run=run.id, after_id=after_id)
         records += self.store.query(code=run.code, after_id=after_id)
-        return visible_events(records, run.code)
+        return visible_events(records, run.code, run_id=run.id)
 
 
 def pool_exhausted(exc: PoolExhausted) -> HTTPException:
@@ -159,6 +166,21 @@ def _step_call(ctx: ApiContext, run_id: str, n: int, fn: Any, *args: Any) -> Any
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["runs"])
+
+    @router.get("/testcases", summary="The test cases and the protocols each applies to")
+    def list_testcases() -> list[dict[str, Any]]:
+        """Where a case does not apply (``starttls_required`` for POP3, ``preauth`` for SMTP
+        and POP3) the server behaves as the baseline and the protocol's verdict is
+        NOT_APPLICABLE (``testcase_not_applicable``)."""
+        return [
+            {
+                "name": tc.name,
+                "summary": tc.summary,
+                "protocols": sorted(tc.protocols),
+                "standard": tc.name in STANDARD,
+            }
+            for tc in TESTCASES.values()
+        ]
 
     @router.post("/runs", status_code=201, summary="Create a run (its account and steps)")
     def create_run(request: Request, body: RunCreate) -> dict[str, Any]:

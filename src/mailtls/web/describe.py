@@ -51,6 +51,12 @@ def describe(ev: dict[str, Any]) -> str | None:
         return f"The connection to {where} is now encrypted ({ev.get('version', 'TLS')})."
     if t == "tls_failed":
         return "The encryption handshake failed."
+    if t == "preauth_greeted":
+        return "The attacker told your app it was already logged in, without encryption."
+    if t == "preauth_used":
+        return "Your app used the mailbox WITHOUT encryption (the attacker can read it)."
+    if t == "response_injected":
+        return "The attacker slipped a forged answer in just before encryption started."
     if t == "pipelined_after_starttls":
         return "Your app sent commands before encryption was ready (they were discarded)."
     if t == "auth":

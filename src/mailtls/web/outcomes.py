@@ -123,6 +123,23 @@ TESTCASES: dict[str, TestcaseText] = {
         "A safe app gives up; an unsafe one may try again without encryption.",
         retry=True,
     ),
+    "starttls_required": TestcaseText(
+        "Extra attack: encryption offer removed from a careful server",
+        "The server itself refuses logins without encryption, but the attacker hides its offer "
+        "to encrypt. A safe app stops; an unsafe one sends the password anyway, before the "
+        "server can refuse it.",
+    ),
+    "preauth": TestcaseText(
+        "Extra attack: already logged in (IMAP PREAUTH)",
+        "The attacker greets your app as if it were already logged in, so that it never "
+        "switches on encryption; the attacker could then read and change your mail. A safe app "
+        "disconnects.",
+    ),
+    "inject": TestcaseText(
+        "Extra attack: forged answer slipped in",
+        "Just as encryption starts, the attacker slips in a forged answer, as if from the "
+        "server. A safe app ignores everything that arrived before encryption.",
+    ),
 }
 
 
@@ -175,7 +192,32 @@ FINDINGS: dict[str, FindingText] = {
         "but it reached the login. Check your answer; the server's observation counts."
     ),
     "binding_mismatch": FindingText("A login came from a connection not attached to this step."),
+    "username_misused": FindingText(
+        "Someone else used your test username with a wrong password (it travels unencrypted "
+        "during the tests, so anyone on the path can read it). This does not count as your "
+        "app's result."
+    ),
     "loop": FindingText("Your app reconnected again and again without logging in."),
+    "credentials_before_530": FindingText(
+        "Your app sent its password with the very first login line, before the server could "
+        "answer that encryption is required (SMTP 530).",
+        "encrypt",
+    ),
+    "ignored_logindisabled": FindingText(
+        "Your app logged in although the server announced LOGINDISABLED (no login without "
+        "encryption).",
+        "encrypt",
+    ),
+    "preauth_plaintext": FindingText(
+        "Your app opened or changed mailboxes in a session that was never encrypted (IMAP "
+        "PREAUTH).",
+        "encrypt",
+    ),
+    "response_injection": FindingText(
+        "Your app used a forged answer sent in the clear right before encryption started "
+        "(STARTTLS response injection).",
+        "report_bug",
+    ),
 }
 
 
@@ -197,6 +239,24 @@ REASONS = {
     "not_exercised": (
         "The attack never became active: your app did not log in securely first, or did not "
         "connect again afterwards."
+    ),
+    "testcase_not_applicable": (
+        "This test does not apply to this protocol; the server behaved normally for it."
+    ),
+    "credentials_before_530": (
+        "Unsafe: your app sent its password before the server could say that encryption is "
+        "required."
+    ),
+    "ignored_logindisabled": (
+        "Unsafe: the server said 'no login without encryption', and your app sent the password "
+        "anyway."
+    ),
+    "preauth_plaintext": (
+        "Unsafe: your app used a mailbox session without encryption; an attacker could read "
+        "and change your mail."
+    ),
+    "response_injection": (
+        "Unsafe: your app believed a forged answer that was slipped in before encryption started."
     ),
 }
 

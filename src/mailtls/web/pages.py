@@ -32,7 +32,9 @@ from fastapi.templating import Jinja2Templates
 
 from mailtls.runs.codes import parse_code
 from mailtls.runs.endpoints import PoolExhausted
+from mailtls.runs.model import GUIDED_PLAN, MORE_PLAN
 from mailtls.settings import Settings
+from mailtls.testcases import TESTCASES
 from mailtls.web import csrf, guide, results
 from mailtls.web.api import ApiContext, pool_exhausted
 from mailtls.web.autoconfig import (
@@ -50,6 +52,19 @@ from mailtls.web.outcomes import OUTCOMES, step_outcome
 from mailtls.web.transcript import visible_events
 
 HERE = Path(__file__).parent
+
+
+def guided_with_more(protocol: str) -> list[tuple[str, str]]:
+    """The nine standard steps, then the "more tests" that apply to the chosen incoming
+    protocol or to sending (SMTP): ``preauth`` is IMAP only, so a POP3 user does not get it."""
+    more = [
+        (scenario, name)
+        for scenario, name in MORE_PLAN
+        if TESTCASES[name].protocols & {protocol, "smtp"}
+    ]
+    return [*GUIDED_PLAN, *more]
+
+
 ATTACKS = ("t1", "t2", "t3", "t4")
 STEP_ACTIONS = ("start", "extend", "report", "skip", "finish")
 # Beyond what ``transcript.visible_events(share=True)`` hides: the run id (the capability to the
@@ -180,6 +195,8 @@ def register(app: FastAPI, ctx: ApiContext) -> None:
             if scenario not in ("immediate", "two_phase") or testcase not in guide.TESTCASE_TITLE:
                 raise HTTPException(status_code=400, detail="Choose a scenario and a test case.")
             steps = [(scenario, testcase)]
+        elif form.get("more") == "yes":
+            steps = guided_with_more(protocol)
         if not ctx.creation_allowed(request):
             raise HTTPException(
                 status_code=429,
@@ -473,7 +490,7 @@ def _register_autoconfig(
 
 def _events(ctx: ApiContext, run: Any, share: bool) -> list[dict[str, Any]]:
     records = ctx.store.query(run=run.id) + ctx.store.query(code=run.code)
-    events = visible_events(records, run.code, share=share)
+    events = visible_events(records, run.code, run_id=run.id, share=share)
     if share:
         events = [{k: v for k, v in e.items() if k not in SHARE_DROPPED} for e in events]
     return events
