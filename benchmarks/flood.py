@@ -73,6 +73,8 @@ class Server:
         )
         self.config = data_dir.parent / "flood.toml"
         lines = "\n".join(f"{k} = {v}" for k, v in self.ports.items())
+        if not legacy:  # the run's own ports are not what is measured here
+            extra += "[endpoints]\nenabled = false\n"
         self.config.write_text(
             f'data_dir = "{data_dir}"\n[connections]\nper_ip = 5000\n{extra}[ports]\n{lines}\n'
         )

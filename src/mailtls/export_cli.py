@@ -1,7 +1,8 @@
 """``mailtls export``: the event journal as JSONL, all of it or one run's, for archives and labs.
 
-Reads the journal file directly (read-only; safe while ``mailtls serve`` runs: the journal is
-append-only and compaction replaces it by an atomic rename). A torn last line is never emitted.
+Reads the journal's segments directly, oldest first (``journal/*.jsonl``, then ``events.jsonl``;
+read-only; safe while ``mailtls serve`` runs: segments are append-only and compaction replaces
+one by an atomic rename). A torn last line is never emitted.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from mailtls.cli import CannotRun, UserError
 from mailtls.store import JOURNAL_NAME
-from mailtls.store.journal import read_records
+from mailtls.store.journal import journal_files, read_records
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,8 +44,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def _records(path: Path) -> Iterator[tuple[dict[str, Any], bytes, int]]:
+    """Every record of the journal whose active segment is ``path``: the sealed segments
+    (``journal/``) in order, then the active one."""
+    for segment in journal_files(path):
+        yield from read_records(segment)
+
+
 def _run_code(path: Path, run_id: str) -> str | None:
-    for record, _line, _end in read_records(path):
+    for record, _line, _end in _records(path):
         if record.get("type") == "run_created" and record.get("run") == run_id:
             code = record.get("code")
             return str(code) if code else None
@@ -55,7 +64,7 @@ def export(path: Path, out: IO[bytes], run_id: str | None = None) -> int:
     if run_id and code is None:
         raise UserError(f"no run {run_id!r} in {path}")
     count = 0
-    for record, line, _end in read_records(path):
+    for record, line, _end in _records(path):
         if run_id and not _belongs(record, run_id, code):
             continue
         out.write(line + b"\n")

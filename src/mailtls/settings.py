@@ -140,6 +140,8 @@ class Storage:
     min_free_mb: int = 256  # below this: unbound traffic is not recorded, new runs are refused
     check_seconds: float = 5.0  # how often free space is checked (and a low-space line logged)
     index_queue: int = 20000  # records queued for the index in memory (more wait in the journal)
+    segment_mb: int = 16  # the journal is sealed into segments of this size (compaction rewrites
+    # only the segments it changes, so it needs free space for one segment, not the journal)
 
 
 @dataclass(frozen=True)

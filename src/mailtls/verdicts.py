@@ -10,7 +10,9 @@ Rules, per protocol, from the connections whose accept-time binding is this step
 - FAIL (cases beyond T1-T4, from the policy the connection got): ``credentials_before_530`` /
   ``ignored_logindisabled`` (a secret sent in the clear although the server said STARTTLS is
   required), ``preauth_plaintext`` (mailbox commands in a PREAUTH session without TLS),
-  ``response_injection`` (a login inside TLS that followed the forged answer). NOT_APPLICABLE
+  ``response_injection`` (a login inside TLS that followed the forged answer),
+  ``accepted_bad_certificate`` (a secret sent inside TLS with a ``cert_*`` certificate; a
+  refused handshake there is the secure ``rejected_bad_certificate``). NOT_APPLICABLE
   ``testcase_not_applicable`` for a protocol the step's case does not apply to (unless FAIL).
 - FAIL: the run's password (``auth`` with ``secret_in_clear`` and ``proof``) sent without TLS.
   FAIL always wins, whatever
@@ -45,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailtls.testcases import TESTCASES, ImplicitTls
+from mailtls.testcases import TESTCASES, VALID_CERTIFICATE, ImplicitTls
 
 Event = Mapping[str, Any]
 
@@ -70,6 +72,7 @@ SEVERITY: dict[Verdict, int] = {
 
 # the order findings are listed in
 TAGS = (
+    "accepted_bad_certificate",
     "credentials_before_530",
     "ignored_logindisabled",
     "preauth_plaintext",
@@ -83,6 +86,7 @@ TAGS = (
     "starttls_disrupted",
     "pipelined_after_starttls",
     "tls_auth",
+    "rejected_bad_certificate",
     "user_prompt",
     "user_cannot_connect",
     "report_contradicts_events",
@@ -296,6 +300,12 @@ def _is_attack_event(event: Event) -> bool:
     return False
 
 
+def _bad_certificate(conn: _Conn) -> bool:
+    """The connection presented a certificate an attacker could present (``cert_*``)."""
+    policy = TESTCASES.get(conn.testcase)
+    return conn.active and policy is not None and policy.certificate() != VALID_CERTIFICATE
+
+
 def _implicit_tls_open(conn: _Conn) -> bool:
     if not conn.active:
         return True  # baseline behaviour: implicit-TLS ports accept
@@ -408,6 +418,14 @@ class _ProtocolJudge:
                 if used:
                     self.found.add("preauth_plaintext", CASE_DETAIL["preauth_plaintext"], used)
                     found.append("preauth_plaintext")
+            if policy.certificate() != VALID_CERTIFICATE:
+                accepted = [
+                    e for e in self._logins(conn, "auth") if e.get("tls") and e.get("secret_sent")
+                ]
+                if accepted:
+                    detail = CASE_DETAIL["accepted_bad_certificate"]
+                    self.found.add("accepted_bad_certificate", detail, accepted)
+                    found.append("accepted_bad_certificate")
             if policy.inject_response():
                 used = self._injection_used(conn)
                 if used:
@@ -450,6 +468,21 @@ class _ProtocolJudge:
                 f"the TLS negotiation was disrupted ({conn.mode})",
                 conn.of_type("starttls_disrupted"),
             )
+            if _bad_certificate(conn):
+                for failed in conn.of_type("tls_failed"):
+                    reason = str(failed.get("reason") or "no reason given")[:200]
+                    self.found.add(
+                        "rejected_bad_certificate",
+                        f"the client refused the certificate ({reason})",
+                        [failed],
+                    )
+                if not any(e.get("secret_sent") for e in conn.of_type("auth")):
+                    # a client that checks the name after the handshake just leaves
+                    self.found.add(
+                        "rejected_bad_certificate",
+                        "the client completed the handshake, then left without logging in",
+                        conn.of_type("tls_established"),
+                    )
             self.found.add(
                 "pipelined_after_starttls",
                 "the client sent commands after STARTTLS without waiting for the reply",
@@ -465,7 +498,13 @@ class _ProtocolJudge:
         secrets_sent = [e for c in active for e in self._logins(c, "auth") if e.get("secret_sent")]
         if any(e.get("tls") for e in secrets_sent):
             return ProtocolResult(Verdict.PASS, "tls_auth", count)
-        attacks = [e for c in active for e in c.events if _is_attack_event(e)]
+        attacks = [
+            e
+            for c in active
+            for e in c.events
+            if _is_attack_event(e)
+            or (e.get("type") in ("tls_failed", "tls_established") and _bad_certificate(c))
+        ]
         looping = self._loop(active, attacks, loop_connections, loop_seconds)
         if looping and not secrets_sent:
             self.found.add_ids(
@@ -531,6 +570,9 @@ def _report_findings(
 
 # what the findings of the cases beyond T1-T4 mean, for the finding's detail
 CASE_DETAIL = {
+    "accepted_bad_certificate": (
+        "the client sent its password inside TLS with a certificate an attacker could present"
+    ),
     "credentials_before_530": (
         "the client sent its password with AUTH before the server could answer that STARTTLS "
         "is required (530)"

@@ -181,12 +181,20 @@ def baseline_plaintext_without_starttls(log: Log) -> None:
     c.auth(tls=False)
 
 
-def baseline_tls(log: Log) -> None:
-    c = log.conn("c1", testcase="baseline")
-    c.caps(starttls=True)
-    c.starttls()
-    c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
-    c.auth(tls=True)
+def tls_login_under(testcase: str) -> Builder:
+    """STARTTLS offered and used, then a login inside TLS."""
+
+    def build(log: Log) -> None:
+        c = log.conn("c1", testcase=testcase)
+        c.caps(starttls=True)
+        c.starttls()
+        c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
+        c.auth(tls=True)
+
+    return build
+
+
+baseline_tls = tls_login_under("baseline")
 
 
 def t4_tls_then_disrupted(log: Log) -> None:
@@ -529,6 +537,31 @@ def injected_then_plaintext(log: Log) -> None:
     c.add("response_injected", nbytes=63)
     c.add("tls_failed", reason="wrong version number")
     c.auth(tls=False, outcome="disrupted")
+
+
+bad_certificate_accepted = tls_login_under("cert_selfsigned")
+
+
+def bad_certificate_rejected(log: Log) -> None:
+    c = log.conn("c1", testcase="cert_expired")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add("tls_failed", reason="SSLV3_ALERT_CERTIFICATE_EXPIRED")
+    c.close()
+
+
+def bad_certificate_left_after_handshake(log: Log) -> None:
+    c = log.conn("c1", testcase="cert_wronghost")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
+    c.close()
+
+
+def bad_certificate_rejected_then_plaintext(log: Log) -> None:
+    bad_certificate_rejected(log)
+    c = log.conn("c2", testcase="cert_expired", ts=101.0)
+    c.auth(tls=False)
 
 
 @dataclass(frozen=True)
@@ -929,6 +962,39 @@ ROWS = [
         "response_injection",
         frozenset({"response_injection", "plaintext_auth"}),
         step=info("inject"),
+    ),
+    Row(
+        "cert_*: password sent inside TLS with a bad certificate",
+        bad_certificate_accepted,
+        Verdict.FAIL,
+        "accepted_bad_certificate",
+        frozenset({"accepted_bad_certificate", "tls_auth"}),
+        step=info("cert_selfsigned"),
+    ),
+    Row(
+        "cert_*: the client aborted the handshake (the secure outcome, with its alert)",
+        bad_certificate_rejected,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        frozenset({"rejected_bad_certificate"}),
+        frozenset({"accepted_bad_certificate"}),
+        step=info("cert_expired"),
+    ),
+    Row(
+        "cert_*: the client checked the name after the handshake and left",
+        bad_certificate_left_after_handshake,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        frozenset({"rejected_bad_certificate"}),
+        step=info("cert_wronghost"),
+    ),
+    Row(
+        "cert_*: rejected the certificate, then logged in without TLS",
+        bad_certificate_rejected_then_plaintext,
+        Verdict.FAIL,
+        "plaintext_auth",
+        frozenset({"rejected_bad_certificate", "plaintext_auth"}),
+        step=info("cert_expired"),
     ),
     Row(
         "inject: the forged answer discarded (CRAM-MD5 after its own EHLO)",

@@ -62,7 +62,14 @@ from mailtls.protocols.base import (
 from mailtls.protocols.tlsrecord import ClientHelloReader
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
-from mailtls.testcases import BASELINE, TESTCASES, BlockStyle, ImplicitTls, TestCase
+from mailtls.testcases import (
+    BASELINE,
+    TESTCASES,
+    VALID_CERTIFICATE,
+    BlockStyle,
+    ImplicitTls,
+    TestCase,
+)
 
 log = logging.getLogger("mailtls.net")
 
@@ -75,6 +82,7 @@ _READ_VIEW = memoryview(_READ_BUFFER)
 # reasons to pause reading (bit flags)
 _PAUSE_HOLD = 1  # a delayed Send holds the following commands
 _PAUSE_WRITE = 2  # the transport's write buffer is above its high-water mark
+_PAUSE_TURN = 4  # a full read was handled: let the other connections (and accepts) go first
 _PEER_GONE = ("client", "error")
 CONNECTION_OVER_BUDGET = "too many commands on this connection"
 ADDRESS_OVER_BUDGET = "too many commands from your address; try again later"
@@ -89,7 +97,7 @@ class Host(Protocol):
     authenticator: Authenticator
     sink: Sink
 
-    def ssl_context(self) -> ssl.SSLContext: ...
+    def ssl_context(self, certificate: str = VALID_CERTIFICATE) -> ssl.SSLContext: ...
 
     def next_conn_id(self) -> str: ...
 
@@ -365,6 +373,11 @@ class MailConnection(asyncio.BufferedProtocol):
             self._received(_READ_VIEW[:nbytes])
             self._check_budgets()
             self._uncork()
+            if nbytes == READ_BYTES and self._loop is not None and not self._closing:
+                # more is probably waiting: read it on the next loop turn (uvloop would read
+                # again at once, so a pipelining peer could hold the loop for seconds)
+                self._pause(_PAUSE_TURN)
+                self._loop.call_soon(self._resume, _PAUSE_TURN)
         except OSError as exc:
             self._cannot_record(exc)
         except Exception:
@@ -738,7 +751,7 @@ class MailConnection(asyncio.BufferedProtocol):
             self._abort("error")
 
     def _start_tls(self) -> None:
-        self._engine = TlsEngine(self.listener.host.ssl_context())
+        self._engine = TlsEngine(self.listener.host.ssl_context(self.policy.certificate()))
         if self.mode != "blocked":
             self.mode = "tls"
         self._arm_deadline()

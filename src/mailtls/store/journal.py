@@ -10,6 +10,11 @@ Rules of this file:
   is ever truncated: readers skip a corrupt middle line with a warning and count it.
 - ``fdatasync`` is group-committed by ``GroupCommitter``, a thread that syncs at most once per
   interval while there is unsynced data.
+- Segments: the file being appended (``events.jsonl``, the *active* segment) is sealed once it
+  reaches the store's segment size: synced, then renamed (same inode) to
+  ``journal/<seq>.jsonl`` next to it, and a new empty active file takes its place on the same
+  descriptor. The whole journal is the sealed segments in ``seq`` order, then the active one
+  (``journal_files``); only the active one can have a torn tail.
 
 Only the standard library; must not import anything else from ``mailtls``.
 """
@@ -30,6 +35,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is refused on write and skipped on read
+SEGMENTS_DIR = "journal"  # sealed segments, next to the active file
 _CHUNK = 64 * 1024
 
 
@@ -39,6 +45,64 @@ class JournalError(Exception):
 
 class JournalFull(JournalError):
     """A write failed because the disk (or the quota) is full."""
+
+
+class SegmentMoved(Exception):
+    """The file at a path is not the segment expected (it was sealed or rewritten meanwhile)."""
+
+
+Ident = tuple[int, int]  # (device, inode) of one segment file
+
+
+def sealed_segments(active: Path) -> list[Path]:
+    """The sealed segments next to the active file ``active``, oldest first."""
+    try:
+        entries = list((active.parent / SEGMENTS_DIR).iterdir())
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in entries if p.suffix == ".jsonl" and p.stem.isdigit())
+
+
+def journal_files(active: Path) -> list[Path]:
+    """Every segment of the journal whose active file is ``active``, in record order."""
+    return [*sealed_segments(active), active]
+
+
+def ident_of(path: Path) -> Ident | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def id_ending_at(fd: int, size: int, offset: int) -> int | None:
+    """The id of the record whose line ends exactly at ``offset`` (0 for offset 0), or None."""
+    if offset == 0:
+        return 0
+    if offset > size or os.pread(fd, 1, offset - 1) != b"\n":
+        return None
+    record = parse_record(_line_before(fd, offset)[1])
+    return None if record is None else int(record["id"])
+
+
+def id_ending_in(path: Path, offset: int) -> int | None:
+    """``id_ending_at`` for a segment named by its path."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return id_ending_at(fd, os.fstat(fd).st_size, offset)
+    finally:
+        os.close(fd)
+
+
+def first_record(path: Path) -> dict[str, Any] | None:
+    """The first good record of a segment (None when it has none)."""
+    for record, _line, _end in read_records(path):
+        return record
+    return None
 
 
 def parse_record(line: bytes) -> dict[str, Any] | None:
@@ -137,7 +201,11 @@ class ReadStats:
 
 
 def read_records(
-    path: Path, start: int = 0, stats: ReadStats | None = None, after_id: int = 0
+    path: Path,
+    start: int = 0,
+    stats: ReadStats | None = None,
+    after_id: int = 0,
+    ident: Ident | None = None,
 ) -> Iterator[tuple[dict[str, Any], bytes, int]]:
     """Yield ``(record, line_without_newline, end_offset)`` for every good line from ``start``.
 
@@ -145,6 +213,7 @@ def read_records(
     previous one or ``after_id``, longer than ``MAX_LINE_BYTES``) is skipped with a warning and
     counted in ``stats.corrupt``. A last line without a newline is not yielded (a writer may be
     mid-line). ``stats.end_offset`` ends just after the last complete line read (good or corrupt).
+    With ``ident``, ``SegmentMoved`` is raised when the file at ``path`` is another one.
     """
     stats = stats if stats is not None else ReadStats()
     stats.end_offset = start
@@ -152,8 +221,14 @@ def read_records(
     try:
         f = path.open("rb")
     except FileNotFoundError:
+        if ident is not None:
+            raise SegmentMoved(path) from None
         return
     with f:
+        if ident is not None:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) != ident:
+                raise SegmentMoved(path)
         f.seek(start)
         pos = start
         while True:
@@ -203,6 +278,14 @@ class Journal:
         self.recovery = recover(self.fd, path)
         self.size = self.recovery.size
         self.last_id = self.recovery.last_id
+        for segment in reversed(sealed_segments(path) if not self.last_id else []):
+            fd = os.open(segment, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self.last_id = _last_id(fd, os.fstat(fd).st_size, segment)
+            finally:
+                os.close(fd)
+            if self.last_id:
+                break
 
     def identity(self) -> tuple[int, int]:
         """(device, inode) of the current journal file: changes when a rewrite is swapped in."""
@@ -232,12 +315,27 @@ class Journal:
 
     def id_ending_at(self, offset: int) -> int | None:
         """The id of the record whose line ends exactly at ``offset`` (0 for offset 0), or None."""
-        if offset == 0:
-            return 0
-        if offset > self.size or os.pread(self.fd, 1, offset - 1) != b"\n":
-            return None
-        record = parse_record(_line_before(self.fd, offset)[1])
-        return None if record is None else int(record["id"])
+        return id_ending_at(self.fd, self.size, offset)
+
+    def rotate(self) -> Path:
+        """Seal the active file as the next ``journal/<seq>.jsonl`` and start an empty one on
+        the same descriptor number; returns the sealed segment's path."""
+        directory = self.path.parent / SEGMENTS_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        existing = sealed_segments(self.path)
+        target = directory / f"{int(existing[-1].stem) + 1 if existing else 1:08d}.jsonl"
+        os.fsync(self.fd)
+        os.rename(self.path, target)  # the same inode: readers holding it read on
+        sync_directory(directory)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        new_fd = os.open(self.path, flags, 0o600)
+        try:
+            os.dup2(new_fd, self.fd)
+        finally:
+            os.close(new_fd)
+        sync_directory(self.path.parent)
+        self.size = 0
+        return target
 
     def sync(self) -> None:
         os.fdatasync(self.fd)

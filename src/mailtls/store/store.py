@@ -34,11 +34,19 @@ from mailtls.store.index import Index, Mark, RawRow, Row, clean_row, index_files
 from mailtls.store.journal import (
     MAX_LINE_BYTES,
     GroupCommitter,
+    Ident,
     Journal,
     JournalError,
     JournalFull,
     ReadStats,
+    SegmentMoved,
+    first_record,
+    id_ending_in,
+    ident_of,
+    journal_files,
     read_records,
+    sealed_segments,
+    sync_directory,
 )
 
 log = logging.getLogger(__name__)
@@ -120,6 +128,7 @@ class Store:
         index_interval: float = 0.2,
         reindex: bool = False,
         index_queue: int = 20_000,
+        segment_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.data_dir = Path(data_dir)
         try:
@@ -133,6 +142,7 @@ class Store:
             self._dir_lock.release()
             raise StoreError(f"cannot open the journal: {exc}") from None
         try:
+            self._segment_step = self._segment_bytes = max(1, segment_bytes)
             self._open(fsync, sync_interval, index_interval, reindex, index_queue)
         except BaseException:
             self._journal.close()
@@ -158,16 +168,18 @@ class Store:
         self._subscribers: dict[int, Subscriber] = {}
         self._subscriber_keys = itertools.count()
         self._subscriber_list: tuple[Subscriber, ...] = ()
-        self._pending: deque[tuple[RawRow, int]] = deque()  # (raw row, journal offset after it)
+        # (raw row, offset after it, its segment)
+        self._pending: deque[tuple[RawRow, int, Ident]] = deque()
         # The index queue is bounded: past ``_queue_cap`` rows the store "spills": new rows wait
         # in the journal only and the indexer reads them back from there; meanwhile the rows
         # that name a run or a code are also kept in ``_tail`` (bounded too) for queries.
         self._queue_cap = max(1, index_queue)
         self._spilled = False
-        self._tail: deque[tuple[RawRow, int]] = deque()
+        self._tail: deque[tuple[RawRow, int, Ident]] = deque()
         self._spill_lock = threading.Lock()  # one journal read-back (or compaction) at a time
         self._index_error = ""  # the index error last logged (logged once per streak)
         self._low_space = False  # below the free-space floor: unbound records are dropped
+        self._compacting = False  # no segment is sealed during a compaction
         self._dropped = 0
         self._ident = self._journal.identity()
         self._corrupt = 0
@@ -191,21 +203,25 @@ class Store:
     def _catch_up(self) -> str:
         """Ingest what the index lacks; returns why it started from empty ("" when it did not)."""
         mark = self._index.mark()
+        where = next(
+            (p for p in journal_files(self._journal.path) if ident_of(p) == (mark.dev, mark.ino)),
+            None,
+        )
         reason = ""
-        if (mark.dev, mark.ino) != self._ident and mark.last_id:
+        if where is None and mark.last_id:
             reason = "journal file replaced"
-        elif self._journal.id_ending_at(mark.offset) != mark.last_id:
+        elif where is not None and id_ending_in(where, mark.offset) != mark.last_id:
             reason = "index ahead of or inconsistent with the journal"
         elif mark.last_id == 0 and self._index.count():
             reason = "index has rows but no high-water mark"
         if reason:
             log.warning("index %s: %s; rebuilding it from the journal", self._index.path, reason)
-        if reason or (mark.dev, mark.ino) != self._ident:
-            mark = Mark(0, 0, *self._ident)
+        if reason or where is None:
+            mark = Mark()
             self._index.reset(mark)
         stats = ReadStats()
-        for batch, end in self._journal_batches(mark, stats):
-            self._index.insert(batch, Mark(batch[-1][0], end, *self._ident))
+        for batch, end, ident in self._journal_batches(mark, stats):
+            self._index.insert(batch, Mark(batch[-1][0], end, *ident))
         self._corrupt = stats.corrupt
         if stats.records or stats.corrupt:
             log.info(
@@ -216,19 +232,44 @@ class Store:
             )
         return reason
 
-    def _journal_batches(self, mark: Mark, stats: ReadStats) -> Iterator[tuple[list[Row], int]]:
-        """The journal's records after ``mark`` as index rows, in batches with their end offset."""
-        batch: list[Row] = []
-        end = mark.offset
-        for record, line, end in read_records(
-            self._journal.path, mark.offset, stats, after_id=mark.last_id
-        ):
-            batch.append(row_of(record, line.decode("utf-8")))
-            if len(batch) >= _BATCH:
-                yield batch, end
-                batch = []
-        if batch:
-            yield batch, end
+    def _files_after(self, mark: Mark) -> list[tuple[Path, Ident, int]]:
+        """The segments holding what follows ``mark``: (path, identity, start offset)."""
+        files = [(p, i) for p in journal_files(self._journal.path) if (i := ident_of(p))]
+        for n, (path, ident) in enumerate(files):
+            if ident == (mark.dev, mark.ino):
+                return [(path, ident, mark.offset), *((p, i, 0) for p, i in files[n + 1 :])]
+        return [(p, i, 0) for p, i in files]  # a mark of no segment: from the start
+
+    def _journal_batches(
+        self, mark: Mark, stats: ReadStats, reached: list[tuple[Ident, int]] | None = None
+    ) -> Iterator[tuple[list[Row], int, Ident]]:
+        """The journal's records after ``mark`` as index rows, in batches with the end offset
+        and the segment of their last row. A segment sealed while it is read is followed to
+        its new name. ``reached`` gets (segment, offset) of the last complete line read."""
+        last_id, position = mark.last_id, mark
+        files = self._files_after(mark)
+        while files:
+            path, ident, start = files.pop(0)
+            batch: list[Row] = []
+            part = ReadStats()
+            try:
+                for record, line, end in read_records(path, start, part, last_id, ident):
+                    batch.append(row_of(record, line.decode("utf-8")))
+                    last_id = record["id"]
+                    if len(batch) >= _BATCH:
+                        yield batch, end, ident
+                        batch = []
+            except SegmentMoved:  # sealed (renamed) before it was opened: look it up again
+                files = self._files_after(Mark(last_id, start, *ident))
+                continue
+            finally:
+                stats.records += part.records
+                stats.corrupt += part.corrupt
+            if batch:
+                yield batch, part.end_offset, ident
+            position = Mark(last_id, part.end_offset, *ident)
+        if reached is not None:
+            reached.append(((position.dev, position.ino), position.offset))
 
     # --- the hot path ---------------------------------------------------------------------------
 
@@ -280,6 +321,7 @@ class Store:
             pending = self._pending
             spilled = self._spilled
             cap = self._queue_cap
+            ident = self._ident
             end = start
             for record, line, ts in zip(records, lines, stamps, strict=False):
                 record["id"] = rid
@@ -290,6 +332,7 @@ class Store:
                 row = (
                     (rid, ts, get("type"), get("run"), get("step"), get("conn"), get("code"), line),
                     end,
+                    ident,
                 )
                 if not spilled:
                     if len(pending) < cap:
@@ -302,6 +345,8 @@ class Store:
                 rid += 1
             if self._subscriber_list:
                 self._outbox.extend(records)
+            if self._journal.size >= self._segment_bytes and not self._compacting:
+                self._rotate()
         if self._committer is not None:
             self._committer.mark_dirty()
         if self._outbox:
@@ -360,44 +405,58 @@ class Store:
         if not n:
             return 0
         batch = [self._pending.popleft() for _ in range(n)]
-        rows = [clean_row(raw) for raw, _ in batch]
+        rows = [clean_row(raw) for raw, _, _ in batch]
         try:
-            self._insert(rows, batch[-1][1])
+            self._insert(rows, batch[-1][1], batch[-1][2])
         except StoreError:
             self._pending.extendleft(reversed(batch))
             raise
         return n
 
-    def _insert(self, rows: list[Row], end: int) -> None:
-        mark = Mark(rows[-1][0], end, *self._ident)
+    def _insert(self, rows: list[Row], end: int, ident: Ident) -> None:
+        mark = Mark(rows[-1][0], end, *ident)
         try:
             self._index.insert(rows, mark)
         except (sqlite3.Error, ValueError) as exc:
             raise StoreError(f"cannot write the index: {exc}") from None
         self._mark = mark
 
-    def _read_back(self, *, locked: bool = False) -> None:
+    def _read_back(self, *, hold: str = "") -> None:
         """Index the backlog that waits in the journal (after a spill), then leave spill mode.
 
-        ``locked``: the caller holds ``_spill_lock``, ``_append_lock`` and ``_db_lock`` (the
-        final step of a compaction); otherwise each batch takes ``_db_lock`` alone and the
-        indexer stops early when the store closes (the next open catches up)."""
-        with contextlib.nullcontext() if locked else self._spill_lock:
+        ``hold``: the locks the caller holds: "" none (each batch takes ``_db_lock`` alone and
+        the indexer stops early when the store closes: the next open catches up), "spill"
+        ``_spill_lock`` (a compaction's start), "all" the spill, append and db locks (a
+        compaction's final step)."""
+        spill = contextlib.nullcontext() if hold else self._spill_lock
+        with spill:
             while self._spilled:
-                with contextlib.nullcontext() if locked else self._db_lock:
+                with contextlib.nullcontext() if hold == "all" else self._db_lock:
                     self._check_open()
                     self._flush_locked()  # the rows queued before the spill come first
-                stats = ReadStats()
-                for rows, end in self._journal_batches(self._mark, stats):
-                    with contextlib.nullcontext() if locked else self._db_lock:
+                reached: list[tuple[Ident, int]] = []
+                for rows, end, ident in self._journal_batches(self._mark, ReadStats(), reached):
+                    with contextlib.nullcontext() if hold == "all" else self._db_lock:
                         self._check_open()
-                        self._insert(rows, end)
-                    if not locked and self._stop.is_set():
+                        self._insert(rows, end, ident)
+                    if not hold and self._stop.is_set():
                         return
-                with contextlib.nullcontext() if locked else self._append_lock:
-                    if self._journal.size == stats.end_offset:
+                with contextlib.nullcontext() if hold == "all" else self._append_lock:
+                    if reached == [(self._ident, self._journal.size)]:
                         self._spilled = False
                         self._tail.clear()
+
+    def _rotate(self) -> None:
+        """Seal the active segment (``_append_lock`` held). A failure is logged and tried again
+        one segment later; appends go on into the same file meanwhile."""
+        try:
+            self._journal.rotate()
+        except OSError as exc:
+            log.error("cannot seal a journal segment (%s); appending on", exc.strerror)
+            self._segment_bytes += self._segment_step
+            return
+        self._segment_bytes = self._segment_step
+        self._ident = self._journal.identity()
 
     def _index_loop(self) -> None:
         delay = self._index_interval
@@ -467,7 +526,7 @@ class Store:
         if limit is not None and len(out) >= limit:
             return out
         match = _RowFilter(run, step, conn_list, code, type_list, max(after_id, indexed))
-        for raw, _ in itertools.chain(queued, tail):
+        for raw, _, _ in itertools.chain(queued, tail):
             if match(raw):
                 out.append(json.loads(raw[7]))
                 if limit is not None and len(out) >= limit:
@@ -528,7 +587,15 @@ class Store:
                 return None
             return record
 
-        removed, _ = self._compact(keep, "delete_run")
+        def holding(segments: list[_Segment]) -> list[_Segment]:
+            """The sealed segments that hold one of the records to remove (by the index)."""
+            ids = [r["id"] for r in self.query(run=run_id)]
+            if code is not None:
+                ids += [r["id"] for r in self.query(code=code)]
+                ids += [r["id"] for r in self.query(conns=sorted(conns))] if conns else []
+            return [seg for seg in segments if any(seg.first <= i < seg.after for i in ids)]
+
+        removed, _ = self._compact(keep, "delete_run", holding)
         return removed
 
     def prune(self, older_than: float, transform: Transform) -> int:
@@ -547,39 +614,54 @@ class Store:
             result["id"] = record["id"]
             return result
 
-        removed, changed = self._compact(apply, "prune")
+        def older(segments: list[_Segment]) -> list[_Segment]:
+            return [seg for seg in segments if seg.first_ts < older_than]
+
+        removed, changed = self._compact(apply, "prune", older)
         return removed + changed
 
-    def _compact(self, decide: Transform, reason: str) -> tuple[int, int]:
+    def _compact(
+        self, decide: Transform, reason: str, choose: Callable[[list[_Segment]], list[_Segment]]
+    ) -> tuple[int, int]:
         """Rewrite the journal through ``decide`` (same object: keep, None: drop, other: replace).
 
-        The bulk is copied while appends go on; the rest is copied with appends paused, then the
-        new file is synced and renamed over the journal, and the index follows in one
-        transaction. A crash at any point leaves either journal whole; the index notices the
-        new file (inode) and rebuilds.
+        Only the sealed segments ``choose`` picks are read and rewritten, one at a time (each
+        needs free space for its own size only; one that does not change is left as it is),
+        then the active segment: its bulk is copied while appends go on, the rest with appends
+        paused, then the new file is synced and renamed over it, and the index follows. No
+        segment is sealed meanwhile. A crash at any point leaves every segment whole; the index
+        notices a rewritten segment (inode) and rebuilds.
         """
         marker: dict[str, Any] | None = None
         with self._compact_lock:
             self._check_open()
+            self._compacting = True
             tmp = self.data_dir / (JOURNAL_NAME + ".compact")
             result = _Rewrite(decide)
             try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-                with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
-                    end = result.copy(self._journal.path, 0, out)
-                    if self._spilled:
-                        self._read_back()  # the bulk of a backlog, with appends going on
-                    with self._spill_lock, self._append_lock, self._db_lock:
-                        self._check_open()
-                        result.copy(self._journal.path, end, out)
-                        marker = self._marker(result, reason, out)
-                        out.flush()
-                        os.fsync(out.fileno())
+                with self._spill_lock:
+                    self._read_back(hold="spill")  # the index covers the sealed segments
+                    with self._db_lock:
                         self._flush_locked()
-                        self._read_back(locked=True)  # the index must be whole before the swap
-                        self._journal.swap(tmp)
-                        self._ident = self._journal.identity()
-                        self._after_swap(result, marker)
+                    for segment in choose(self._segments()):
+                        removed, changed = self._rewrite_sealed(segment.path, decide)
+                        result.elsewhere[0] += removed
+                        result.elsewhere[1] += changed
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                    with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
+                        end = result.copy(self._journal.path, 0, out)
+                        self._read_back(hold="spill")  # the bulk, with appends going on
+                        with self._append_lock, self._db_lock:
+                            self._check_open()
+                            result.copy(self._journal.path, end, out)
+                            marker = self._marker(result, reason, out)
+                            out.flush()
+                            os.fsync(out.fileno())
+                            self._flush_locked()
+                            self._read_back(hold="all")  # the index is whole before the swap
+                            self._journal.swap(tmp)
+                            self._ident = self._journal.identity()
+                            self._after_swap(result, marker)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreFull(f"cannot compact the journal: {exc.strerror}") from None
@@ -587,17 +669,63 @@ class Store:
             except (JournalError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot compact the journal: {exc}") from None
             finally:
+                self._compacting = False
                 tmp.unlink(missing_ok=True)  # gone already after a successful swap
         if marker is not None:
             self._deliver()
         if result.corrupt:
             log.warning("compaction dropped %d corrupt journal lines", result.corrupt)
-        return len(result.removed), len(result.changed)
+        return len(result.removed) + result.elsewhere[0], len(result.changed) + result.elsewhere[1]
+
+    def _segments(self) -> list[_Segment]:
+        """The sealed segments with the first id and time of each (and the next one's id)."""
+        out: list[_Segment] = []
+        for path in sealed_segments(self._journal.path):
+            first = first_record(path)
+            if first is None:
+                continue
+            ts = first.get("ts")
+            out.append(_Segment(path, int(first["id"]), ts if isinstance(ts, int | float) else 0))
+        for seg, nxt in itertools.pairwise(out):
+            seg.after = nxt.first
+        active = first_record(self._journal.path)
+        if out and active is not None:
+            out[-1].after = int(active["id"])
+        return out
+
+    def _rewrite_sealed(self, path: Path, decide: Transform) -> tuple[int, int]:
+        """Rewrite one sealed segment through ``decide`` when that changes it (``_spill_lock``
+        held: no read-back reads it meanwhile); the index follows."""
+        part = _Rewrite(decide)
+        tmp = path.with_name(path.name + ".compact")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
+                part.copy(path, 0, out)
+                if not part.removed and not part.changed:
+                    return 0, 0
+                out.flush()
+                os.fsync(out.fileno())
+            if tmp.stat().st_size:
+                os.replace(tmp, path)
+            else:
+                path.unlink()  # nothing left in it
+            sync_directory(path.parent)
+            with self._db_lock:
+                self._check_open()
+                self._index.rewrite(part.removed, part.changed, self._mark)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if part.corrupt:
+            log.warning("compaction dropped %d corrupt lines of %s", part.corrupt, path.name)
+        return len(part.removed), len(part.changed)
 
     def _marker(self, result: _Rewrite, reason: str, out: BinaryIO) -> dict[str, Any] | None:
         """A record saying what the compaction did; it also keeps ids increasing after a restart
         when the newest records were removed."""
-        if not result.removed and not result.changed:
+        removed = len(result.removed) + result.elsewhere[0]
+        changed = len(result.changed) + result.elsewhere[1]
+        if not removed and not changed:
             return None
         rid = self._next_id
         marker: dict[str, Any] = {
@@ -605,8 +733,8 @@ class Store:
             "ts": time.time(),
             "type": COMPACTED_TYPE,
             "reason": reason,
-            "removed": len(result.removed),
-            "changed": len(result.changed),
+            "removed": removed,
+            "changed": changed,
         }
         text = _encode(marker)
         out.write((text + "\n").encode())
@@ -685,6 +813,7 @@ class _Rewrite:
         self.corrupt = 0
         self.last_id = 0
         self.marker_row: Row | None = None
+        self.elsewhere = [0, 0]  # removed, changed in sealed segments
 
     def copy(self, path: Path, start: int, out: BinaryIO) -> int:
         """Copy complete lines from ``start`` through ``decide``; returns the offset reached."""
@@ -744,7 +873,17 @@ class _RowFilter:
         return self.types is None or (type(type_) is str and type_ in self.types)
 
 
-def _snapshot(rows: deque[tuple[RawRow, int]]) -> list[tuple[RawRow, int]]:
+@dataclass(slots=True)
+class _Segment:
+    """A sealed segment: its ids are ``first`` <= id < ``after``; ``first_ts`` its first time."""
+
+    path: Path
+    first: int
+    first_ts: float
+    after: float = float("inf")
+
+
+def _snapshot(rows: deque[tuple[RawRow, int, Ident]]) -> list[tuple[RawRow, int, Ident]]:
     """A copy of a deque another thread appends to (``list`` copies it without releasing the
     GIL; the retry only guards against an interpreter that would)."""
     for _ in range(100):

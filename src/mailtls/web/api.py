@@ -27,7 +27,18 @@ from mailtls.web.transcript import visible_events
 
 Scenario = Literal["immediate", "two_phase"]
 TestCaseName = Literal[
-    "baseline", "t1", "t2", "t3", "t4", "starttls_required", "preauth", "inject"
+    "baseline",
+    "t1",
+    "t2",
+    "t3",
+    "t4",
+    "starttls_required",
+    "preauth",
+    "inject",
+    "cert_selfsigned",
+    "cert_expired",
+    "cert_wronghost",
+    "cert_unknown_ca",
 ]  # mailtls.testcases.TESTCASES (tests/web keep the two equal)
 MAX_EVENT_ID = 2**63 - 1  # event ids are SQLite integers
 
@@ -44,7 +55,7 @@ class RunCreate(BaseModel):
     plan: Literal["guided", "more"] | None = Field(
         default=None,
         description='"guided": the nine standard steps; "more": the cases beyond T1-T4 '
-        "(starttls_required, preauth, inject), see GET /api/testcases",
+        "(starttls_required, preauth, inject, cert_*), see GET /api/testcases",
     )
     protocol: Literal["imap", "pop3"] | None = Field(
         default=None, description="how the client fetches mail (sending is always SMTP)"
