@@ -3,7 +3,12 @@ per-connection budget and the per-address budget (``net/recording.py``, ``net/li
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+from net_testkit import Journal, make_settings, no_binding, start_server
 
 from mailtls.net.limits import AddressBudget
 from mailtls.net.recording import (
@@ -148,3 +153,52 @@ def test_address_budget_keeps_a_bounded_number_of_windows() -> None:
     for i in range(1000):
         budget.charge(f"10.0.{i // 250}.{i % 250}", 1, 0, now=float(i) / 1000)
     assert len(budget._windows) <= 100
+
+
+# --- through the real I/O shell -------------------------------------------------------------
+
+
+async def _lines_after(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await reader.readline()  # greeting
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(1 << 20), 5)  # until the server closes
+    finally:
+        writer.close()
+
+
+async def test_a_bound_connection_records_fully_until_its_budget_then_the_goodbye(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    settings = replace(settings, recording=replace(settings.recording, bound_records=20))
+    journal = Journal()
+    server = await start_server(settings, journal)
+    try:
+        answer = await _lines_after(server.port("mini"), b"NOOP\r\n" * 100)
+        assert answer.endswith(b"421 kicked\r\n") and answer.count(b"250 NOOP") == 100
+        await journal.wait_for("connection_closed")
+        assert len(journal.of("command")) == 100  # the whole read was recorded, then it ended
+        (passed,) = journal.of("budget_exceeded")
+        assert (passed["scope"], passed["what"], passed["limit"]) == ("connection", "records", 20)
+        assert journal.of("session_kicked")[0]["reason"] == "too many commands on this connection"
+    finally:
+        await server.close()
+
+
+async def test_an_unbound_connection_through_the_shell_is_one_summary(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    journal = Journal()
+    server = await start_server(settings, journal, binder=no_binding)
+    try:
+        answer = await _lines_after(server.port("mini"), b"EHLO x\r\n" * 50 + b"QUIT\r\n")
+        assert answer.endswith(b"221 bye\r\n")
+        (summary,) = await journal.wait_for("connection_summary")
+        assert journal.types() == ["connection_summary"]
+        assert summary["counts"]["command"] == 51 and summary["by"] == "server"
+        assert list(summary["lines"]) == ["EHLO x"] * 8
+        assert summary["client"] == "127.0.0.1" and summary["binding"] is None
+    finally:
+        await server.close()
