@@ -13,6 +13,11 @@ pauses while the socket's write buffer is above ``WRITE_HIGH`` and the connectio
 beyond ``WRITE_HARD_LIMIT`` (a peer that never reads). Anything a peer sends ends as a core
 event; only a bug (or a failing sink) reaches the broad handler, which logs and aborts.
 
+Cost: a connection bound to no run is recorded compactly (``recording.CompactRecorder``: one
+summary at its close); every connection has a budget of observations and journal bytes, and the
+unbound ones charge their address's budget after each read (``Host.charge``); past a budget the
+core is told ``Kicked`` (its goodbye: SMTP 421, IMAP BYE, POP3 -ERR).
+
 This module knows nothing of listeners or the server: it asks its ``Host`` (implemented by
 ``listeners.MailServer``) for what it needs. It never imports the protocol cores.
 """
