@@ -471,6 +471,9 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._lost(exc)
             self._flush_records()
+            if self._compact is not None and not self._throttled and self._closed_by != "refused":
+                self.listener.host.charge(self, *self._charged)  # its summary counts too
+                self._charged = [0, 0]
         except OSError:  # the sink cannot record (disk full): already said, once
             pass
         except Exception:
@@ -672,7 +675,7 @@ class MailConnection(asyncio.BufferedProtocol):
         if self._throttled:
             return  # its address is over budget: counted there, not recorded
         compact = self._compact
-        if compact is None:
+        if compact is None or compact.promoted:
             budget.wrote(record)
             self._emit(record)
             return
