@@ -435,12 +435,16 @@ class Store:
                     self._check_open()
                     self._flush_locked()  # the rows queued before the spill come first
                 reached: list[tuple[Ident, int]] = []
+                started = time.monotonic()
                 for rows, end, ident in self._journal_batches(self._mark, ReadStats(), reached):
                     with contextlib.nullcontext() if hold == "all" else self._db_lock:
                         self._check_open()
                         self._insert(rows, end, ident)
-                    if not hold and self._stop.is_set():
-                        return
+                    if not hold:
+                        if self._stop.is_set():
+                            return
+                        self._yield_gil(started)
+                        started = time.monotonic()
                 with contextlib.nullcontext() if hold == "all" else self._append_lock:
                     if reached == [(self._ident, self._journal.size)]:
                         self._spilled = False
@@ -479,12 +483,19 @@ class Store:
     def _index_some(self) -> None:
         """Drain the queue in batches (queries interleave between them), then any spill."""
         while True:
+            started = time.monotonic()
             with self._db_lock:
                 self._check_open()
                 if self._flush_locked(_BATCH) < _BATCH:
                     break
+            self._yield_gil(started)
         if self._spilled:
             self._read_back()
+
+    def _yield_gil(self, started: float) -> None:
+        """Sleep as long as the last batch worked: a lagging indexer takes at most about half
+        of the interpreter from the event loop (its backlog waits in the journal meanwhile)."""
+        self._stop.wait(min(0.5, time.monotonic() - started))
 
     def query(
         self,
