@@ -27,7 +27,7 @@ if str(SRC) not in sys.path:
 from mailtls.net.listeners import MailServer, raise_nofile_limit  # noqa: E402
 from mailtls.net.pki import ensure_certificates  # noqa: E402
 from mailtls.net.types import ListenerSpec  # noqa: E402
-from mailtls.protocols.base import AuthDecision  # noqa: E402
+from mailtls.protocols.base import AuthDecision, Credential  # noqa: E402
 from mailtls.settings import Settings  # noqa: E402
 
 USER = "test-BENCH7@mailtls.test"
@@ -49,8 +49,8 @@ def bench_settings(data_dir: Path) -> Settings:
     return replace(settings, connections=replace(settings.connections, per_ip=50, total=100_000))
 
 
-def authenticate(username: str) -> AuthDecision:
-    if username.lower() == USER.lower():
+def authenticate(credential: Credential) -> AuthDecision:
+    if credential.username.lower() == USER.lower():
         return AuthDecision(True, USER, "BENCH7")
     return AuthDecision(False, "h:unknown", None)
 

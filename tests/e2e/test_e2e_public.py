@@ -8,6 +8,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,56 @@ def test_the_floor_recovers_by_itself(small_disk: Path) -> None:
         time.sleep(1.0)
         assert client.post(inst.url + "/api/runs", json={"plan": "guided"}).status_code == 201
         assert "free again" in inst.output()
+
+
+def _vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _pipeline(port: int, commands: int) -> None:
+    """One connection pipelining ``commands`` EHLO/NOOP lines, reading every reply."""
+    with connect(port, timeout=60) as s:
+        read_until(s, b"\r\n")
+        done = threading.Event()
+
+        def drain() -> None:
+            while not done.is_set():
+                try:
+                    data = s.recv(1 << 16)
+                except OSError:
+                    return
+                if not data or b"221 " in data:
+                    return
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        chunk = b"EHLO a\r\nNOOP\r\n" * 500
+        for _ in range(commands // 1000):
+            s.sendall(chunk)
+        s.sendall(b"QUIT\r\n")
+        reader.join(60)
+        done.set()
+
+
+@pytest.mark.timeout(180)
+def test_a_flood_keeps_memory_bounded_and_sigterm_quick(tmp_path: Path) -> None:
+    """The index lags behind a pipelining flood: its backlog waits in the journal, not in RAM."""
+    with serving(tmp_path / "var", "[storage]\nindex_queue = 2000\n") as inst:
+        pid = inst.proc.pid
+        before = _vm(pid, "VmRSS")
+        flooders = [
+            threading.Thread(target=_pipeline, args=(inst.ports["smtp_mx"], 100_000))
+            for _ in range(4)
+        ]
+        for t in flooders:
+            t.start()
+        for t in flooders:
+            t.join(150)
+        grown = _vm(pid, "VmHWM") - before
+        assert grown < 120 * 2**20, f"RSS grew by {grown / 2**20:.0f} MB"
+        t0 = time.monotonic()
+        inst.stop()
+        assert time.monotonic() - t0 < 10.0  # no backlog to index first (main: 15-22 s)
