@@ -137,6 +137,12 @@ async def _serve(conn: Connection, data_dir: Path, first: int, size: int) -> Non
                     "sockets": listeners.descriptors,
                 }
             )
+        elif msg[0] == "binder":
+            local = ("127.0.0.1", msg[1])
+            t0 = time.perf_counter()
+            for _ in range(100_000):
+                manager.binder("127.0.0.9", local)
+            conn.send((time.perf_counter() - t0) / 100_000 * 1e6)
         elif msg[0] == "start":
             cpu0, wall0 = time.process_time(), time.monotonic()
             conn.send("ok")
@@ -191,6 +197,11 @@ class Server:
         stats = self.pipe.recv()
         return done, float(stats["cpu"])
 
+    def binder_us(self) -> float:
+        """µs per accept-time lookup (``RunManager.binder``) of the target run's port."""
+        self.pipe.send(("binder", self.port))
+        return float(self.pipe.recv())
+
     def close(self) -> None:
         self.pipe.send(("quit",))
         self.pipe.recv()
@@ -221,6 +232,7 @@ def main() -> int:
                         f"round {r + 1} {name:6}  sessions={done}  server CPU={cpu:.2f} s  "
                         f"sessions per server CPU second={done / cpu:.0f}"
                     )
+            lookups = (none.binder_us(), loaded.binder_us())
         finally:
             none.close()
             loaded.close()
@@ -229,6 +241,10 @@ def main() -> int:
     print(
         f"median: no other open runs {base:.0f}/s, with {args.runs} open runs {with_runs:.0f}/s "
         f"({change:+.1f} %; target: within 5 %)"
+    )
+    print(
+        f"accept-time binding (RunManager.binder): {lookups[0]:.2f} µs per connection with no "
+        f"other open run, {lookups[1]:.2f} µs with {args.runs}"
     )
     cost = loaded.cost
     print(

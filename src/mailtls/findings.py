@@ -59,6 +59,7 @@ _COLOUR = {
     Severity.HIGH: "red",
     Severity.CRITICAL: "bold red",
 }
+COLOUR = _COLOUR  # rich style per severity, for the tools' own text renderers
 
 
 @dataclass(frozen=True)

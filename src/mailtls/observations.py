@@ -65,6 +65,38 @@ class ConnectionClosed(Observation):
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionSummarized(Observation):
+    """A connection bound to no run, recorded compactly (by the shell, at its close, instead of
+    its other records): what it got and did, how much, and a sample of its command lines (as
+    the transcript shows them: redacted). ``counts``: observations by type; ``code``: the run
+    code a login of it named (with a wrong password), so that the run's deletion removes it."""
+
+    TYPE: ClassVar[str] = "connection_summary"
+    security: str
+    testcase: str
+    by: str
+    bytes_in: int
+    bytes_out: int
+    duration: float
+    counts: dict[str, int]
+    lines: tuple[str, ...]
+    mechanisms: tuple[str, ...]  # SASL/login mechanisms tried
+    secrets_in_clear: int  # secret-carrying messages sent without TLS (no secret is kept)
+    code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExceeded(Observation):
+    """A connection (``scope`` "connection") or its address ("address") used up its budget of
+    records or journal bytes (``what``); the connection gets the protocol's goodbye."""
+
+    TYPE: ClassVar[str] = "budget_exceeded"
+    scope: str
+    what: str  # "records" | "bytes"
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class ImplicitTlsBlocked(Observation):
     TYPE: ClassVar[str] = "implicit_tls_blocked"
     style: str  # "silence" | "close" | "reset" | "handshake_then_close"

@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument(
         "--plan",
         choices=["guided", "more"],
-        help="guided: the nine standard steps; more: starttls_required, preauth, inject",
+        help="guided: the nine standard steps; more: the cases beyond T1-T4 (GET /api/testcases)",
     )
     c.add_argument(
         "--step",

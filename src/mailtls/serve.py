@@ -59,7 +59,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
 
     from mailtls.net.endpoints import RunListeners
     from mailtls.net.listeners import MailServer, raise_nofile_limit
-    from mailtls.net.pki import PkiError, ensure_certificates
+    from mailtls.net.pki import PkiError
     from mailtls.protocols.imap import ImapCore
     from mailtls.protocols.pop3 import Pop3Core
     from mailtls.protocols.smtp import SmtpCore
@@ -90,7 +90,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     activity = Activity(settings.log)
     store.subscribe(activity.on_record)
     try:
-        certs = ensure_certificates(settings)
+        certs, attack_certs = _certificates(settings)
     except PkiError as exc:
         store.close()
         print(f"mailtls: error: {exc}", file=sys.stderr)
@@ -98,6 +98,7 @@ async def serve(settings: Settings, loop_kind: str = "asyncio") -> int:
     server = MailServer(
         settings,
         certs=certs,
+        attack_certs=attack_certs,
         binder=manager.binder,
         authenticator=manager.authenticate,
         sink=store.append,
@@ -268,6 +269,31 @@ async def _release_periodically(manager: Any) -> None:
             manager.release_endpoints()
         except Exception:  # the next round tries again
             log.exception("releasing run endpoints failed")
+
+
+def _certificates(settings: Settings) -> tuple[Any, Any]:
+    """The server certificates and the attack certificates of the ``cert_*`` test cases. On
+    the first start the test CA key is kept just long enough to issue the expired and wrong-host
+    certificates from it (so that their only defect is the one the case is about), then it is
+    deleted unless ``tls.keep_ca_key``."""
+    from mailtls.net.attack_certs import ensure_attack_certificates
+    from mailtls.net.pki import ensure_certificates
+
+    tls_dir = settings.data_dir / "tls"
+    fresh = not settings.tls.cert_file and not (tls_dir / "ca.pem").is_file()
+    keep_now = fresh and not settings.tls.keep_ca_key
+    issuing = settings
+    if keep_now:
+        issuing = dataclasses.replace(
+            settings, tls=dataclasses.replace(settings.tls, keep_ca_key=True)
+        )
+    certs = ensure_certificates(issuing)
+    try:
+        attack = ensure_attack_certificates(certs, tls_dir / "ca.key")
+    finally:
+        if keep_now:
+            (tls_dir / "ca.key").unlink(missing_ok=True)
+    return certs, attack
 
 
 def _print_banner(settings: Settings, server: Any, certs: Any, loop_kind: str) -> None:

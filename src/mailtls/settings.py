@@ -145,6 +145,28 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """What one connection and one address may cost in records (observations) and journal bytes.
+
+    A connection bound to no run (bots, scanners) is recorded compactly: its records are counted
+    and summed into one ``connection_summary`` at its close (with a sample of its command lines);
+    only a login naming a run is written when it happens, and one with a run's password makes
+    the connection record fully from then on. Past a budget the connection gets the protocol's
+    goodbye (SMTP 421, IMAP BYE, POP3 -ERR); an address past its budget is answered the same way
+    on every unbound connection until the window ends. 0 disables a budget.
+    """
+
+    sample_lines: int = 8  # command lines kept in an unbound connection's summary
+    unbound_records: int = 600  # observations per unbound connection (an EHLO is three)
+    unbound_bytes: int = 65536  # journal bytes (estimated) per unbound connection
+    bound_records: int = 20000  # observations per connection bound to a run
+    bound_bytes: int = 8388608  # journal bytes (estimated) per connection bound to a run
+    address_records: int = 6000  # observations of unbound connections per address per window
+    address_bytes: int = 1048576  # journal bytes (estimated) of those per address per window
+    address_window: float = 60.0  # seconds
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("var")
     listen: tuple[str, ...] = ("127.0.0.1",)
@@ -162,6 +184,7 @@ class Settings:
     connections: Connections = field(default_factory=Connections)
     web: Web = field(default_factory=Web)
     storage: Storage = field(default_factory=Storage)
+    recording: Recording = field(default_factory=Recording)
     endpoints: Endpoints = field(default_factory=Endpoints)
     dns: Dns = field(default_factory=Dns)
     limits: Limits = field(default_factory=Limits)
@@ -277,6 +300,12 @@ def _validate(settings: Settings) -> None:
             "bad value for run_creation: rate_per_minute must be >= 0 and burst >= 1"
         )
     _validate_endpoints(settings)
+    rec = settings.recording
+    for f in dataclasses.fields(rec):
+        if getattr(rec, f.name) < 0:
+            raise SettingsError(f"bad value for recording.{f.name}: must be >= 0")
+    if rec.address_window <= 0:
+        raise SettingsError("bad value for recording.address_window: must be > 0")
     if not 0 <= settings.binding.ipv6_prefix <= 128:
         raise SettingsError(f"bad value for binding.ipv6_prefix: {settings.binding.ipv6_prefix}")
 

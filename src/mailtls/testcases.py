@@ -18,7 +18,10 @@ and, for the cases beyond T1–T4:
 - ``preauth()``: greet IMAP clients with ``* PREAUTH`` (authenticated in the clear, so STARTTLS
   is no longer allowed);
 - ``inject_response()``: follow the STARTTLS go-ahead, in the same plaintext segment, with a
-  forged answer to the client's first command inside TLS (``inject``).
+  forged answer to the client's first command inside TLS (``inject``);
+- ``certificate()``: the certificate the TLS handshake presents (STARTTLS and implicit TLS):
+  ``valid``, or one an attacker could present (``cert_selfsigned``, ``cert_expired``,
+  ``cert_wronghost``, ``cert_unknown_ca``; files from ``net.attack_certs``).
 
 ``protocols`` names the protocols a case applies to; elsewhere the honest baseline is served
 (``serving(protocol)``). ``cleartext_finding`` names, per protocol, the finding a secret sent in
@@ -36,6 +39,7 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 ALL_PROTOCOLS: Final = frozenset({"smtp", "imap", "pop3"})
+VALID_CERTIFICATE: Final = "valid"
 
 
 class StarttlsAction(enum.Enum):
@@ -98,6 +102,9 @@ class TestCase:
 
     def inject_response(self) -> bool:
         return False
+
+    def certificate(self) -> str:
+        return VALID_CERTIFICATE
 
     def serving(self, protocol: str) -> TestCase:
         """The policy a connection of ``protocol`` gets in a step of this case: the baseline
@@ -208,6 +215,45 @@ class InjectResponse(TestCase):
         return ImplicitTls.BLOCK
 
 
+class BadCertificate(TestCase):
+    """NDSS 2025: 19 of 49 clients accept at least one bad certificate. TLS is offered honestly
+    (STARTTLS and implicit TLS); a secret sent inside that TLS session is the attacker's."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+
+    def certificate(self) -> str:
+        return self.kind
+
+
+class SelfSignedCertificate(BadCertificate):
+    __slots__ = ()
+    name = "cert_selfsigned"
+    summary = "TLS offered honestly, with a self-signed certificate"
+    kind = "selfsigned"
+
+
+class ExpiredCertificate(BadCertificate):
+    __slots__ = ()
+    name = "cert_expired"
+    summary = "TLS offered honestly, with an expired certificate from the test CA"
+    kind = "expired"
+
+
+class WrongHostCertificate(BadCertificate):
+    __slots__ = ()
+    name = "cert_wronghost"
+    summary = "TLS offered honestly, with a test-CA certificate for another host name"
+    kind = "wronghost"
+
+
+class UnknownCaCertificate(BadCertificate):
+    __slots__ = ()
+    name = "cert_unknown_ca"
+    summary = "TLS offered honestly, with a certificate from a CA nobody trusts"
+    kind = "unknown_ca"
+
+
 TESTCASES: dict[str, TestCase] = {
     tc.name: tc
     for tc in (
@@ -219,6 +265,10 @@ TESTCASES: dict[str, TestCase] = {
         StarttlsRequired(),
         Preauth(),
         InjectResponse(),
+        SelfSignedCertificate(),
+        ExpiredCertificate(),
+        WrongHostCertificate(),
+        UnknownCaCertificate(),
     )
 }
 STANDARD: Final = ("baseline", "t1", "t2", "t3", "t4")  # the guided run's nine steps use these

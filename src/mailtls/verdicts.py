@@ -10,10 +10,12 @@ Rules, per protocol, from the connections whose accept-time binding is this step
 - FAIL (cases beyond T1-T4, from the policy the connection got): ``credentials_before_530`` /
   ``ignored_logindisabled`` (a secret sent in the clear although the server said STARTTLS is
   required), ``preauth_plaintext`` (mailbox commands in a PREAUTH session without TLS),
-  ``response_injection`` (a login inside TLS that followed the forged answer). NOT_APPLICABLE
+  ``response_injection`` (a login inside TLS that followed the forged answer),
+  ``accepted_bad_certificate`` (a secret sent inside TLS with a ``cert_*`` certificate; a
+  refused handshake there is the secure ``rejected_bad_certificate``). NOT_APPLICABLE
   ``testcase_not_applicable`` for a protocol the step's case does not apply to (unless FAIL).
-- FAIL: a secret-carrying message (``auth`` with ``secret_in_clear``) without TLS, by this run's
-  account or an unknown username (a typo still leaks the password). FAIL always wins, whatever
+- FAIL: the run's password (``auth`` with ``secret_in_clear`` and ``proof``) sent without TLS.
+  FAIL always wins, whatever
   else happened (a skipped step, a prompt, a later TLS login). A login with another run's code
   is that run's evidence (its ``binding_mismatch``), not this step's.
 - INCONCLUSIVE ``binding_mismatch``: a login with the run's code on a connection bound elsewhere
@@ -23,10 +25,12 @@ Rules, per protocol, from the connections whose accept-time binding is this step
 - PASS: a secret was sent inside TLS there. Otherwise INCONCLUSIVE ``loop`` (>= N connections
   within M s after a disruption, no secret sent), ``aborted_after_downgrade`` (the attack showed,
   the client went no further: the secure outcome), or ``not_exercised``.
-Only the run's password is evidence: an ``auth`` event with the run's code and ``proof`` false (a
-wrong password for the run's username: someone else, or a mistyped password) is never FAIL, PASS,
-``binding_mismatch`` or ``report_contradicts_events``; the run manager hands such attempts in as
-``misuses`` and they become the finding ``username_misused`` (count and times, no address).
+Only the run's password is evidence (the username travels in the clear, and anyone who reads a
+dedicated port can connect to it): an ``auth`` event with ``proof`` false (a wrong password for
+the run's username, or a username that names no run) is never FAIL, PASS, ``binding_mismatch`` or
+``report_contradicts_events``; the run manager hands the wrong passwords for the run's username
+in as ``misuses`` and they become the finding ``username_misused`` (count and times, no
+address). Events journalled before ``proof`` existed count as proven.
 Step level: the user's reports add WARN (prompt shown) and NOT_APPLICABLE (could not connect); no
 connection and no report is INCONCLUSIVE ``never_connected``; the verdict is the worst in the order
 FAIL > WARN > INCONCLUSIVE > NOT_APPLICABLE > PASS > SKIPPED. A skipped step is SKIPPED unless FAIL.
@@ -43,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailtls.testcases import TESTCASES, ImplicitTls
+from mailtls.testcases import TESTCASES, VALID_CERTIFICATE, ImplicitTls
 
 Event = Mapping[str, Any]
 
@@ -68,6 +72,7 @@ SEVERITY: dict[Verdict, int] = {
 
 # the order findings are listed in
 TAGS = (
+    "accepted_bad_certificate",
     "credentials_before_530",
     "ignored_logindisabled",
     "preauth_plaintext",
@@ -81,6 +86,7 @@ TAGS = (
     "starttls_disrupted",
     "pipelined_after_starttls",
     "tls_auth",
+    "rejected_bad_certificate",
     "user_prompt",
     "user_cannot_connect",
     "report_contradicts_events",
@@ -210,9 +216,9 @@ def _float(value: Any) -> float:
     return 0.0
 
 
-def _not_misuse(event: Event) -> bool:
-    """Not a wrong password for a run's username (older events without ``proof`` count)."""
-    return event.get("proof") is not False or event.get("code") is None
+def _proven(event: Event) -> bool:
+    """The login presented the run's password (events written before ``proof`` existed count)."""
+    return event.get("proof") is not False
 
 
 def _binding_of(event: Event) -> tuple[Any, Any]:
@@ -294,6 +300,12 @@ def _is_attack_event(event: Event) -> bool:
     return False
 
 
+def _bad_certificate(conn: _Conn) -> bool:
+    """The connection presented a certificate an attacker could present (``cert_*``)."""
+    policy = TESTCASES.get(conn.testcase)
+    return conn.active and policy is not None and policy.certificate() != VALID_CERTIFICATE
+
+
 def _implicit_tls_open(conn: _Conn) -> bool:
     if not conn.active:
         return True  # baseline behaviour: implicit-TLS ports accept
@@ -329,13 +341,13 @@ class _ProtocolJudge:
 
     def _ours(self, event: Event) -> bool:
         code = event.get("code")
-        return (code is None or code == self.info.code) and _not_misuse(event)
+        return (code is None or code == self.info.code) and _proven(event)
 
     def _logins(self, conn: _Conn, *types: str) -> list[Event]:
         if conn.bound:
             return [e for e in conn.of_type(*types) if self._ours(e)]
         code = self.info.code
-        return [e for e in conn.of_type(*types) if e.get("code") == code and _not_misuse(e)]
+        return [e for e in conn.of_type(*types) if e.get("code") == code and _proven(e)]
 
     def _collect_cleartext(self, conns: list[_Conn]) -> list[Event]:
         """Cleartext findings of ``conns``; returns the secret-carrying messages sent in clear."""
@@ -406,6 +418,14 @@ class _ProtocolJudge:
                 if used:
                     self.found.add("preauth_plaintext", CASE_DETAIL["preauth_plaintext"], used)
                     found.append("preauth_plaintext")
+            if policy.certificate() != VALID_CERTIFICATE:
+                accepted = [
+                    e for e in self._logins(conn, "auth") if e.get("tls") and e.get("secret_sent")
+                ]
+                if accepted:
+                    detail = CASE_DETAIL["accepted_bad_certificate"]
+                    self.found.add("accepted_bad_certificate", detail, accepted)
+                    found.append("accepted_bad_certificate")
             if policy.inject_response():
                 used = self._injection_used(conn)
                 if used:
@@ -448,6 +468,21 @@ class _ProtocolJudge:
                 f"the TLS negotiation was disrupted ({conn.mode})",
                 conn.of_type("starttls_disrupted"),
             )
+            if _bad_certificate(conn):
+                for failed in conn.of_type("tls_failed"):
+                    reason = str(failed.get("reason") or "no reason given")[:200]
+                    self.found.add(
+                        "rejected_bad_certificate",
+                        f"the client refused the certificate ({reason})",
+                        [failed],
+                    )
+                if not any(e.get("secret_sent") for e in conn.of_type("auth")):
+                    # a client that checks the name after the handshake just leaves
+                    self.found.add(
+                        "rejected_bad_certificate",
+                        "the client completed the handshake, then left without logging in",
+                        conn.of_type("tls_established"),
+                    )
             self.found.add(
                 "pipelined_after_starttls",
                 "the client sent commands after STARTTLS without waiting for the reply",
@@ -463,7 +498,13 @@ class _ProtocolJudge:
         secrets_sent = [e for c in active for e in self._logins(c, "auth") if e.get("secret_sent")]
         if any(e.get("tls") for e in secrets_sent):
             return ProtocolResult(Verdict.PASS, "tls_auth", count)
-        attacks = [e for c in active for e in c.events if _is_attack_event(e)]
+        attacks = [
+            e
+            for c in active
+            for e in c.events
+            if _is_attack_event(e)
+            or (e.get("type") in ("tls_failed", "tls_established") and _bad_certificate(c))
+        ]
         looping = self._loop(active, attacks, loop_connections, loop_seconds)
         if looping and not secrets_sent:
             self.found.add_ids(
@@ -514,8 +555,7 @@ def _report_findings(
             _int(e.get("id"))
             for c in conns
             for e in c.of_type("auth")
-            if (e.get("code") == info.code or (c.bound and e.get("code") is None))
-            and _not_misuse(e)
+            if (e.get("code") == info.code or (c.bound and e.get("code") is None)) and _proven(e)
         ]
         if logins:
             findings.append(
@@ -530,6 +570,9 @@ def _report_findings(
 
 # what the findings of the cases beyond T1-T4 mean, for the finding's detail
 CASE_DETAIL = {
+    "accepted_bad_certificate": (
+        "the client sent its password inside TLS with a certificate an attacker could present"
+    ),
     "credentials_before_530": (
         "the client sent its password with AUTH before the server could answer that STARTTLS "
         "is required (530)"
@@ -553,7 +596,7 @@ def _misuse_finding(misuses: Sequence[Misuse]) -> list[StepFinding]:
     )
     more = f" and {len(times) - MAX_MISUSE_TIMES} more" if len(times) > MAX_MISUSE_TIMES else ""
     where = (
-        " (some from your own address: maybe your app with a mistyped password)"
+        " (some on a connection attached to this test: maybe your app with a mistyped password)"
         if any(m.bound for m in misuses)
         else ""
     )

@@ -333,3 +333,21 @@ def test_json_and_sarif_keep_their_shape_and_add_the_exposure(
     results = json.loads(out)["runs"][0]["results"]
     assert all(set(r["properties"]) > OLD_SARIF_PROPERTIES for r in results)
     assert all(r["properties"]["exposure"] for r in results)
+
+
+def test_runtime_falls_back_to_the_files_when_doveconf_refuses_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """doveconf failing means Dovecot would not start: the report still names each setting."""
+    require_tool("doveconf")
+    conf = FIXTURES / "dovecot24" / "renamed_nested" / "dovecot.conf"
+    code, out, _ = run(capsys, "--runtime", "--dovecot-config", str(conf), "--format", "json")
+    doc = json.loads(out)
+    assert code == 1
+    assert sorted(f["setting"] for f in doc["findings"]) == [
+        "disable_plaintext_auth",
+        "ssl_cert",
+        "ssl_key",
+    ]
+    assert any("failed: doveconf: Fatal" in n and "auditing the files" in n for n in doc["notes"])
+    assert doc["effective"]["dovecot"]["loads"] is False

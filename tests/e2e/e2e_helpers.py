@@ -226,13 +226,19 @@ CLIENT_ERRORS = (
 )
 
 
-def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
+def smtp_client(
+    inst: ServeInstance,
+    user: str,
+    password: str,
+    always_starttls: bool,
+    ctx: ssl.SSLContext | None = None,
+) -> str:
     """Submission client; returns what happened ("tls-login", "plain-login", "stopped: ...").
 
     The outcome is fixed when the login is answered: the server may close the connection right
     after it (two_phase activation closes the run's connections), so QUIT errors do not count.
     """
-    ctx = tls_context(inst)
+    ctx = ctx or tls_context(inst)
     try:
         s = smtplib.SMTP(HOST, inst.port_for(user, "smtp_submission"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
@@ -257,8 +263,14 @@ def smtp_client(inst: ServeInstance, user: str, password: str, always_starttls: 
         s.close()
 
 
-def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
-    ctx = tls_context(inst)
+def imap_client(
+    inst: ServeInstance,
+    user: str,
+    password: str,
+    always_starttls: bool,
+    ctx: ssl.SSLContext | None = None,
+) -> str:
+    ctx = ctx or tls_context(inst)
     try:
         m = imaplib.IMAP4(HOST, inst.port_for(user, "imap"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
@@ -282,8 +294,14 @@ def imap_client(inst: ServeInstance, user: str, password: str, always_starttls: 
             m.shutdown()
 
 
-def pop3_client(inst: ServeInstance, user: str, password: str, always_starttls: bool) -> str:
-    ctx = tls_context(inst)
+def pop3_client(
+    inst: ServeInstance,
+    user: str,
+    password: str,
+    always_starttls: bool,
+    ctx: ssl.SSLContext | None = None,
+) -> str:
+    ctx = ctx or tls_context(inst)
     try:
         p = poplib.POP3(HOST, inst.port_for(user, "pop3"), timeout=CLIENT_TIMEOUT)
     except CLIENT_ERRORS as exc:
@@ -312,7 +330,7 @@ def pop3_client(inst: ServeInstance, user: str, password: str, always_starttls: 
             p.close()
 
 
-CLIENTS: dict[str, Callable[[ServeInstance, str, str, bool], str]] = {
+CLIENTS: dict[str, Callable[..., str]] = {  # (inst, user, password, always_starttls, ctx)
     "smtp": smtp_client,
     "imap": imap_client,
     "pop3": pop3_client,

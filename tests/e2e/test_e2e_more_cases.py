@@ -9,14 +9,22 @@ Where a case does not apply to a protocol (POP3 under ``starttls_required``, SMT
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_tools import curl_login, fetchmail_poll, getmail_poll, mutt_session, swaks_send
+from client_tools import (
+    curl_login,
+    fetchmail_poll,
+    getmail_poll,
+    mutt_session,
+    run_tool,
+    swaks_send,
+)
 from e2e_helpers import CLIENTS, Api, Run, serving, tags, verdict
 
-from conftest import ServeInstance
+from conftest import ServeInstance, require_tool
 
 pytestmark = pytest.mark.system
 
@@ -199,3 +207,120 @@ def test_stdlib(api: Api, inst: ServeInstance, protocol: str, testcase: str, str
     assert verdict(step) == STDLIB_EXPECTED[protocol, testcase, strict], outcome
     if verdict(step)[0] == "FAIL" and testcase != "inject":
         assert "plaintext_auth" in tags(step)
+
+
+# --- the certificate cases ----------------------------------------------------------------------
+
+CERT_CASES = ("cert_selfsigned", "cert_expired", "cert_wronghost", "cert_unknown_ca")
+FAIL_CERT = ("FAIL", "accepted_bad_certificate")
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("testcase", CERT_CASES)
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3"])
+def test_curl_verifies_certificates_and_never_fails(
+    inst: ServeInstance, api: Api, protocol: str, testcase: str
+) -> None:
+    """curl verifies by default (chain, dates and name): it refuses with an alert (the name it
+    checks after the handshake, and leaves) -> the secure outcome, rejected_bad_certificate."""
+    run = new_step(api, testcase)
+    out = curl_login(inst, run, protocol, "--ssl-reqd")
+    step = api.finish(run)
+    assert verdict(step) == SECURE, out
+    assert "rejected_bad_certificate" in tags(step)
+    assert not out.startswith("exit 0"), out
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("testcase", CERT_CASES)
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3"])
+def test_curl_insecure_fails(inst: ServeInstance, api: Api, protocol: str, testcase: str) -> None:
+    run = new_step(api, testcase)
+    out = curl_login(inst, run, protocol, "--ssl-reqd", "--insecure")
+    step = api.finish(run)
+    assert verdict(step) == FAIL_CERT, out
+    assert {"accepted_bad_certificate", "tls_auth"} <= tags(step)
+
+
+@pytest.mark.timeout(40)
+def test_curl_refuses_a_bad_certificate_on_implicit_tls(inst: ServeInstance, api: Api) -> None:
+    run = new_step(api, "cert_selfsigned")
+    port = inst.port_for(run.username, "imap_tls")
+    argv = [require_tool("curl"), "-sS", "--max-time", "15", "--cacert", str(inst.ca)]
+    argv += ["--user", f"{run.username}:{run.password}", "--url", f"imaps://127.0.0.1:{port}/"]
+    out = run_tool(argv, timeout=30)
+    step = api.finish(run)
+    assert verdict(step) == SECURE, out
+    details = [f["detail"] for f in step["findings"] if f["tag"] == "rejected_bad_certificate"]
+    assert details and "unknown_ca" in details[0], details  # the alert curl sent
+
+
+# swaks -tls: without --tls-verify it accepts any certificate; with it, it checks the chain and
+# the dates but not the host name
+SWAKS_CERT_EXPECTED = {
+    (False, "cert_selfsigned"): FAIL_CERT,
+    (False, "cert_unknown_ca"): FAIL_CERT,
+    (True, "cert_selfsigned"): SECURE,
+    (True, "cert_expired"): SECURE,
+    (True, "cert_unknown_ca"): SECURE,
+    (True, "cert_wronghost"): FAIL_CERT,
+}
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("verify", "testcase"), sorted(SWAKS_CERT_EXPECTED))
+def test_swaks_certificates(inst: ServeInstance, api: Api, verify: bool, testcase: str) -> None:
+    run = new_step(api, testcase)
+    flags = ["--tls-verify", "--tls-ca-path", str(inst.ca)] if verify else []
+    out = swaks_send(inst, run, "-tls", *flags, "-a", "PLAIN")
+    assert verdict(api.finish(run)) == SWAKS_CERT_EXPECTED[verify, testcase], out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("testcase", ["cert_selfsigned", "cert_wronghost"])
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_fetchmail_without_sslcertck_accepts_any_certificate(
+    inst: ServeInstance, api: Api, tmp_path: Path, protocol: str, testcase: str
+) -> None:
+    run = new_step(api, testcase)
+    out = fetchmail_poll(inst, run, tmp_path / "fetchmail", protocol)
+    assert verdict(api.finish(run)) == FAIL_CERT, out
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("testcase", CERT_CASES)
+def test_mutt_asks_or_accepts(inst: ServeInstance, api: Api, tmp_path: Path, testcase: str) -> None:
+    """Mutt shows "(r)eject, accept (o)nce" for a certificate it cannot verify (the harness's
+    <quit> rejects: it leaves after the handshake); the harness sets ``ssl_verify_host=no``, so
+    the wrong host name passes and mutt logs in."""
+    run = new_step(api, testcase)
+    try:
+        mutt_session(inst, run, tmp_path / "home", "")
+    except AssertionError as exc:  # waiting at the certificate prompt until killed
+        assert "Certificate check" in str(exc), exc
+    expected = FAIL_CERT if testcase == "cert_wronghost" else SECURE
+    assert verdict(api.finish(run)) == expected
+
+
+def unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("testcase", CERT_CASES)
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3"])
+def test_stdlib_verifying_never_fails_unverified_fails(
+    inst: ServeInstance, api: Api, protocol: str, testcase: str
+) -> None:
+    run = new_step(api, testcase)
+    outcome = CLIENTS[protocol](inst, run.username, run.password, True)  # verifying context
+    step = api.finish(run)
+    assert outcome.startswith("stopped") and verdict(step) == SECURE, outcome
+    assert "rejected_bad_certificate" in tags(step)
+    run = new_step(api, testcase)
+    outcome = CLIENTS[protocol](inst, run.username, run.password, True, unverified())
+    assert outcome == "tls-login"
+    assert verdict(api.finish(run)) == FAIL_CERT

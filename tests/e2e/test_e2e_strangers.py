@@ -14,22 +14,22 @@ import socket
 from pathlib import Path
 
 import pytest
-from e2e_helpers import HOST, Api, Run, imap_client, serving, tags, verdict
+from e2e_helpers import HOST, Api, Run, imap_client, journal, serving, tags, verdict
 
 from conftest import ServeInstance
 
 STRANGER = "127.0.0.2"
 
 
-def imap_from(inst: ServeInstance, source: str) -> tuple[socket.socket, bytes]:
+def imap_from(inst: ServeInstance, port: int, source: str) -> tuple[socket.socket, bytes]:
     """An IMAP connection from ``source``; returns it with its greeting line."""
-    sock = socket.create_connection((HOST, inst.ports["imap"]), 8, source_address=(source, 0))
+    sock = socket.create_connection((HOST, port), 8, source_address=(source, 0))
     return sock, sock.makefile("rb").readline(4096)
 
 
-def stranger_login(inst: ServeInstance, run: Run, password: str) -> bytes:
+def stranger_login(inst: ServeInstance, port: int, run: Run, password: str) -> bytes:
     """A cleartext IMAP LOGIN from the stranger's address; returns the tagged reply."""
-    sock, _ = imap_from(inst, STRANGER)
+    sock, _ = imap_from(inst, port, STRANGER)
     with sock, sock.makefile("rb") as lines:
         sock.sendall(f'a LOGIN "{run.username}" {password}\r\n'.encode())
         reply = lines.readline(4096)
@@ -38,32 +38,37 @@ def stranger_login(inst: ServeInstance, run: Run, password: str) -> bytes:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("binding", ["endpoint", "address"])
 def test_a_stranger_with_the_username_and_a_wrong_password_is_not_the_victims_fail(
-    tmp_path: Path,
+    tmp_path: Path, binding: str
 ) -> None:
-    with serving(tmp_path / "var") as inst:
+    """``endpoint``: the run has its own ports, and the stranger read that port off the wire
+    too (its connections are bound to the step); ``address``: shared ports, the run bound to
+    the victim's address (the stranger's connections are unbound)."""
+    endpoints = None if binding == "endpoint" else {"enabled": False}
+    with serving(tmp_path / "var", endpoints=endpoints) as inst:
         api = Api(inst)
         run = api.create(("immediate", "t1"), ("immediate", "t1"))
+        port = inst.port_for(run.username, "imap")  # the run's own port, or the shared one
         api.start(run, 1)  # the victim's browser and mail client are on 127.0.0.1
         # twice, over cleartext IMAP, from another address, with a wrong password
         for guess in ("not-the-password", "still-not-it"):
-            assert stranger_login(inst, run, guess).startswith(b"a NO ")
-        # the stranger's address never became the run's: its next connection is not attacked
-        sock, greeting = imap_from(inst, STRANGER)
-        sock.close()
-        assert b"STARTTLS" in greeting  # baseline, while the run's address gets t1
-        sock, greeting = imap_from(inst, HOST)
-        sock.close()
-        assert b"STARTTLS" not in greeting
+            assert stranger_login(inst, port, run, guess).startswith(b"a NO ")
         step = api.finish(run, 1)
         assert verdict(step)[0] == "INCONCLUSIVE"  # the victim's client never logged in
         assert "username_misused" in tags(step) and "plaintext_auth" not in tags(step)
         assert step["username_misused"]["count"] == 2
         assert len(step["username_misused"]["times"]) == 2
+        # the stranger's address never became the run's (no login-address binding)
+        assert not [r for r in journal(inst) if r["type"] == "address_bound"]
 
         # step 2: the stranger again, and the user's own client with the run's password
         api.start(run, 2)
-        assert stranger_login(inst, run, "a-third-guess").startswith(b"a NO ")
+        assert stranger_login(inst, port, run, "a-third-guess").startswith(b"a NO ")
+        if binding == "address":  # a stranger's next connection is not attacked: baseline
+            sock, greeting = imap_from(inst, port, STRANGER)
+            sock.close()
+            assert b"STARTTLS" in greeting
         assert imap_client(inst, run.username, run.password, False) == "plain-login"
         step = api.finish(run, 2)
         assert verdict(step) == ("FAIL", "plaintext_auth")

@@ -13,8 +13,14 @@
   fetched by ``GetMessagesForInboxOnServer`` (the "Get Messages" button) and a message is sent by
   ``nsIMsgSend`` (the compose window's "Send").
 
+Thunderbird 153 runs chrome-context scripts only when started with
+``--remote-allow-system-access`` as well as ``--marionette``. A dialog it opens (an error alert)
+has its text noted before the next command and is then accepted by Marionette, as a user would
+press OK (``unhandledPromptBehavior: accept``).
+
 What Thunderbird did is read from the mail server's events, not from this side: the scripts only
-start the actions and report Thunderbird's own errors as text for assertion messages.
+start the actions and report Thunderbird's own outcome (send status, dialog texts) for the
+assertions and their messages.
 """
 
 from __future__ import annotations

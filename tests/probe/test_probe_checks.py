@@ -83,10 +83,17 @@ def test_slow_failure_says_so_in_evidence() -> None:
     assert not any("password" in e and "redacted" not in e for e in f.evidence)
 
 
-def test_submission_tls_optional_only_without_exposed_credentials() -> None:
+def test_submission_tls_optional_is_its_own_finding() -> None:
+    """One finding per setting to change, as the audit reports it: TLS optional on submission
+    stands beside AUTH before TLS."""
     refused = login(AuthOutcome.REFUSED_BEFORE_TLS)
     r = port("submission", 587, caps_before=HIDDEN, login=refused, tls_required=False)
     assert ids(r) == {"probe-submission-tls-optional": Severity.LOW}
+    exposed = port(
+        "submission", 587, caps_before=HIDDEN, login=login(AuthOutcome.PROCESSED),
+        tls_required=False,
+    )  # fmt: skip
+    assert "probe-submission-tls-optional" in ids(exposed) and len(ids(exposed)) == 2
     assert ids(port("submission", 587, caps_before=HIDDEN, login=refused, tls_required=True)) == {}
     assert ids(port("smtp", 25, caps_before=HIDDEN, login=refused, tls_required=False)) == {}
 

@@ -145,7 +145,8 @@ def assert_agrees_with_audit(stack: Stack, results: list[ProbeResult]) -> None:
 def test_insecure_postfix(insecure: Stack) -> None:
     result = probe(insecure, POSTFIX_ADDR, insecure.postfix_targets())
     sub, smtps = insecure.pf.submission, insecure.pf.smtps
-    expected = {(sub, "probe-auth-before-tls"), (smtps, "probe-port-unreachable")}
+    expected = {(sub, "probe-auth-before-tls"), (sub, "probe-submission-tls-optional")}
+    expected.add((smtps, "probe-port-unreachable"))
     if can_offer(ssl.TLSVersion.TLSv1):  # Postfix's own default admits TLS 1.0 and 1.1
         expected.add((sub, "probe-legacy-tls-accepted"))
     assert pairs(result.findings) == expected

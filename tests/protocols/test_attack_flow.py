@@ -219,7 +219,9 @@ def test_a_failed_handshake_records_the_plaintext_that_follows_then_closes(proto
         [
             Record(obs.DataAfterDisruption(len(d.login), False, d.login_verb)),
             Record(
-                obs.AuthAttempted(d.login_mechanism, USER, CODE, False, True, True, "disrupted")
+                obs.AuthAttempted(
+                    d.login_mechanism, USER, CODE, False, True, True, "disrupted", True
+                )
             ),
             Close(),
         ],

@@ -223,7 +223,7 @@ async def test_fetchmail_checks_the_mailbox_over_starttls(baseline: Server) -> N
     rc = write_private(
         baseline.home / "fetchmailrc",
         f"set no bouncemail\n"
-        f"poll 127.0.0.1 service {baseline.plain} protocol IMAP auth password timeout 10\n"
+        f"poll localhost service {baseline.plain} protocol IMAP auth password timeout 10\n"
         f'  user "{USER}" there with password "{PASSWORD}" is "nobody" here\n'
         f'  sslproto "TLS1.2+" sslcertck sslcertfile "{baseline.certs.ca}"\n'
         f'  keep fetchall mda "/bin/cat"\n',

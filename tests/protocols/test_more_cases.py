@@ -306,3 +306,31 @@ def test_inject_leaves_plain_out_inside_tls_but_accepts_it(protocol: str) -> Non
 )
 def test_next_tag(tag: str, expected: str) -> None:
     assert next_tag(tag) == expected
+
+
+# --- the certificate cases: the protocol is the baseline's, the shell presents the certificate --
+
+CERT_CASES = ["cert_selfsigned", "cert_expired", "cert_wronghost", "cert_unknown_ca"]
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("testcase", CERT_CASES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_certificate_cases_talk_like_the_baseline(
+    protocol: str, testcase: str, implicit: bool
+) -> None:
+    d = DIALECTS[protocol]
+    sessions = [
+        Session(protocol, testcase, implicit=implicit),
+        Session(protocol, implicit=implicit),
+    ]
+    for s in sessions:
+        s.ready(TLS if implicit else None)
+        if not implicit:
+            s.data(d.starttls + d.noop)  # a pipelining client
+            s.event(TlsEstablished(TLS))
+            if d.prelude:
+                s.data(d.prelude)
+        s.data(d.login)
+    assert sessions[0].history == sessions[1].history
+    assert TESTCASES[testcase].certificate() != TESTCASES["baseline"].certificate()

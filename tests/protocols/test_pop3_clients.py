@@ -230,7 +230,7 @@ async def test_poplib_under_t4_gets_a_cleartext_line_inside_tls(tmp_path: Path) 
 def fetchmail_rc(tmp_path: Path, lab_: Lab, ssl_opts: str) -> Path:
     rc = tmp_path / "fetchmailrc"
     rc.write_text(
-        f"poll 127.0.0.1 protocol POP3 port {lab_.port} timeout 10\n"
+        f"poll localhost protocol POP3 port {lab_.port} timeout 10\n"
         f'  user "{ACCOUNT}" password "{PASSWORD}" is "nobody" here\n'
         f'  {ssl_opts} mda "/bin/true"\n'
     )

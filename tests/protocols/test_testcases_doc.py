@@ -55,7 +55,7 @@ from mailtls.protocols.pop3 import Pop3Core
 from mailtls.protocols.smtp import SmtpCore
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
-from mailtls.testcases import STANDARD, TESTCASES, AfterTls, ImplicitTls
+from mailtls.testcases import STANDARD, TESTCASES, VALID_CERTIFICATE, AfterTls, ImplicitTls
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "testcases.md"
 HOSTNAME = "mail.example.test"
@@ -172,8 +172,23 @@ def test_transcript_is_what_the_core_does(t: Transcript) -> None:
 
 def test_every_protocol_and_testcase_has_a_transcript() -> None:
     covered = {(t.protocol, t.testcase) for t in transcripts()}
-    applicable = {(p, tc) for p in CORES for tc in TESTCASES if p in TESTCASES[tc].protocols}
-    assert covered == applicable
+    applicable = {
+        (p, tc)
+        for p in CORES
+        for tc in TESTCASES
+        if p in TESTCASES[tc].protocols and not tc.startswith("cert_")
+    }
+    assert covered == applicable  # the certificate cases replay the baseline's (below)
+
+
+@pytest.mark.parametrize("testcase", [tc for tc in TESTCASES if tc.startswith("cert_")])
+def test_certificate_cases_talk_like_the_baseline(testcase: str) -> None:
+    """The page says the protocol lines of a certificate case are the baseline's: every
+    baseline transcript replays unchanged under it (the certificate is the shell's part)."""
+    baseline = [t for t in transcripts() if t.testcase == "baseline"]
+    assert {t.protocol for t in baseline} == set(CORES)
+    for t in baseline:
+        replay(replace(t, testcase=testcase))
 
 
 # --- inline reply lines ---------------------------------------------------------------------------
@@ -234,6 +249,19 @@ def test_at_a_glance_table_matches_the_policies() -> None:
             assert first_code(cell) == expected, f"{method} for {name}"
 
 
+def test_certificate_table_matches_the_policies() -> None:
+    names = ("cert_selfsigned", "cert_expired", "cert_wronghost", "cert_unknown_ca")
+    rows = table_rows("| | " + " | ".join(names) + " |")
+    assert {first_code(row[0]) for row in rows} == {"certificate", "offer_starttls", "implicit_tls"}
+    for row in rows:
+        method = first_code(row[0])
+        for name, cell in zip(names, row[1:], strict=True):
+            answer: Any = getattr(TESTCASES[name], method)()
+            if isinstance(answer, bool):
+                answer = "yes" if answer else "no"
+            assert first_code(cell) == getattr(answer, "value", answer), f"{method} for {name}"
+
+
 def test_beyond_t1_t4_table_matches_the_policies() -> None:
     names = ("starttls_required", "preauth", "inject")
     rows = table_rows("| | starttls_required | preauth | inject |")
@@ -246,7 +274,7 @@ def test_beyond_t1_t4_table_matches_the_policies() -> None:
         "inject_response",
         "implicit_tls",
     }
-    assert set(names) == set(TESTCASES) - set(STANDARD)
+    assert set(names) == {n for n in set(TESTCASES) - set(STANDARD) if not n.startswith("cert_")}
     for row in rows:
         method = first_code(row[0])
         for name, cell in zip(names, row[1:], strict=True):
@@ -397,7 +425,9 @@ async def test_implicit_tls_ports_as_documented(tmp_path: Path, testcase: str) -
                 asyncio.to_thread(implicit_client, port, ca, protocol), timeout=20
             )
             policy = TESTCASES[testcase].serving(protocol)  # the baseline where n/a
-            if policy.implicit_tls() is ImplicitTls.BLOCK:  # blocked: silence, then close
+            if policy.certificate() != VALID_CERTIFICATE:  # a verifying client refuses it
+                assert greeting == b"" and "SSLCertVerificationError" in outcome, protocol
+            elif policy.implicit_tls() is ImplicitTls.BLOCK:  # blocked: silence, then close
                 assert (greeting, outcome) == (b"", "no handshake: SSLEOFError"), protocol
             elif policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND:
                 assert greeting and outcome == "cleartext inside TLS", protocol

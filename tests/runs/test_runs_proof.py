@@ -105,7 +105,7 @@ def test_on_the_users_own_address_a_wrong_password_is_not_fail_the_right_one_is(
     result = env.manager.finish(run.id, 1)
     assert result.verdict != "FAIL" and "plaintext_auth" not in result.tags()
     assert [f.tag for f in result.findings if f.tag == "username_misused"] == ["username_misused"]
-    assert "your own address" in next(
+    assert "attached to this test" in next(
         f.detail for f in result.findings if f.tag == "username_misused"
     )
 

@@ -181,12 +181,20 @@ def baseline_plaintext_without_starttls(log: Log) -> None:
     c.auth(tls=False)
 
 
-def baseline_tls(log: Log) -> None:
-    c = log.conn("c1", testcase="baseline")
-    c.caps(starttls=True)
-    c.starttls()
-    c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
-    c.auth(tls=True)
+def tls_login_under(testcase: str) -> Builder:
+    """STARTTLS offered and used, then a login inside TLS."""
+
+    def build(log: Log) -> None:
+        c = log.conn("c1", testcase=testcase)
+        c.caps(starttls=True)
+        c.starttls()
+        c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
+        c.auth(tls=True)
+
+    return build
+
+
+baseline_tls = tls_login_under("baseline")
 
 
 def t4_tls_then_disrupted(log: Log) -> None:
@@ -372,6 +380,13 @@ def other_runs_code_on_bound(log: Log) -> None:
     c.auth(tls=False, code=OTHER_CODE)
 
 
+def legacy_login_without_proof(log: Log) -> None:
+    c = log.conn("c1")
+    c.caps(starttls=False)
+    event = c.auth(tls=False)
+    del log.events[event - 1]["proof"]
+
+
 def unknown_user_on_bound(log: Log) -> None:
     c = log.conn("c1")
     c.caps(starttls=False)
@@ -522,6 +537,31 @@ def injected_then_plaintext(log: Log) -> None:
     c.add("response_injected", nbytes=63)
     c.add("tls_failed", reason="wrong version number")
     c.auth(tls=False, outcome="disrupted")
+
+
+bad_certificate_accepted = tls_login_under("cert_selfsigned")
+
+
+def bad_certificate_rejected(log: Log) -> None:
+    c = log.conn("c1", testcase="cert_expired")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add("tls_failed", reason="SSLV3_ALERT_CERTIFICATE_EXPIRED")
+    c.close()
+
+
+def bad_certificate_left_after_handshake(log: Log) -> None:
+    c = log.conn("c1", testcase="cert_wronghost")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add("tls_established", version="TLSv1.3", cipher="x", implicit=False)
+    c.close()
+
+
+def bad_certificate_rejected_then_plaintext(log: Log) -> None:
+    bad_certificate_rejected(log)
+    c = log.conn("c2", testcase="cert_expired", ts=101.0)
+    c.auth(tls=False)
 
 
 @dataclass(frozen=True)
@@ -802,8 +842,15 @@ ROWS = [
         absent=frozenset({"plaintext_auth"}),
     ),
     Row(
-        "unknown username on a bound connection",
+        "unknown username on a bound connection: not the run's password, no evidence",
         unknown_user_on_bound,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"plaintext_auth"}),
+    ),
+    Row(
+        "an event journalled before proof existed counts as the run's",
+        legacy_login_without_proof,
         Verdict.FAIL,
         "plaintext_auth",
     ),
@@ -917,6 +964,39 @@ ROWS = [
         step=info("inject"),
     ),
     Row(
+        "cert_*: password sent inside TLS with a bad certificate",
+        bad_certificate_accepted,
+        Verdict.FAIL,
+        "accepted_bad_certificate",
+        frozenset({"accepted_bad_certificate", "tls_auth"}),
+        step=info("cert_selfsigned"),
+    ),
+    Row(
+        "cert_*: the client aborted the handshake (the secure outcome, with its alert)",
+        bad_certificate_rejected,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        frozenset({"rejected_bad_certificate"}),
+        frozenset({"accepted_bad_certificate"}),
+        step=info("cert_expired"),
+    ),
+    Row(
+        "cert_*: the client checked the name after the handshake and left",
+        bad_certificate_left_after_handshake,
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        frozenset({"rejected_bad_certificate"}),
+        step=info("cert_wronghost"),
+    ),
+    Row(
+        "cert_*: rejected the certificate, then logged in without TLS",
+        bad_certificate_rejected_then_plaintext,
+        Verdict.FAIL,
+        "plaintext_auth",
+        frozenset({"rejected_bad_certificate", "plaintext_auth"}),
+        step=info("cert_expired"),
+    ),
+    Row(
         "inject: the forged answer discarded (CRAM-MD5 after its own EHLO)",
         injected_then("CRAM-MD5", "smtp"),
         Verdict.PASS,
@@ -952,7 +1032,7 @@ def test_misuses_are_their_own_finding_with_count_and_times() -> None:
     (found,) = [f for f in result.findings if f.tag == "username_misused"]
     assert found.evidence == (5, 7)
     assert "2 times, at 01:00:01, 01:01:01 UTC" in found.detail
-    assert "your own address" in found.detail
+    assert "attached to this test" in found.detail
     assert finding(judge(log, info("baseline")), "username_misused") == []
 
 

@@ -354,3 +354,28 @@ def test_keyboard_and_labels(browser: Any, serve: ServeInstance) -> None:
     page.goto(serve.url)
     assert page.evaluate(UNLABELLED) == []
     page.context.close()
+
+
+def test_guided_run_with_the_more_tests(browser: Any, serve: ServeInstance) -> None:
+    """The optional "more tests" part: ticked on the landing page, it follows the nine standard
+    steps with the same step pages (titles and plain-language explanations of the new cases)."""
+    tab = new_tab(browser)
+    page = tab.page
+    page.goto(serve.url)
+    page.check("input[name=protocol][value=imap]")
+    page.check("input[name=more]")
+    page.click("text=Start the guided test")
+    page.wait_for_url(re.compile(r"/run/[A-Za-z0-9_-]{20,}$"))
+    user, password = account(tab, serve)
+    assert "encryption offer removed from a careful server" in page.inner_text("body")
+    page.click("text=Begin with step 1")
+    for n in range(1, 10):
+        skip(tab, n)
+    assert page.inner_text("h1").startswith("Step 10:"), page.inner_text("h1")
+    assert "careful server" in page.inner_text("body")
+    start(tab, 10)
+    # imaplib logs in although the server says LOGINDISABLED
+    assert imap_session(serve, user, password).startswith("error")
+    finish(tab, "FAIL")
+    assert "LOGINDISABLED" in page.inner_text("body")
+    page.context.close()

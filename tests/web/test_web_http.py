@@ -353,13 +353,17 @@ def test_the_guided_flow_offers_the_more_tests_after_the_nine_steps(web: Browser
     imap = web.http.get(f"/api/runs/{web.create(more='yes').id}").json()["steps"]
     pop3 = web.http.get(f"/api/runs/{web.create(more='yes', protocol='pop3').id}").json()["steps"]
     assert len(nine) == 9 and imap[:9] == nine
-    assert [s["testcase"] for s in imap[9:]] == ["starttls_required", "preauth", "inject"]
-    assert [s["testcase"] for s in pop3[9:]] == ["starttls_required", "inject"]  # no preauth
+    more = ["starttls_required", "preauth", "inject", *CERT_CASES]
+    assert [s["testcase"] for s in imap[9:]] == more
+    assert [s["testcase"] for s in pop3[9:]] == [c for c in more if c != "preauth"]
     page = web.http.get(f"/run/{web.create(more='yes').id}").text
-    assert "a careful server behind the attacker" in page
+    assert "Extra attack: encryption offer removed from a careful server" in page
 
 
-@pytest.mark.parametrize("testcase", ["starttls_required", "preauth", "inject"])
+CERT_CASES = ["cert_selfsigned", "cert_expired", "cert_wronghost", "cert_unknown_ca"]
+
+
+@pytest.mark.parametrize("testcase", ["starttls_required", "preauth", "inject", *CERT_CASES])
 def test_the_single_test_page_and_the_api_accept_the_more_tests(
     web: Browserless, testcase: str
 ) -> None:
@@ -379,8 +383,5 @@ def test_the_api_lists_where_each_case_applies(web: Browserless) -> None:
     assert cases["t1"]["standard"] and not cases["inject"]["standard"]
     resp = web.http.post("/api/runs", json={"plan": "more"})
     assert resp.status_code == 201
-    assert [s["testcase"] for s in resp.json()["steps"]] == [
-        "starttls_required",
-        "preauth",
-        "inject",
-    ]
+    steps = [s["testcase"] for s in resp.json()["steps"]]
+    assert steps == ["starttls_required", "preauth", "inject", *CERT_CASES]

@@ -74,6 +74,7 @@ def _make_run(inst: ServeInstance) -> Run:
     api = httpx.Client(base_url=inst.url + "/api", timeout=20)
     body = {"steps": [{"scenario": "immediate", "testcase": t} for t, _, _ in PLAN]}
     run = api.post("/runs", json=body).json()
+    inst.remember(run)  # the run's own endpoints
     user, password = run["account"]["username"], run["account"]["password"]
     for n, (_testcase, action, _expected) in enumerate(PLAN, 1):
         path = f"/runs/{run['id']}/steps/{n}"
@@ -162,6 +163,7 @@ def test_step_pages_use_the_same_label_and_colour(browser: Any, run: Run, serve_
 def test_an_armed_attack_is_never_green(browser: Any, serve_mod: ServeInstance) -> None:
     api = httpx.Client(base_url=serve_mod.url + "/api", timeout=20)
     made = api.post("/runs", json={"steps": [{"scenario": "two_phase", "testcase": "t1"}]}).json()
+    serve_mod.remember(made)
     api.post(f"/runs/{made['id']}/steps/1/start")
     user, password = made["account"]["username"], made["account"]["password"]
     assert imap_session(serve_mod, user, password) == "tls-login"  # arms the attack

@@ -188,10 +188,18 @@ def test_visible_events_leave_out_strangers_who_used_the_username() -> None:
         {"id": 5, "conn": "a", "run": "R", "type": "command", "line": "a1 LOGIN x"},
     ]
     shown = {e["id"]: e for e in visible_events(records, "c0de", run_id="R")}
-    assert sorted(shown) == [3, 4, 5]
+    # connection a is bound to the run (a dedicated port a stranger can read too), but its only
+    # login was a wrong password: left out as well
+    assert sorted(shown) == [3]
     assert shown[3]["client"] == "198.51.100.7"
-    # a wrong password on a connection bound to the run does not own it: neutral facts only
-    assert shown[5]["reduced"] and "line" not in shown[5]
+    records += [
+        {"id": 6, "conn": "a", "run": "R", "type": "auth", "code": "c0de", "proof": True},
+        {"id": 7, "conn": "b", "run": "R", "type": "command", "line": "EHLO x"},
+    ]
+    shown = {e["id"]: e for e in visible_events(records, "c0de", run_id="R")}
+    assert sorted(shown) == [3, 4, 5, 6, 7]  # a mistyped password, then the right one: shown
+    assert shown[5]["line"] == "a1 LOGIN x"
+    assert shown[7]["reduced"] and "line" not in shown[7]  # bound, never logged in: facts only
 
 
 def _request(peer: str) -> Request:

@@ -4,8 +4,11 @@
 ``disable_plaintext_auth`` (2.3) / ``auth_allow_cleartext`` (2.4, inverted) decide whether
 PLAIN/LOGIN work before STARTTLS. Dovecot counts a connection as secured when it comes from
 ``login_trusted_networks`` or when the client address equals the server address (webmail on the
-same host), and then allows cleartext logins. Config-wide checks (renamed 2.4 settings, trusted
-networks) take the parsed config. Imports only the Dovecot views, the model and ``findings``.
+same host), and then allows cleartext logins. A configuration Dovecot refuses (a 2.3 name under
+2.4, or the reverse) gets only those findings (``audit_config``): nothing in it is in force. Each
+check names an exposure; ``severity.severity`` decides the severity from it and the context's
+reach (loopback listener, or a loopback ``local``/``remote`` block: ``info``). Imports only the
+Dovecot views, ``networks``, ``severity``, the model and ``findings``.
 """
 
 from __future__ import annotations

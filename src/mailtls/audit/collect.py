@@ -16,7 +16,7 @@ from typing import TypeVar
 from mailtls.audit import sources
 from mailtls.audit.dovecot import DovecotConfig, Reader, parse_dovecot
 from mailtls.audit.effective import PostfixInstance
-from mailtls.audit.model import AuditError, SourceText, UnreadableError
+from mailtls.audit.model import AuditError, CommandFailed, SourceText, UnreadableError
 from mailtls.audit.postfix_defaults import builtin_defaults
 from mailtls.audit.postfix_main import MainConfig, parse_main
 from mailtls.audit.postfix_master import (
@@ -84,8 +84,7 @@ def _collect_named(req: Request, out: Collected) -> None:
     if req.dovecot_config and req.runtime:
         if not sources.exists(req.dovecot_config):
             raise AuditError(f"{req.dovecot_config}: no such file")
-        out.dovecot = parse_dovecot(sources.doveconf(req.dovecot_config))
-        out.sources.append(f"doveconf -c {req.dovecot_config} -n")
+        _dovecot_runtime(req.dovecot_config, out)
     elif req.dovecot_config:
         _dovecot_file(req.dovecot_config, out)
     if req.doveconf_n:
@@ -101,12 +100,26 @@ def _collect_local(req: Request, out: Collected) -> None:
         out.notes.append(f"{LOCAL_POSTFIX} not found: Postfix not audited")
     if sources.exists(LOCAL_DOVECOT):
         if req.runtime:
-            out.dovecot = _guard(out, lambda: parse_dovecot(sources.doveconf()))
-            out.sources.append("doveconf -n")
+            _dovecot_runtime(None, out)
         else:
             _dovecot_file(LOCAL_DOVECOT, out)
     else:
         out.notes.append(f"{LOCAL_DOVECOT} not found: Dovecot not audited")
+
+
+def _dovecot_runtime(path: str | None, out: Collected) -> None:
+    """``doveconf -n``. When doveconf refuses a setting name ("Unknown setting": a 2.3 name under
+    2.4 or the reverse, so Dovecot would not start either), the files are audited instead and the
+    version check names every such setting; any other doveconf failure stays fatal."""
+    try:
+        out.dovecot = _guard(out, lambda: parse_dovecot(sources.doveconf(path)))
+    except CommandFailed as exc:
+        if "Unknown setting" not in str(exc):
+            raise
+        out.notes.append(f"{exc}; Dovecot will not start with it: auditing the files instead")
+        _dovecot_file(path or LOCAL_DOVECOT, out)
+        return
+    out.sources.append(f"doveconf -c {path} -n" if path else "doveconf -n")
 
 
 def _guard(out: Collected, load: Callable[[], T]) -> T | None:

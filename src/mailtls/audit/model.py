@@ -12,6 +12,11 @@ class AuditError(Exception):
     """The audit cannot go on (unreadable named file, binary or huge input, include loop)."""
 
 
+class CommandFailed(AuditError):
+    """postconf/doveconf ran and refused the configuration (non-zero exit); the message ends with
+    the tool's own last error line."""
+
+
 class UnreadableError(AuditError):
     """A file exists but could not be read (permissions): audit the rest, say what was skipped."""
 

@@ -18,7 +18,7 @@ from mailtls.audit import checks_dovecot, checks_postfix
 from mailtls.audit.collect import Collected
 from mailtls.audit.dovecot_effective import context_summary, contexts, detect_version
 from mailtls.audit.effective import service_summary, smtp_services
-from mailtls.findings import Finding, Severity, sort_findings, to_json, to_sarif
+from mailtls.findings import COLOUR, Finding, Severity, sort_findings, to_json, to_sarif
 from mailtls.termsafe import escape_markup, escape_terminal
 
 FORMATS = ("text", "json", "sarif")
@@ -95,15 +95,6 @@ def render(result: AuditResult, fmt: str, out: TextIO, err: TextIO) -> None:
     render_text_report(result, console)
 
 
-_COLOUR = {
-    Severity.INFO: "dim",
-    Severity.LOW: "cyan",
-    Severity.MEDIUM: "yellow",
-    Severity.HIGH: "red",
-    Severity.CRITICAL: "bold red",
-}
-
-
 def _body(console: Console, markup: str) -> None:
     console.print(Padding(markup, (0, 0, 0, 11), expand=False))
 
@@ -123,7 +114,7 @@ def render_text_report(result: AuditResult, console: Console) -> None:
         console.print(f"[bold]{head}[/bold]")
         for f in items:
             # the one-line fix first: it is what the reader came for
-            colour = _COLOUR[f.severity]
+            colour = COLOUR[f.severity]
             console.print(
                 f"  [{colour}]{str(f.severity).upper():8}[/] [green]fix:[/green] {esc(f.fix)}",
                 soft_wrap=True,  # one line, however long: the terminal wraps it, not us

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mailtls.audit.model import AuditError, SourceText, UnreadableError
+from mailtls.audit.model import AuditError, CommandFailed, SourceText, UnreadableError
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_OUTPUT_BYTES = 8 * 1024 * 1024
@@ -94,7 +94,7 @@ def run_command(argv: list[str], label: str, timeout: float = COMMAND_TIMEOUT) -
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", errors="replace").strip().splitlines()
         detail = err[-1] if err else f"exit status {proc.returncode}"
-        raise AuditError(f"{label}: failed: {detail}")
+        raise CommandFailed(f"{label}: failed: {detail}")
     return SourceText(label, proc.stdout.decode("utf-8", errors="replace"))
 
 

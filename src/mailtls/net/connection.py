@@ -61,7 +61,14 @@ from mailtls.protocols.base import (
 from mailtls.protocols.tlsrecord import ClientHelloReader
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
-from mailtls.testcases import BASELINE, TESTCASES, BlockStyle, ImplicitTls, TestCase
+from mailtls.testcases import (
+    BASELINE,
+    TESTCASES,
+    VALID_CERTIFICATE,
+    BlockStyle,
+    ImplicitTls,
+    TestCase,
+)
 
 log = logging.getLogger("mailtls.net")
 
@@ -87,7 +94,7 @@ class Host(Protocol):
     authenticator: Authenticator
     sink: Sink
 
-    def ssl_context(self) -> ssl.SSLContext: ...
+    def ssl_context(self, certificate: str = VALID_CERTIFICATE) -> ssl.SSLContext: ...
 
     def next_conn_id(self) -> str: ...
 
@@ -670,7 +677,7 @@ class MailConnection(asyncio.BufferedProtocol):
             self._abort("error")
 
     def _start_tls(self) -> None:
-        self._engine = TlsEngine(self.listener.host.ssl_context())
+        self._engine = TlsEngine(self.listener.host.ssl_context(self.policy.certificate()))
         if self.mode != "blocked":
             self.mode = "tls"
         self._arm_deadline()

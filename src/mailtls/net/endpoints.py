@@ -72,6 +72,8 @@ class RunListeners:
         socks: list[tuple[str, socket.socket]] = []
         try:
             for endpoint in endpoints:
+                if endpoint.address and self._covered(endpoint.address):
+                    continue
                 for host in (endpoint.address,) if endpoint.address else self._listen:
                     socks.append((endpoint.kind, self._bind(endpoint, host)))
         except BaseException:
@@ -97,6 +99,13 @@ class RunListeners:
             entries, self._runs = list(self._runs.values()), {}
         for entry in entries:
             self._stop(entry)
+
+    def _covered(self, address: str) -> bool:
+        """A wildcard listen address of the family already accepts connections to ``address``
+        on the standard ports (AnyIP routes the prefix to the host): the standard listener
+        takes them, and the connection's local address still names the run."""
+        wildcard = "::" if ":" in address else "0.0.0.0"
+        return wildcard in self._listen
 
     def _bind(self, endpoint: Endpoint, host: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

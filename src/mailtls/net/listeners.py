@@ -19,12 +19,14 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from mailtls.net.attack_certs import AttackCertificates, ensure_attack_certificates
 from mailtls.net.connection import Listener, MailConnection
 from mailtls.net.limits import ConnectionLimiter, RefusalThrottle, TokenBucket
-from mailtls.net.pki import ServerCertificates, server_ssl_context
+from mailtls.net.pki import PkiError, ServerCertificates, server_ssl_context
 from mailtls.net.types import Binder, CoreFactory, ListenerSpec, Sink
 from mailtls.protocols.base import Authenticator, PortRole
 from mailtls.settings import Ports, Settings
+from mailtls.testcases import VALID_CERTIFICATE
 
 log = logging.getLogger("mailtls.net")
 
@@ -71,6 +73,7 @@ class MailServer:
         core_factories: Mapping[str, CoreFactory],
         certs: ServerCertificates | None = None,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        attack_certs: AttackCertificates | None = None,
         specs: Iterable[ListenerSpec] | None = None,
         exempt: Iterable[str] = (),
     ) -> None:
@@ -91,6 +94,9 @@ class MailServer:
         self.sink = sink
         self._provider = ssl_context
         self._context: ssl.SSLContext | None = None
+        self._certs = certs
+        self._attack = attack_certs
+        self._attack_contexts: dict[str, ssl.SSLContext] = {}
         self._specs = list(specs) if specs is not None else standard_specs(settings.ports)
         missing = {s.protocol for s in self._specs} - set(core_factories)
         if missing:
@@ -152,6 +158,7 @@ class MailServer:
     def reload_tls(self) -> None:
         """Load the certificate again; new connections use it. Raises (keeping the old one)."""
         self._context = self._provider()
+        self._attack_contexts.clear()
 
     def listener(self, name: str) -> Listener:
         """The listener of a standard service; the runs' own sockets of that kind share it
@@ -203,10 +210,22 @@ class MailServer:
 
     # --- Host: what connections ask -------------------------------------------------------------
 
-    def ssl_context(self) -> ssl.SSLContext:
-        if self._context is None:
-            self._context = self._provider()
-        return self._context
+    def ssl_context(self, certificate: str = VALID_CERTIFICATE) -> ssl.SSLContext:
+        """The server's TLS context, or one presenting an attacker's certificate (``cert_*``
+        test cases: ``net.attack_certs``, created next to the server certificate if needed)."""
+        if certificate == VALID_CERTIFICATE:
+            if self._context is None:
+                self._context = self._provider()
+            return self._context
+        context = self._attack_contexts.get(certificate)
+        if context is None:
+            if self._attack is None:
+                if self._certs is None:
+                    raise PkiError("no certificate files to create the attack certificates")
+                key = self._certs.cert.parent / "ca.key"
+                self._attack = ensure_attack_certificates(self._certs, key)
+            context = self._attack_contexts[certificate] = self._attack.ssl_context(certificate)
+        return context
 
     def next_conn_id(self) -> str:
         self._counter += 1

@@ -232,10 +232,14 @@ def check_submission_tls_optional(r: PortResult) -> Iterable[Finding]:
         return
     if r.caps_before is None or not r.caps_before.starttls:
         return
-    if r.login is not None and r.login.outcome.exposes_credentials:
-        return  # check_auth_before_tls says more
+    # its own finding beside AUTH before TLS (the audit's too): one setting to change each
+    before = (
+        "credentials are refused before STARTTLS, but"
+        if r.login is None or not r.login.outcome.exposes_credentials
+        else "besides credentials,"
+    )
     reason = (
-        f"TLS is optional on port {r.target.port}: credentials are refused before STARTTLS, but"
+        f"TLS is optional on port {r.target.port}: {before}"
         " MAIL FROM is accepted in cleartext, so a client that skips STARTTLS submits mail"
         " unencrypted. RFC 8314 asks submission services to require TLS."
     )

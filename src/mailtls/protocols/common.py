@@ -11,9 +11,14 @@ What is here, and why it is shared:
   ``UsernameSent`` when a username went out without its secret). It hands the exchange's
   ``Credential`` to the authenticator once and keeps only the answer (``AuthDecision``, whose
   ``proof`` the ``AuthAttempted`` carries) and whether a secret was sent.
+- ``SecretScanner`` (bytes that get no reply -> the observations of the secrets in them) and
+  ``LineScanner``, its base for the line protocols (SMTP, POP3: the SASL lines after an AUTH
+  and the exchange's end are handled once here).
 - ``Disrupted``: the t2/t4 *disrupted* state (no replies; every chunk recorded as
-  ``DataAfterDisruption``; secret-carrying plaintext lines found by a protocol's
-  ``SecretScanner`` recorded as ``AuthAttempted(outcome="disrupted")``; bounded).
+  ``DataAfterDisruption``; secrets found by the protocol's ``SecretScanner`` recorded as
+  ``AuthAttempted(outcome="disrupted")``; bounded; ``close_on_data`` ends it at the first chunk,
+  as after t2 or a failed handshake).
+The connection lifecycle that uses these is ``flow.AttackFlow``.
 - small helpers: ``looks_like_tls_record``, ``first_verb``, ``redacted_line``, ``ascii_number``,
   ``mechanism_label``, ``mechanisms``, ``mechanism_allowed``, ``set_timer`` (cached).
 

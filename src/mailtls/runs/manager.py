@@ -867,6 +867,8 @@ class RunManager:
         self._kick(run.id, "activated")
 
     def _learn_login_address(self, run: Run, record: Mapping[str, Any], now: float) -> None:
+        if self._pool.enabled:
+            return  # exact binding needs no client addresses: none is kept
         address = record.get("client")
         key = self._table.key(address) if isinstance(address, str) else None
         if key is None or not isinstance(address, str):

@@ -27,7 +27,18 @@ from mailtls.web.transcript import visible_events
 
 Scenario = Literal["immediate", "two_phase"]
 TestCaseName = Literal[
-    "baseline", "t1", "t2", "t3", "t4", "starttls_required", "preauth", "inject"
+    "baseline",
+    "t1",
+    "t2",
+    "t3",
+    "t4",
+    "starttls_required",
+    "preauth",
+    "inject",
+    "cert_selfsigned",
+    "cert_expired",
+    "cert_wronghost",
+    "cert_unknown_ca",
 ]  # mailtls.testcases.TESTCASES (tests/web keep the two equal)
 MAX_EVENT_ID = 2**63 - 1  # event ids are SQLite integers
 
@@ -44,7 +55,7 @@ class RunCreate(BaseModel):
     plan: Literal["guided", "more"] | None = Field(
         default=None,
         description='"guided": the nine standard steps; "more": the cases beyond T1-T4 '
-        "(starttls_required, preauth, inject), see GET /api/testcases",
+        "(starttls_required, preauth, inject, cert_*), see GET /api/testcases",
     )
     protocol: Literal["imap", "pop3"] | None = Field(
         default=None, description="how the client fetches mail (sending is always SMTP)"
@@ -195,7 +206,17 @@ def build_router(ctx: ApiContext) -> APIRouter:
             raise pool_exhausted(exc) from None
         return ctx.manager.view(run.id, ctx.base_url)
 
-    @router.get("/runs/{run_id}", summary="The run: account, steps, verdicts, findings")
+    @router.get(
+        "/runs/{run_id}",
+        summary="The run: account, steps, verdicts, findings",
+        description=(
+            "`account.password` is the run's password: only a login with it counts for the run "
+            "(verdict, two_phase activation, login-address binding). Logins with the run's "
+            "username and another secret are someone else's: each step counts them in "
+            "`username_misused` (`count`, `times`) and lists the finding `username_misused`; "
+            "they never change a verdict and no address of theirs is shown."
+        ),
+    )
     def get_run(run_id: str) -> dict[str, Any]:
         ctx.run_or_404(run_id)
         return ctx.manager.view(run_id, ctx.base_url)

@@ -59,11 +59,18 @@ OUTCOMES: dict[str, Outcome] = {
             10,
             resisted=True,
         ),
+        Outcome(
+            "notapplicable",
+            "Does not apply",
+            "This test does not apply to how your app connects; the server behaved normally.",
+            8,
+        ),
         Outcome("skipped", "Skipped", "You skipped this step.", 5),
         Outcome("open", "Not finished", "This step is not finished yet.", 0),
     )
 }
 SECURE_REFUSAL = "aborted_after_downgrade"
+NOT_APPLICABLE_CASE = "testcase_not_applicable"
 _BY_VERDICT = {
     "FAIL": "fail",
     "WARN": "warn",
@@ -75,9 +82,12 @@ _BY_VERDICT = {
 
 
 def outcome_of(verdict: Any, reason: Any = None) -> Outcome:
-    """The outcome people see for a verdict (and its reason: the secure refusal)."""
+    """The outcome people see for a verdict (and its reason: the secure refusal, a case that
+    does not apply)."""
     if verdict == "INCONCLUSIVE" and reason == SECURE_REFUSAL:
         return OUTCOMES["stopped"]
+    if verdict == "NOT_APPLICABLE" and reason == NOT_APPLICABLE_CASE:
+        return OUTCOMES["notapplicable"]
     return OUTCOMES[_BY_VERDICT.get(str(verdict), "open")]
 
 
@@ -135,6 +145,24 @@ TESTCASES: dict[str, TestcaseText] = {
         "switches on encryption; the attacker could then read and change your mail. A safe app "
         "disconnects.",
     ),
+    **{
+        name: TestcaseText(
+            f"Extra attack: {what}",
+            "Encryption is offered honestly, but the server shows a certificate (its proof of "
+            f"identity) that {why}: exactly what an attacker in the middle could show. A safe app "
+            "refuses to go on; an unsafe one sends your password to whoever is listening.",
+        )
+        for name, what, why in (
+            ("cert_selfsigned", "self-made certificate", "nobody vouches for"),
+            ("cert_expired", "expired certificate", "has expired"),
+            ("cert_wronghost", "certificate for another server", "names another server"),
+            (
+                "cert_unknown_ca",
+                "certificate from an unknown authority",
+                "no trusted authority issued",
+            ),
+        )
+    },
     "inject": TestcaseText(
         "Extra attack: forged answer slipped in",
         "Just as encryption starts, the attacker slips in a forged answer, as if from the "
@@ -213,6 +241,14 @@ FINDINGS: dict[str, FindingText] = {
         "PREAUTH).",
         "encrypt",
     ),
+    "accepted_bad_certificate": FindingText(
+        "Your app sent its password over an encrypted connection whose certificate an attacker "
+        "could have made: the attacker would have your password.",
+        "certificates",
+    ),
+    "rejected_bad_certificate": FindingText(
+        "Your app refused the bad certificate (the safe outcome)."
+    ),
     "response_injection": FindingText(
         "Your app used a forged answer sent in the clear right before encryption started "
         "(STARTTLS response injection).",
@@ -240,7 +276,7 @@ REASONS = {
         "The attack never became active: your app did not log in securely first, or did not "
         "connect again afterwards."
     ),
-    "testcase_not_applicable": (
+    NOT_APPLICABLE_CASE: (
         "This test does not apply to this protocol; the server behaved normally for it."
     ),
     "credentials_before_530": (
@@ -279,6 +315,11 @@ ADVICE = {
     "report_bug": (
         "Your app sends commands before encryption is ready: tell its makers (it is the "
         "pattern behind STARTTLS command injection)."
+    ),
+    "certificates": (
+        "For {what}, your app accepts certificates it should refuse. Turn on certificate "
+        "checking (often 'verify certificates' or 'accept invalid certificates: off'), and never "
+        "confirm a certificate warning on a network you do not trust."
     ),
     "baseline_noconnect": (
         "Even without an attack your app could not connect: check the server name, port and "

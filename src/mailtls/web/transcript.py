@@ -6,10 +6,10 @@ appear only if that connection presented the run's session code (a login with th
 password) or was bound exactly (the run's own endpoint) and presented no other run's code.
 Other bound connections appear reduced to neutral facts (type, protocol, port, time, TLS state),
 so two users behind one NAT never see each other's strings. A login with the run's username and a
-wrong password (``proof`` false) presents nothing: someone else's connection that only did that
-is left out altogether, on the run's own endpoint too (the step's ``username_misused`` finding
-counts it). The shareable view (``share=True``) additionally hides addresses, EHLO and ID strings
-on every event.
+wrong password (``proof`` false) presents nothing: someone else's unbound connection that only did
+that is left out altogether, a bound one (the run's own endpoint too) is reduced to neutral facts
+(the step's ``username_misused`` finding counts it). The shareable view (``share=True``)
+additionally hides addresses, EHLO and ID strings on every event.
 """
 
 from __future__ import annotations
@@ -96,7 +96,6 @@ def visible_events(
         for r in records
         if r.get("code") not in (None, code) or (r.get("code") == code and r.get("proof") is False)
     } - proven_conns
-    bound_conns -= strangers
     owned_conns = proven_conns | {
         r.get("conn")
         for r in records
