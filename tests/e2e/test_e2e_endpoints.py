@@ -80,6 +80,8 @@ def test_two_runs_from_one_address_at_once_keep_their_own_verdicts(tmp_path: Pat
             auths = [e for e in api.events(run) if e["type"] == "auth"]
             assert {e["code"] for e in auths} == {run.code}
         assert not own_conns(inst, attacked.id) & own_conns(inst, honest.id)
+        page = api.http.get(attacked.result_url).text  # the result page says how it was bound
+        assert "own servers (exact)" in page
         api.close()
 
 
