@@ -224,7 +224,7 @@ def share_descriptors(settings: Settings, nofile: int) -> Settings:
     if mail + web > budget:
         web = max(1, min(web, budget // 4))
         mail = max(1, budget - web)
-        log.warning(
+        log.info(
             "open-file limit %d: mail connections capped at %d, web connections at %d",
             nofile,
             mail,

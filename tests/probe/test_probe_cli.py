@@ -147,8 +147,10 @@ async def test_sarif_and_fail_on(pki: Pki) -> None:
     doc = json.loads(sarif.stdout)
     assert doc["version"] == "2.1.0"
     results = doc["runs"][0]["results"]
-    assert {r["ruleId"] for r in results} == {"probe-auth-before-tls"}
-    assert results[0]["level"] == "error" and results[0]["properties"]["evidence"]
+    by_rule = {r["ruleId"]: r for r in results}
+    assert set(by_rule) == {"probe-auth-before-tls", "probe-submission-tls-optional"}
+    auth = by_rule["probe-auth-before-tls"]
+    assert auth["level"] == "error" and auth["properties"]["evidence"]
     assert "source address equals the target" in sarif.stderr
     assert sarif.returncode == 1
     assert lax.returncode == 0  # high < critical

@@ -65,7 +65,7 @@ def ensure_attack_certificates(
         server = x509.load_pem_x509_certificate(certs.cert.read_bytes())
         san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, x509.ExtensionNotFound) as exc:
-        raise PkiError(f"cannot read the names of {certs.cert}: {exc}") from None
+        raise PkiError(f"cannot load certificate {certs.cert}: {exc}") from None
     issuer = _test_ca(certs, ca_key)
     if issuer is None:
         log.warning(

@@ -7,8 +7,8 @@ password) or was bound exactly (the run's own endpoint) and presented no other r
 Other bound connections appear reduced to neutral facts (type, protocol, port, time, TLS state),
 so two users behind one NAT never see each other's strings. A login with the run's username and a
 wrong password (``proof`` false) presents nothing: someone else's unbound connection that only did
-that is left out altogether, a bound one (the run's own endpoint too) is reduced to neutral facts
-(the step's ``username_misused`` finding counts it). The shareable view (``share=True``)
+that is left out altogether, bound to the run or not (its own endpoint too: a port scan finds
+it); the step's ``username_misused`` finding counts it. The shareable view (``share=True``)
 additionally hides addresses, EHLO and ID strings on every event.
 """
 
@@ -96,7 +96,7 @@ def visible_events(
         for r in records
         if r.get("code") not in (None, code) or (r.get("code") == code and r.get("proof") is False)
     } - proven_conns
-    bound_conns -= strangers
+    bound_conns -= strangers  # bound, on the run's own endpoint too: a stranger's is left out
     owned_conns = proven_conns | {
         r.get("conn")
         for r in records
