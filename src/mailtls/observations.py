@@ -125,6 +125,23 @@ class TlsHandshakeFailed(Observation):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ClientHelloOffered(Observation):
+    """``tls_fallback``: what one ClientHello offered and how it was answered.
+
+    ``attempt``: its number among the client's attempts on this port in this step (1 is the
+    first); ``fallback``: it offers less than the first attempt did; ``answer``: ``alert``
+    (a handshake_failure alert, then close) or ``served`` (the handshake goes on)."""
+
+    TYPE: ClassVar[str] = "client_hello_offered"
+    attempt: int
+    highest: str
+    versions: tuple[str, ...]
+    fallback_scsv: bool
+    fallback: bool
+    answer: str
+
+
 # --- capabilities and STARTTLS -----------------------------------------------------------------
 
 

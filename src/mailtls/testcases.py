@@ -21,7 +21,10 @@ and, for the cases beyond T1–T4:
   forged answer to the client's first command inside TLS (``inject``);
 - ``certificate()``: the certificate the TLS handshake presents (STARTTLS and implicit TLS):
   ``valid``, or one an attacker could present (``cert_selfsigned``, ``cert_expired``,
-  ``cert_wronghost``, ``cert_unknown_ca``; files from ``net.attack_certs``).
+  ``cert_wronghost``, ``cert_unknown_ca``; files from ``net.attack_certs``);
+- ``tls_fallback()``: answer the client's first ClientHello of the step with a TLS alert, as a
+  middlebox would, and serve its later attempts with the highest version they offer, down to
+  TLS 1.0 (the shell keeps the per-step attempts; ``net.connection``).
 
 ``protocols`` names the protocols a case applies to; elsewhere the honest baseline is served
 (``serving(protocol)``). ``cleartext_finding`` names, per protocol, the finding a secret sent in
@@ -105,6 +108,9 @@ class TestCase:
 
     def certificate(self) -> str:
         return VALID_CERTIFICATE
+
+    def tls_fallback(self) -> bool:
+        return False
 
     def serving(self, protocol: str) -> TestCase:
         """The policy a connection of ``protocol`` gets in a step of this case: the baseline
@@ -254,6 +260,18 @@ class UnknownCaCertificate(BadCertificate):
     kind = "unknown_ca"
 
 
+class TlsFallback(TestCase):
+    """NDSS 2025: a TLS-version downgrade answers the first ClientHello with an alert and
+    watches what the client offers next. STARTTLS and implicit TLS are offered honestly."""
+
+    __slots__ = ()
+    name = "tls_fallback"
+    summary = "first ClientHello answered with an alert; retries served down to TLS 1.0"
+
+    def tls_fallback(self) -> bool:
+        return True
+
+
 TESTCASES: dict[str, TestCase] = {
     tc.name: tc
     for tc in (
@@ -269,6 +287,7 @@ TESTCASES: dict[str, TestCase] = {
         ExpiredCertificate(),
         WrongHostCertificate(),
         UnknownCaCertificate(),
+        TlsFallback(),
     )
 }
 STANDARD: Final = ("baseline", "t1", "t2", "t3", "t4")  # the guided run's nine steps use these

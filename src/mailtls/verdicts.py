@@ -12,7 +12,10 @@ Rules, per protocol, from the connections whose accept-time binding is this step
   required), ``preauth_plaintext`` (mailbox commands in a PREAUTH session without TLS),
   ``response_injection`` (a login inside TLS that followed the forged answer),
   ``accepted_bad_certificate`` (a secret sent inside TLS with a ``cert_*`` certificate; a
-  refused handshake there is the secure ``rejected_bad_certificate``). NOT_APPLICABLE
+  refused handshake there is the secure ``rejected_bad_certificate``), ``version_fallback`` (a
+  secret sent under TLS 1.0/1.1 after ``tls_fallback`` alerted the first ClientHello; a retry
+  that offers less without ``TLS_FALLBACK_SCSV`` is the finding ``fallback_without_scsv``, a
+  client that never retries lower is the secure outcome). NOT_APPLICABLE
   ``testcase_not_applicable`` for a protocol the step's case does not apply to (unless FAIL).
 - FAIL: the run's password (``auth`` with ``secret_in_clear`` and ``proof``) sent without TLS.
   FAIL always wins, whatever
@@ -72,6 +75,7 @@ SEVERITY: dict[Verdict, int] = {
 
 # the order findings are listed in
 TAGS = (
+    "version_fallback",
     "accepted_bad_certificate",
     "credentials_before_530",
     "ignored_logindisabled",
@@ -84,6 +88,7 @@ TAGS = (
     "binding_mismatch",
     "loop",
     "starttls_disrupted",
+    "fallback_without_scsv",
     "pipelined_after_starttls",
     "tls_auth",
     "rejected_bad_certificate",
@@ -295,9 +300,20 @@ def _is_attack_event(event: Event) -> bool:
         return True
     if kind == "starttls_refused":
         return event.get("reason") in ("testcase", "not_advertised")
+    if kind == "client_hello_offered":
+        return event.get("answer") == "alert"
     if kind == "capabilities_sent":
         return not event.get("starttls_offered") and not event.get("tls")
     return False
+
+
+LEGACY = ("SSLv3", "TLSv1", "TLSv1.1")  # the versions below TLS 1.2
+
+
+def _tls_version(conn: _Conn) -> str:
+    """The version of the connection's TLS session (one per connection), or ``""``."""
+    started = conn.of_type("tls_established")
+    return str(started[-1].get("version") or "") if started else ""
 
 
 def _bad_certificate(conn: _Conn) -> bool:
@@ -426,6 +442,15 @@ class _ProtocolJudge:
                     detail = CASE_DETAIL["accepted_bad_certificate"]
                     self.found.add("accepted_bad_certificate", detail, accepted)
                     found.append("accepted_bad_certificate")
+            if policy.tls_fallback():
+                fell = [
+                    e
+                    for e in self._logins(conn, "auth")
+                    if e.get("tls") and e.get("secret_sent") and _tls_version(conn) in LEGACY
+                ]
+                if fell:
+                    self.found.add("version_fallback", CASE_DETAIL["version_fallback"], fell)
+                    found.append("version_fallback")
             if policy.inject_response():
                 used = self._injection_used(conn)
                 if used:
@@ -482,6 +507,15 @@ class _ProtocolJudge:
                         "rejected_bad_certificate",
                         "the client completed the handshake, then left without logging in",
                         conn.of_type("tls_established"),
+                    )
+            for offer in conn.of_type("client_hello_offered"):
+                if offer.get("fallback") and not offer.get("fallback_scsv"):
+                    highest = str(offer.get("highest") or "?")[:20]
+                    self.found.add(
+                        "fallback_without_scsv",
+                        f"after the alert the client retried with {highest} at most, without "
+                        "TLS_FALLBACK_SCSV",
+                        [offer],
                     )
             self.found.add(
                 "pipelined_after_starttls",
@@ -570,6 +604,10 @@ def _report_findings(
 
 # what the findings of the cases beyond T1-T4 mean, for the finding's detail
 CASE_DETAIL = {
+    "version_fallback": (
+        "after an alert to its first attempt the client fell back to TLS 1.0/1.1 and sent its "
+        "password there"
+    ),
     "accepted_bad_certificate": (
         "the client sent its password inside TLS with a certificate an attacker could present"
     ),

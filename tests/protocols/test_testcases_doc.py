@@ -170,21 +170,27 @@ def test_transcript_is_what_the_core_does(t: Transcript) -> None:
     replay(t)
 
 
+# the cases played by the I/O shell alone (the certificate, the TLS fall-back): their protocol
+# lines are the baseline's
+SHELL_CASES = [tc for tc in TESTCASES if tc.startswith("cert_") or TESTCASES[tc].tls_fallback()]
+
+
 def test_every_protocol_and_testcase_has_a_transcript() -> None:
     covered = {(t.protocol, t.testcase) for t in transcripts()}
     applicable = {
         (p, tc)
         for p in CORES
         for tc in TESTCASES
-        if p in TESTCASES[tc].protocols and not tc.startswith("cert_")
+        if p in TESTCASES[tc].protocols and tc not in SHELL_CASES
     }
-    assert covered == applicable  # the certificate cases replay the baseline's (below)
+    assert covered == applicable  # the shell's cases replay the baseline's (below)
 
 
-@pytest.mark.parametrize("testcase", [tc for tc in TESTCASES if tc.startswith("cert_")])
+@pytest.mark.parametrize("testcase", SHELL_CASES)
 def test_certificate_cases_talk_like_the_baseline(testcase: str) -> None:
-    """The page says the protocol lines of a certificate case are the baseline's: every
-    baseline transcript replays unchanged under it (the certificate is the shell's part)."""
+    """The page says the protocol lines of a certificate case (and of ``tls_fallback``) are
+    the baseline's: every baseline transcript replays unchanged under it (the certificate and
+    the alert are the shell's part)."""
     baseline = [t for t in transcripts() if t.testcase == "baseline"]
     assert {t.protocol for t in baseline} == set(CORES)
     for t in baseline:
@@ -262,6 +268,19 @@ def test_certificate_table_matches_the_policies() -> None:
             assert first_code(cell) == getattr(answer, "value", answer), f"{method} for {name}"
 
 
+def test_fallback_table_matches_the_policy() -> None:
+    rows = table_rows("| | tls_fallback |")
+    assert {first_code(row[0]) for row in rows} == {
+        "tls_fallback",
+        "offer_starttls",
+        "implicit_tls",
+    }
+    for method_cell, cell in rows:
+        answer: Any = getattr(TESTCASES["tls_fallback"], first_code(method_cell))()
+        expected = ("yes" if answer else "no") if isinstance(answer, bool) else answer.value
+        assert first_code(cell) == expected, method_cell
+
+
 def test_beyond_t1_t4_table_matches_the_policies() -> None:
     names = ("starttls_required", "preauth", "inject")
     rows = table_rows("| | starttls_required | preauth | inject |")
@@ -274,7 +293,7 @@ def test_beyond_t1_t4_table_matches_the_policies() -> None:
         "inject_response",
         "implicit_tls",
     }
-    assert set(names) == {n for n in set(TESTCASES) - set(STANDARD) if not n.startswith("cert_")}
+    assert set(names) == set(TESTCASES) - set(STANDARD) - set(SHELL_CASES)
     for row in rows:
         method = first_code(row[0])
         for name, cell in zip(names, row[1:], strict=True):
@@ -397,9 +416,13 @@ FIRST_COMMAND = {
 }
 
 
-def implicit_client(port: int, ca: Path, protocol: str) -> tuple[bytes, str]:
+def implicit_client(
+    port: int, ca: Path, protocol: str, maximum: ssl.TLSVersion | None = None
+) -> tuple[bytes, str]:
     """Connect with TLS, read the greeting, send a first command; (greeting, what happened)."""
     context = ssl.create_default_context(cafile=str(ca))
+    if maximum is not None:
+        context.maximum_version = maximum
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         try:
             tls = context.wrap_socket(raw, server_hostname=HOSTNAME)
@@ -427,6 +450,13 @@ async def test_implicit_tls_ports_as_documented(tmp_path: Path, testcase: str) -
             policy = TESTCASES[testcase].serving(protocol)  # the baseline where n/a
             if policy.certificate() != VALID_CERTIFICATE:  # a verifying client refuses it
                 assert greeting == b"" and "SSLCertVerificationError" in outcome, protocol
+            elif policy.tls_fallback():  # an alert; a retry that offers less is served
+                assert (greeting, outcome) == (b"", "no handshake: SSLError"), protocol
+                greeting, outcome = await asyncio.wait_for(
+                    asyncio.to_thread(implicit_client, port, ca, protocol, ssl.TLSVersion.TLSv1_2),
+                    timeout=20,
+                )
+                assert greeting and outcome == "answered", protocol
             elif policy.implicit_tls() is ImplicitTls.BLOCK:  # blocked: silence, then close
                 assert (greeting, outcome) == (b"", "no handshake: SSLEOFError"), protocol
             elif policy.after_tls() is AfterTls.DISRUPT_FIRST_COMMAND:
@@ -438,3 +468,11 @@ async def test_implicit_tls_ports_as_documented(tmp_path: Path, testcase: str) -
         policies = [TESTCASES[testcase].serving(p) for p in CORES]
         assert blocked == ["silence"] * sum(p.implicit_tls() is ImplicitTls.BLOCK for p in policies)
         assert disrupted == (["session"] * 3 if testcase == "t4" else [])
+        offers = [
+            (r["answer"], r["highest"]) for r in records if r["type"] == "client_hello_offered"
+        ]
+        expected = [("alert", "TLSv1.3"), ("served", "TLSv1.2")] * 3
+        assert offers == (expected if testcase == "tls_fallback" else [])
+        if testcase == "tls_fallback":
+            served = [r["version"] for r in records if r["type"] == "tls_established"]
+            assert served == ["TLSv1.2"] * 3

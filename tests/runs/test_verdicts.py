@@ -564,6 +564,59 @@ def bad_certificate_rejected_then_plaintext(log: Log) -> None:
     c.auth(tls=False)
 
 
+def fallback_attempts(
+    log: Log, *retries: tuple[str, bool], served: str | None = None, login: bool = True
+) -> None:
+    """``tls_fallback``: the first ClientHello (TLS 1.3) alerted, then ``retries`` (highest
+    version, SCSV) on new connections; the last one is ``served`` at that version (and logs
+    in), else alerted or refused."""
+    c = log.conn("c1", testcase="tls_fallback")
+    c.caps(starttls=True)
+    c.starttls()
+    c.add(
+        "client_hello_offered",
+        attempt=1,
+        highest="TLSv1.3",
+        versions=["TLSv1.3", "TLSv1.2"],
+        fallback_scsv=False,
+        fallback=False,
+        answer="alert",
+    )
+    c.add("tls_failed", reason="fallback_alert_sent")
+    c.close()
+    for n, (highest, scsv) in enumerate(retries, start=2):
+        c = log.conn(f"c{n}", testcase="tls_fallback", ts=100.0 + n)
+        c.caps(starttls=True)
+        c.starttls()
+        lower = highest != "TLSv1.3"
+        c.add(
+            "client_hello_offered",
+            attempt=n,
+            highest=highest,
+            versions=[highest],
+            fallback_scsv=scsv,
+            fallback=lower,
+            answer="served" if lower else "alert",
+        )
+        if lower and served is not None and n == len(retries) + 1:
+            c.add("tls_established", version=served, cipher="x", implicit=False)
+            if login:
+                c.auth(tls=True)
+        else:
+            reason = "inappropriate_fallback" if lower else "fallback_alert_sent"
+            c.add("tls_failed", reason=reason)
+        c.close()
+
+
+def fallback_to(
+    highest: str, scsv: bool = False, served: str | None = None, login: bool = True
+) -> Builder:
+    def build(log: Log) -> None:
+        fallback_attempts(log, (highest, scsv), served=served, login=login)
+
+    return build
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -577,6 +630,48 @@ class Row:
 
 
 ROWS = [
+    Row(
+        "tls_fallback: the client fell back to TLS 1.0 without SCSV and logged in there",
+        fallback_to("TLSv1", served="TLSv1"),
+        Verdict.FAIL,
+        "version_fallback",
+        frozenset({"version_fallback", "fallback_without_scsv", "tls_auth"}),
+        step=info("tls_fallback"),
+    ),
+    Row(
+        "tls_fallback: fell back to TLS 1.1 and left without logging in (a finding only)",
+        fallback_to("TLSv1.1", served="TLSv1.1", login=False),
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        frozenset({"fallback_without_scsv"}),
+        frozenset({"version_fallback"}),
+        step=info("tls_fallback"),
+    ),
+    Row(
+        "tls_fallback: a TLS 1.3 client retried with TLS 1.2 without SCSV: PASS with the finding",
+        fallback_to("TLSv1.2", served="TLSv1.2"),
+        Verdict.PASS,
+        "tls_auth",
+        frozenset({"fallback_without_scsv", "tls_auth"}),
+        frozenset({"version_fallback"}),
+        step=info("tls_fallback"),
+    ),
+    Row(
+        "tls_fallback: the retry carried TLS_FALLBACK_SCSV and was refused (secure)",
+        fallback_to("TLSv1", scsv=True),
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"fallback_without_scsv", "version_fallback"}),
+        step=info("tls_fallback"),
+    ),
+    Row(
+        "tls_fallback: the client retried with the same version only (secure)",
+        fallback_to("TLSv1.3"),
+        Verdict.INCONCLUSIVE,
+        "aborted_after_downgrade",
+        absent=frozenset({"fallback_without_scsv", "version_fallback"}),
+        step=info("tls_fallback"),
+    ),
     Row(
         "t1: the run's username with a wrong password in the clear is not the user's FAIL",
         t1_wrong_password_on_the_users_address,

@@ -353,7 +353,7 @@ def test_the_guided_flow_offers_the_more_tests_after_the_nine_steps(web: Browser
     imap = web.http.get(f"/api/runs/{web.create(more='yes').id}").json()["steps"]
     pop3 = web.http.get(f"/api/runs/{web.create(more='yes', protocol='pop3').id}").json()["steps"]
     assert len(nine) == 9 and imap[:9] == nine
-    more = ["starttls_required", "preauth", "inject", *CERT_CASES]
+    more = ["starttls_required", "preauth", "inject", *CERT_CASES, "tls_fallback"]
     assert [s["testcase"] for s in imap[9:]] == more
     assert [s["testcase"] for s in pop3[9:]] == [c for c in more if c != "preauth"]
     page = web.http.get(f"/run/{web.create(more='yes').id}").text
@@ -363,7 +363,9 @@ def test_the_guided_flow_offers_the_more_tests_after_the_nine_steps(web: Browser
 CERT_CASES = ["cert_selfsigned", "cert_expired", "cert_wronghost", "cert_unknown_ca"]
 
 
-@pytest.mark.parametrize("testcase", ["starttls_required", "preauth", "inject", *CERT_CASES])
+@pytest.mark.parametrize(
+    "testcase", ["starttls_required", "preauth", "inject", *CERT_CASES, "tls_fallback"]
+)
 def test_the_single_test_page_and_the_api_accept_the_more_tests(
     web: Browserless, testcase: str
 ) -> None:
@@ -384,4 +386,4 @@ def test_the_api_lists_where_each_case_applies(web: Browserless) -> None:
     resp = web.http.post("/api/runs", json={"plan": "more"})
     assert resp.status_code == 201
     steps = [s["testcase"] for s in resp.json()["steps"]]
-    assert steps == ["starttls_required", "preauth", "inject", *CERT_CASES]
+    assert steps == ["starttls_required", "preauth", "inject", *CERT_CASES, "tls_fallback"]

@@ -64,7 +64,12 @@ from mailtls.protocols.base import (
     TlsFailed,
     TlsInfo,
 )
-from mailtls.protocols.tlsrecord import ClientHelloReader
+from mailtls.protocols.tlsrecord import (
+    ClientHelloRead,
+    ClientHelloReader,
+    parse_client_hello,
+    version_name,
+)
 from mailtls.runs.types import Binding
 from mailtls.settings import Settings
 from mailtls.testcases import (
@@ -91,6 +96,8 @@ _PAUSE_TURN = 4  # a full read was handled: let the other connections (and accep
 _PEER_GONE = ("client", "error")
 CONNECTION_OVER_BUDGET = "too many commands on this connection"
 ADDRESS_OVER_BUDGET = "too many commands from your address; try again later"
+# tls_fallback: the alert a middlebox answers the first ClientHello with (fatal handshake_failure)
+FALLBACK_ALERT = b"\x15\x03\x01\x00\x02\x02\x28"
 _FLAT_TYPES = ("str", "int", "bool", "float", "str | None", "int | None", "tuple[str, ...]")
 
 
@@ -102,7 +109,11 @@ class Host(Protocol):
     authenticator: Authenticator
     sink: Sink
 
-    def ssl_context(self, certificate: str = VALID_CERTIFICATE) -> ssl.SSLContext: ...
+    def ssl_context(
+        self, certificate: str = VALID_CERTIFICATE, *, legacy: bool = False
+    ) -> ssl.SSLContext: ...
+
+    def fallback_attempt(self, conn: MailConnection, highest: int) -> tuple[int, int]: ...
 
     def next_conn_id(self) -> str: ...
 
@@ -266,7 +277,7 @@ class MailConnection(asyncio.BufferedProtocol):
         self.tls: TlsInfo | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-        self.mode = "plain"  # plain | tls | hello | blocked
+        self.mode = "plain"  # plain | tls | hello | fallback | blocked
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._core: Core | None = None
@@ -524,6 +535,8 @@ class MailConnection(asyncio.BufferedProtocol):
             self._tls_received(data)
         elif mode == "hello":
             self._hello_received(bytes(data))
+        elif mode == "fallback":
+            self._fallback_received(bytes(data))
         elif mode == "blocked" and self._engine is not None:
             self._tls_received(data)
         # blocked without TLS: the silent attacker discards everything
@@ -588,13 +601,64 @@ class MailConnection(asyncio.BufferedProtocol):
         if rest and not self._closing:
             self._dispatch(DataReceived(rest), "server")
 
+    def _fallback_received(self, data: bytes) -> None:
+        """``tls_fallback``: the ClientHello is read before any TLS engine sees it."""
+        reader = self._hello
+        assert reader is not None
+        result = reader.feed(data)
+        if result is not None:
+            self._fallback_hello(result)
+
+    def _fallback_hello(self, result: ClientHelloRead) -> None:
+        """The client's first ClientHello on this port in this step gets a TLS alert, as a
+        middlebox would, and so do its retries that offer as much; one that offers less is
+        served by a context that allows TLS 1.0 to 1.3 (OpenSSL picks the highest offered and
+        refuses a ``TLS_FALLBACK_SCSV`` below its own highest: ``inappropriate_fallback``)."""
+        self._hello = None
+        offer = parse_client_hello(result.record) if result.looks_like_tls else None
+        if offer is None:  # not a ClientHello: the engine fails on it as usual
+            self._engine = TlsEngine(self.listener.host.ssl_context(self.policy.certificate()))
+            self.mode = "tls"
+            self._tls_received(memoryview(result.record + result.rest))
+            return
+        attempt, first = self.listener.host.fallback_attempt(self, offer.highest)
+        fallback = offer.highest < first
+        self._record(
+            obs.ClientHelloOffered(
+                attempt=attempt,
+                highest=version_name(offer.highest),
+                versions=tuple(version_name(v) for v in offer.versions),
+                fallback_scsv=offer.fallback_scsv,
+                fallback=fallback,
+                answer="served" if fallback else "alert",
+            )
+        )
+        if not fallback:
+            self._write(FALLBACK_ALERT)
+            self._tls_failed("fallback_alert_sent", "server")
+            self._close(False, "server")
+            return
+        self._engine = TlsEngine(self.listener.host.ssl_context(legacy=True))
+        self.mode = "tls"
+        self._tls_received(memoryview(result.record + result.rest))
+
+    def _hello_finish(self, reason: str, cause: str) -> None:
+        """No more bytes will come for the ClientHello being read (deadline, end of stream)."""
+        reader = self._hello
+        assert reader is not None
+        r = reader.finish()
+        if self.mode == "fallback":  # an incomplete ClientHello: a failed handshake
+            self._hello = None
+            self._tls_failed(reason, cause)
+        else:
+            self._hello_done(r.nbytes, r.looks_like_tls, r.rest)
+
     def _peer_eof(self) -> None:
         """The peer finished sending: finish what waits for input, then the core sees Closed."""
         if self._closing:
             return
         if self._hello is not None:
-            r = self._hello.finish()
-            self._hello_done(r.nbytes, r.looks_like_tls, r.rest)
+            self._hello_finish("connection_closed", "client")
         elif self._engine is not None and not self._engine.established and self._connected:
             self._tls_failed("connection_closed", "client")
         self._closed_by = "client"
@@ -764,9 +828,13 @@ class MailConnection(asyncio.BufferedProtocol):
             self._abort("error")
 
     def _start_tls(self) -> None:
-        self._engine = TlsEngine(self.listener.host.ssl_context(self.policy.certificate()))
-        if self.mode != "blocked":
-            self.mode = "tls"
+        if self.policy.tls_fallback() and self.mode != "blocked":
+            self._hello = ClientHelloReader()  # answered by _fallback_hello
+            self.mode = "fallback"
+        else:
+            self._engine = TlsEngine(self.listener.host.ssl_context(self.policy.certificate()))
+            if self.mode != "blocked":
+                self.mode = "tls"
         self._arm_deadline()
 
     def _read_client_hello(self) -> None:
@@ -925,8 +993,7 @@ class MailConnection(asyncio.BufferedProtocol):
             return
         try:
             if self._hello is not None:
-                r = self._hello.finish()
-                self._hello_done(r.nbytes, r.looks_like_tls, r.rest)
+                self._hello_finish("handshake_timeout", "timeout")
             elif self._engine is not None and not self._engine.established:
                 self._tls_failed("handshake_timeout", "timeout")
         except Exception:

@@ -17,12 +17,18 @@ import resource
 import secrets
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 
 from mailtls.net.attack_certs import AttackCertificates, ensure_attack_certificates
 from mailtls.net.connection import Listener, MailConnection
 from mailtls.net.limits import AddressBudget, ConnectionLimiter, RefusalThrottle, TokenBucket
-from mailtls.net.pki import PkiError, ServerCertificates, server_ssl_context
+from mailtls.net.pki import (
+    PkiError,
+    ServerCertificates,
+    allow_legacy_versions,
+    server_ssl_context,
+)
 from mailtls.net.types import Binder, CoreFactory, ListenerSpec, Sink
 from mailtls.protocols.base import Authenticator, PortRole
 from mailtls.settings import Ports, Settings
@@ -31,6 +37,7 @@ from mailtls.testcases import VALID_CERTIFICATE
 log = logging.getLogger("mailtls.net")
 
 SHUTDOWN_REASON = "server shutting down"
+FALLBACK_KEYS = 4096  # tls_fallback: (run, step, client, port) whose first offer is kept
 
 
 def standard_specs(ports: Ports) -> list[ListenerSpec]:
@@ -98,6 +105,10 @@ class MailServer:
         self._certs = certs
         self._attack = attack_certs
         self._attack_contexts: dict[str, ssl.SSLContext] = {}
+        self._legacy_context: ssl.SSLContext | None = None
+        # tls_fallback: per (run, step, client, listener): the first attempt's highest version
+        # and the number of attempts (bounded, least recently used dropped first)
+        self._fallback: OrderedDict[tuple[str, int, str, str], list[int]] = OrderedDict()
         self._specs = list(specs) if specs is not None else standard_specs(settings.ports)
         missing = {s.protocol for s in self._specs} - set(core_factories)
         if missing:
@@ -168,6 +179,7 @@ class MailServer:
         """Load the certificate again; new connections use it. Raises (keeping the old one)."""
         self._context = self._provider()
         self._attack_contexts.clear()
+        self._legacy_context = None
 
     def listener(self, name: str) -> Listener:
         """The listener of a standard service; the runs' own sockets of that kind share it
@@ -219,9 +231,20 @@ class MailServer:
 
     # --- Host: what connections ask -------------------------------------------------------------
 
-    def ssl_context(self, certificate: str = VALID_CERTIFICATE) -> ssl.SSLContext:
+    def ssl_context(
+        self, certificate: str = VALID_CERTIFICATE, *, legacy: bool = False
+    ) -> ssl.SSLContext:
         """The server's TLS context, or one presenting an attacker's certificate (``cert_*``
-        test cases: ``net.attack_certs``, created next to the server certificate if needed)."""
+        test cases: ``net.attack_certs``, created next to the server certificate if needed).
+        ``legacy``: the server's certificate, TLS 1.0 to 1.3 (``tls_fallback``)."""
+        if legacy:
+            if self._legacy_context is None:
+                legacy_context = self._provider()
+                if legacy_context is self._context:  # a provider that shares one context
+                    raise PkiError("the TLS context provider must give a new context")
+                allow_legacy_versions(legacy_context)
+                self._legacy_context = legacy_context
+            return self._legacy_context
         if certificate == VALID_CERTIFICATE:
             if self._context is None:
                 self._context = self._provider()
@@ -235,6 +258,22 @@ class MailServer:
                 self._attack = ensure_attack_certificates(self._certs, key)
             context = self._attack_contexts[certificate] = self._attack.ssl_context(certificate)
         return context
+
+    def fallback_attempt(self, conn: MailConnection, highest: int) -> tuple[int, int]:
+        """``tls_fallback``: count one ClientHello of ``conn``'s client on its port in its step;
+        returns the attempt's number (1 for the first) and the first attempt's highest version."""
+        binding = conn.binding
+        run, step = (binding.run_id, binding.step) if binding is not None else ("", 0)
+        key = (run, step, conn.client, conn.listener.spec.name)
+        entry = self._fallback.get(key)
+        if entry is None:
+            entry = self._fallback[key] = [highest, 0]
+            if len(self._fallback) > FALLBACK_KEYS:
+                self._fallback.popitem(last=False)
+        else:
+            self._fallback.move_to_end(key)
+        entry[1] += 1
+        return entry[1], entry[0]
 
     def next_conn_id(self) -> str:
         self._counter += 1

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,21 @@ def server_ssl_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise PkiError(f"cannot load certificate {cert} / key {key}: {exc}") from None
     return ctx
+
+
+def allow_legacy_versions(ctx: ssl.SSLContext) -> bool:
+    """Let ``ctx`` accept TLS 1.0 and 1.1 as well (``tls_fallback``: serve what a client falls
+    back to). OpenSSL 3 needs security level 0 for them (SHA-1 signatures); its server side
+    still answers a ``TLS_FALLBACK_SCSV`` below its highest version with
+    ``inappropriate_fallback``. False when the local OpenSSL has no TLS 1.0 (then TLS 1.2 is
+    the lowest served)."""
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if not ssl.HAS_TLSv1:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    return True
 
 
 def ensure_certificates(settings: Settings, now: dt.datetime | None = None) -> ServerCertificates:

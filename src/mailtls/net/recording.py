@@ -39,6 +39,7 @@ CONTEXT_TYPES = frozenset(
         "pipelined_after_starttls",
         "tls_established",
         "tls_failed",
+        "client_hello_offered",
         "implicit_tls_blocked",
         "username_sent",
     }

@@ -39,6 +39,7 @@ TestCaseName = Literal[
     "cert_expired",
     "cert_wronghost",
     "cert_unknown_ca",
+    "tls_fallback",
 ]  # mailtls.testcases.TESTCASES (tests/web keep the two equal)
 MAX_EVENT_ID = 2**63 - 1  # event ids are SQLite integers
 
@@ -55,7 +56,7 @@ class RunCreate(BaseModel):
     plan: Literal["guided", "more"] | None = Field(
         default=None,
         description='"guided": the nine standard steps; "more": the cases beyond T1-T4 '
-        "(starttls_required, preauth, inject, cert_*), see GET /api/testcases",
+        "(starttls_required, preauth, inject, cert_*, tls_fallback), see GET /api/testcases",
     )
     protocol: Literal["imap", "pop3"] | None = Field(
         default=None, description="how the client fetches mail (sending is always SMTP)"

@@ -51,6 +51,17 @@ def describe(ev: dict[str, Any]) -> str | None:
         return f"The connection to {where} is now encrypted ({ev.get('version', 'TLS')})."
     if t == "tls_failed":
         return "The encryption handshake failed."
+    if t == "client_hello_offered":
+        offered = f"offered {ev.get('highest', 'TLS')} at most"
+        if ev.get("answer") == "alert":
+            return (
+                f"Your app {offered}; the attacker answered with an error, as a broken "
+                "network would."
+            )
+        if ev.get("fallback"):
+            scsv = "" if ev.get("fallback_scsv") else ", without saying it was a retry"
+            return f"Your app tried again with an older encryption version ({offered}{scsv})."
+        return f"Your app tried again ({offered})."
     if t == "preauth_greeted":
         return "The attacker told your app it was already logged in, without encryption."
     if t == "preauth_used":

@@ -168,6 +168,14 @@ TESTCASES: dict[str, TestcaseText] = {
         "Just as encryption starts, the attacker slips in a forged answer, as if from the "
         "server. A safe app ignores everything that arrived before encryption.",
     ),
+    "tls_fallback": TestcaseText(
+        "Extra attack: older encryption forced",
+        "The attacker makes your app's first attempt to encrypt fail, as a broken network "
+        "would, and watches whether it tries again with an older, weaker version of the "
+        "encryption (TLS 1.0 or 1.1). A safe app stays with a modern version, or marks its "
+        "retry so that the server can refuse it.",
+        retry=True,
+    ),
 }
 
 
@@ -249,6 +257,16 @@ FINDINGS: dict[str, FindingText] = {
     "rejected_bad_certificate": FindingText(
         "Your app refused the bad certificate (the safe outcome)."
     ),
+    "version_fallback": FindingText(
+        "After one failed attempt your app fell back to an old encryption version (TLS 1.0 or "
+        "1.1) and sent its password there: an attacker can force that and attack the weaker "
+        "encryption.",
+        "tls_versions",
+    ),
+    "fallback_without_scsv": FindingText(
+        "After one failed attempt your app tried again with an older encryption version, "
+        "without marking the retry (TLS_FALLBACK_SCSV) so that the server could refuse it."
+    ),
     "response_injection": FindingText(
         "Your app used a forged answer sent in the clear right before encryption started "
         "(STARTTLS response injection).",
@@ -320,6 +338,10 @@ ADVICE = {
         "For {what}, your app accepts certificates it should refuse. Turn on certificate "
         "checking (often 'verify certificates' or 'accept invalid certificates: off'), and never "
         "confirm a certificate warning on a network you do not trust."
+    ),
+    "tls_versions": (
+        "For {what}, your app accepts old encryption versions. Set its minimum TLS version to "
+        "1.2 if it has such a setting, or update it."
     ),
     "baseline_noconnect": (
         "Even without an attack your app could not connect: check the server name, port and "
