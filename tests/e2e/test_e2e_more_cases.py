@@ -1,4 +1,5 @@
-"""The cases beyond T1-T4 (``starttls_required``, ``preauth``, ``inject``) against real clients.
+"""The cases beyond T1-T4 (``starttls_required``, ``preauth``, ``inject``, ``cert_*``,
+``tls_fallback``) against real clients.
 
 Every client of the CI matrix (curl, swaks, mutt, fetchmail, getmail6) and the standard library
 references, each in the configurations that behave differently; the expected verdicts are what
@@ -22,7 +23,7 @@ from client_tools import (
     run_tool,
     swaks_send,
 )
-from e2e_helpers import CLIENTS, Api, Run, serving, tags, verdict
+from e2e_helpers import CLIENTS, Api, Run, journal, serving, tags, tls_context, verdict
 
 from conftest import ServeInstance, require_tool
 
@@ -324,3 +325,100 @@ def test_stdlib_verifying_never_fails_unverified_fails(
     outcome = CLIENTS[protocol](inst, run.username, run.password, True, unverified())
     assert outcome == "tls-login"
     assert verdict(api.finish(run)) == FAIL_CERT
+
+
+# --- tls_fallback ---------------------------------------------------------------------------------
+
+FAIL_FALLBACK = ("FAIL", "version_fallback")
+STARTTLS_PORT = {"smtp": "smtp_submission", "imap": "imap", "pop3": "pop3"}
+
+
+def capped(inst: ServeInstance, maximum: ssl.TLSVersion) -> ssl.SSLContext:
+    """A verifying context that offers at most ``maximum`` (TLS 1.0/1.1 need security level 0
+    on OpenSSL 3)."""
+    ctx = tls_context(inst)
+    if maximum < ssl.TLSVersion.TLSv1_2:
+        if not ssl.HAS_TLSv1:
+            pytest.skip("not testable: the local OpenSSL has no TLS 1.0")
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = maximum
+    return ctx
+
+
+def offers(inst: ServeInstance, run: Run) -> list[tuple[str, str, bool]]:
+    return [
+        (r["answer"], r["highest"], r["fallback_scsv"])
+        for r in journal(inst, run)
+        if r["type"] == "client_hello_offered"
+    ]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated")
+@pytest.mark.parametrize(
+    ("maximum", "expected"),
+    [(ssl.TLSVersion.TLSv1, FAIL_FALLBACK), (ssl.TLSVersion.TLSv1_2, PASS)],
+    ids=["retry-tls1.0", "retry-tls1.2"],
+)
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3"])
+def test_stdlib_retrying_lower_after_the_alert(
+    inst: ServeInstance,
+    api: Api,
+    protocol: str,
+    maximum: ssl.TLSVersion,
+    expected: tuple[str, str],
+) -> None:
+    """A reference client that retries with a lower ``maximum_version`` after the alert (as
+    browsers once did); Python's ssl cannot add TLS_FALLBACK_SCSV, so the retry has none."""
+    run = new_step(api, "tls_fallback")
+    first = CLIENTS[protocol](inst, run.username, run.password, True)
+    assert first.startswith("stopped") and "HANDSHAKE_FAILURE" in first.upper(), first
+    retry = CLIENTS[protocol](inst, run.username, run.password, True, capped(inst, maximum))
+    assert retry == "tls-login", retry
+    step = api.finish(run)
+    assert verdict(step) == expected, step["findings"]
+    assert "fallback_without_scsv" in tags(step)
+    served = "TLSv1" if maximum is ssl.TLSVersion.TLSv1 else "TLSv1.2"
+    assert offers(inst, run) == [("alert", "TLSv1.3", False), ("served", served, False)]
+    versions = [r["version"] for r in journal(inst, run) if r["type"] == "tls_established"]
+    assert versions == [served]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3"])
+def test_openssl_fallback_scsv_retry_is_refused(
+    inst: ServeInstance, api: Api, protocol: str
+) -> None:
+    """``openssl s_client -fallback_scsv -tls1`` as the retry: the server refuses it
+    (inappropriate_fallback), the secure outcome."""
+    openssl = require_tool("openssl")
+    if not ssl.HAS_TLSv1:
+        pytest.skip("not testable: the local OpenSSL has no TLS 1.0")
+    run = new_step(api, "tls_fallback")
+    first = CLIENTS[protocol](inst, run.username, run.password, True)
+    assert first.startswith("stopped"), first
+    port = inst.port_for(run.username, STARTTLS_PORT[protocol])
+    argv = [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-starttls", protocol]
+    argv += ["-tls1", "-fallback_scsv", "-cipher", "DEFAULT:@SECLEVEL=0", "-CAfile", str(inst.ca)]
+    out = run_tool(argv, timeout=30)
+    assert "inappropriate fallback" in out, out
+    step = api.finish(run)
+    assert verdict(step) == SECURE, step["findings"]
+    assert not {"fallback_without_scsv", "version_fallback"} & tags(step)
+    assert offers(inst, run) == [("alert", "TLSv1.3", False), ("served", "TLSv1", True)]
+    failed = [r["reason"] for r in journal(inst, run) if r["type"] == "tls_failed"]
+    assert failed == ["fallback_alert_sent", "inappropriate_fallback"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3"])
+def test_curl_does_not_fall_back(inst: ServeInstance, api: Api, protocol: str) -> None:
+    """curl reports the alert and stops; run again it offers the same versions (alerted again):
+    it never goes below its own minimum, the secure outcome."""
+    run = new_step(api, "tls_fallback")
+    outs = [curl_login(inst, run, protocol, "--ssl-reqd") for _ in range(2)]
+    step = api.finish(run)
+    assert all(out.startswith("exit 35") for out in outs), outs
+    assert verdict(step) == SECURE, step["findings"]
+    assert offers(inst, run) == [("alert", "TLSv1.3", False)] * 2
