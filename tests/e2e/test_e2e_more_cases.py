@@ -99,6 +99,7 @@ SWAKS_EXPECTED = {
     (("-tls", "-a"), "inject"): FAIL_INJECTION,
     # reads the forged 250 too (only PLAIN listed) and quits: used, but nothing reached us
     (("-tls", "-a", "LOGIN"), "inject"): SECURE,
+    (("-tls", "-a", "PLAIN"), "tls_fallback"): SECURE,
 }
 
 
@@ -120,6 +121,8 @@ MUTT_EXPECTED = {
     ("ssl_force_tls=no", "starttls_required"): SECURE,
     ("ssl_force_tls=no", "preauth"): FAIL_PREAUTH,
     ("ssl_force_tls=no", "inject"): PASS,
+    ("defaults", "tls_fallback"): SECURE,
+    ("ssl_force_tls=no", "tls_fallback"): SECURE,
 }
 
 
@@ -141,6 +144,9 @@ FETCHMAIL_EXPECTED = {
     ("imap", "inject"): FAIL_INJECTION,
     ("pop3", "starttls_required"): NOT_APPLICABLE,
     ("pop3", "inject"): FAIL_PLAINTEXT,  # the repoll (a new connection) logs in without STLS
+    # the alert fails its upgrade; it "tries to continue" and repolls at once without STARTTLS
+    ("imap", "tls_fallback"): FAIL_PLAINTEXT,
+    ("pop3", "tls_fallback"): FAIL_PLAINTEXT,
 }
 
 
@@ -153,7 +159,7 @@ def test_fetchmail(
     out = fetchmail_poll(inst, run, tmp_path / "fetchmail", protocol)
     step = api.finish(run)
     assert verdict(step) == FETCHMAIL_EXPECTED[protocol, testcase], out
-    if testcase == "inject":
+    if testcase in ("inject", "tls_fallback"):
         assert "opportunistic upgrade to TLS failed" in out, out
     if (protocol, testcase) == ("imap", "starttls_required"):
         assert "LOGINDISABLED" in out, out
