@@ -31,6 +31,7 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/smtp_sessions.py
 	$(BIN)/python benchmarks/idle_memory.py
+	$(BIN)/python benchmarks/endpoint_sessions.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -27,10 +27,12 @@ if str(SRC) not in sys.path:
 from mailtls.net.listeners import MailServer, raise_nofile_limit  # noqa: E402
 from mailtls.net.pki import ensure_certificates  # noqa: E402
 from mailtls.net.types import ListenerSpec  # noqa: E402
-from mailtls.protocols.base import AuthDecision  # noqa: E402
+from mailtls.protocols.base import AuthDecision, Credential  # noqa: E402
+from mailtls.runs.proof import presents  # noqa: E402
 from mailtls.settings import Settings  # noqa: E402
 
 USER = "test-BENCH7@mailtls.test"
+PASSWORD = "secret"
 
 
 def pin(cpu: int) -> None:
@@ -49,9 +51,11 @@ def bench_settings(data_dir: Path) -> Settings:
     return replace(settings, connections=replace(settings.connections, per_ip=50, total=100_000))
 
 
-def authenticate(username: str) -> AuthDecision:
-    if username.lower() == USER.lower():
-        return AuthDecision(True, USER, "BENCH7")
+def authenticate(credential: Credential) -> AuthDecision:
+    """The benchmark's one account: ``USER`` with the password ``secret``."""
+    if credential.username.lower() == USER.lower():
+        proof = presents(PASSWORD, credential)
+        return AuthDecision(proof, USER, "BENCH7", proof)
     return AuthDecision(False, "h:unknown", None)
 
 

@@ -60,6 +60,8 @@ def scrub(record: dict[str, Any]) -> dict[str, Any]:
             out[key] = "<pruned>"
     if isinstance(out.get("line"), str):
         out["line"] = _verb_only(out["line"])
+    if isinstance(out.get("lines"), list):  # the sample of an unbound connection's summary
+        out["lines"] = [_verb_only(line) for line in out["lines"] if isinstance(line, str)]
     if isinstance(out.get("username"), str) and out["username"].startswith("h:"):
         out["username"] = "<pruned>"
     out["pruned"] = True

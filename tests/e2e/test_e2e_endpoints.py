@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import smtplib
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -79,6 +80,8 @@ def test_two_runs_from_one_address_at_once_keep_their_own_verdicts(tmp_path: Pat
             auths = [e for e in api.events(run) if e["type"] == "auth"]
             assert {e["code"] for e in auths} == {run.code}
         assert not own_conns(inst, attacked.id) & own_conns(inst, honest.id)
+        page = api.http.get(attacked.result_url).text  # the result page says how it was bound
+        assert "own servers (exact)" in page
         api.close()
 
 
@@ -149,6 +152,19 @@ def test_a_client_resolving_the_runs_host_name_lands_on_the_run(tmp_path: Path) 
         assert verdict(step) == ("FAIL", "plaintext_auth")
         opened = [e for e in api.events(run) if e["type"] == "connection_opened"]
         assert {e["binding"]["source"] for e in opened} == {"endpoint"}
+        # a baseline run: its own address, and the test CA's certificate names its host name
+        honest = api.create(("immediate", "baseline"))
+        api.start(honest)
+        name = honest.view["account"]["servers"]["smtp"][0]["host"]
+        where = resolver.resolve(name, "A")[0].to_text()
+        assert where != address
+        ctx = ssl.create_default_context(cafile=str(inst.ca))
+        with smtplib.SMTP(where, inst.ports["smtp_submission"], timeout=CLIENT_TIMEOUT) as s:
+            s.ehlo()
+            s._host = name  # smtplib checks the certificate against the name it connected to
+            s.starttls(context=ctx)
+            s.login(honest.username, honest.password)
+        assert verdict(api.finish(honest)) == ("PASS", "tls_auth")
         api.close()
 
 

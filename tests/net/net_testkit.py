@@ -47,6 +47,7 @@ from mailtls.protocols.base import (
     TlsEstablished,
     TlsFailed,
 )
+from mailtls.runs.types import Binding
 from mailtls.settings import Settings
 
 
@@ -198,10 +199,19 @@ def no_binding(ip: str, local: tuple[str, int]) -> None:
     return None
 
 
+RUN_BINDING = Binding("run-under-test", 1, "baseline", "immediate", "address", active=False)
+
+
+def bound(ip: str, local: tuple[str, int]) -> Binding:
+    """Every connection is bound to one run (honest baseline): the shell records it fully.
+    Connections bound to no run are recorded compactly (``test_net_recording.py``)."""
+    return RUN_BINDING
+
+
 async def start_server(
     settings: Settings,
     journal: Journal,
-    binder: Binder = no_binding,
+    binder: Binder = bound,
     specs: list[ListenerSpec] | None = None,
     **kwargs: Any,
 ) -> MailServer:

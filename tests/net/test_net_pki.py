@@ -384,3 +384,38 @@ def test_long_and_international_host_names_get_a_certificate(
 def test_impossible_host_names_are_a_pki_error(tmp_path: Path, hostname: str) -> None:
     with pytest.raises(PkiError, match="host name"):
         ensure_certificates(make_settings(tmp_path, hostname=hostname))
+
+
+def test_address_mode_certificate_names_the_runs_host_names(tmp_path: Path) -> None:
+    """``<label>.<zone>`` for every run: ``*.<zone>`` in the SAN, the zone in the CA's
+    permitted subtrees (a wildcard is no subtree)."""
+    endpoints = replace(make_settings(tmp_path).endpoints, prefix="127.0.10.0/24", zone="T.example")
+    settings = replace(make_settings(tmp_path), endpoints=endpoints)
+    certs = ensure_certificates(settings)
+    cert = x509.load_pem_x509_certificate(certs.cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"t.example", "*.t.example"} <= set(san.get_values_for_type(x509.DNSName))
+    assert certs.ca is not None
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    permitted = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+    names = [n.value for n in permitted.permitted_subtrees or () if isinstance(n, x509.DNSName)]
+    assert "t.example" in names and not [n for n in names if n.startswith("*")]
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    server = server_ssl_context(certs.cert, certs.key)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def accept() -> None:
+            conn, _ = listener.accept()
+            with contextlib.suppress(ssl.SSLError, OSError), server.wrap_socket(conn, True) as s:
+                s.recv(1)
+
+        worker = threading.Thread(target=accept)
+        worker.start()
+        with (
+            socket.create_connection(listener.getsockname(), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="abcd2345.t.example") as tls,
+        ):
+            assert tls.version() is not None  # verified against *.t.example
+        worker.join(5)

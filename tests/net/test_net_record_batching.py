@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from net_testkit import SPECS, Journal, MiniCore, authenticator, make_settings, no_binding
+from net_testkit import SPECS, Journal, MiniCore, authenticator, bound, make_settings
 
 from mailtls.net.connection import batch_sink
 from mailtls.net.listeners import MailServer
@@ -39,7 +39,7 @@ async def test_records_of_one_read_reach_the_journal_in_one_batch_before_the_rep
     server = MailServer(  # wired as serve.py does it: sink=store.append
         settings,
         certs=ensure_certificates(settings),
-        binder=no_binding,
+        binder=bound,
         authenticator=authenticator,
         sink=store.append,
         core_factories={"mini": MiniCore},

@@ -46,7 +46,9 @@ def test_the_indexer_thread_catches_up_a_spilled_backlog(tmp_path: Path) -> None
         for _ in range(20):
             store.append_many([{"type": "noise"} for _ in range(100)])
         deadline = time.monotonic() + 10
-        while store.stats().indexed_id < 2000 and time.monotonic() < deadline:
+        while (store.stats().indexed_id < 2000 or store.stats().spilled) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         stats = store.stats()
         assert stats.indexed_id == 2000 and not stats.spilled

@@ -13,6 +13,11 @@ pauses while the socket's write buffer is above ``WRITE_HIGH`` and the connectio
 beyond ``WRITE_HARD_LIMIT`` (a peer that never reads). Anything a peer sends ends as a core
 event; only a bug (or a failing sink) reaches the broad handler, which logs and aborts.
 
+Cost: a connection bound to no run is recorded compactly (``recording.CompactRecorder``: one
+summary at its close); every connection has a budget of observations and journal bytes, and the
+unbound ones charge their address's budget after each read (``Host.charge``); past a budget the
+core is told ``Kicked`` (its goodbye: SMTP 421, IMAP BYE, POP3 -ERR).
+
 This module knows nothing of listeners or the server: it asks its ``Host`` (implemented by
 ``listeners.MailServer``) for what it needs. It never imports the protocol cores.
 """
@@ -32,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, cast
 
 from mailtls import observations as obs
+from mailtls.net.recording import CompactRecorder, ConnectionBudget
 from mailtls.net.tlsengine import TlsEngine
 from mailtls.net.types import Binder, CoreFactory, ListenerSpec, Sink
 from mailtls.observations import Observation
@@ -83,6 +89,8 @@ _PAUSE_HOLD = 1  # a delayed Send holds the following commands
 _PAUSE_WRITE = 2  # the transport's write buffer is above its high-water mark
 _PAUSE_TURN = 4  # a full read was handled: let the other connections (and accepts) go first
 _PEER_GONE = ("client", "error")
+CONNECTION_OVER_BUDGET = "too many commands on this connection"
+ADDRESS_OVER_BUDGET = "too many commands from your address; try again later"
 _FLAT_TYPES = ("str", "int", "bool", "float", "str | None", "int | None", "tuple[str, ...]")
 
 
@@ -101,6 +109,12 @@ class Host(Protocol):
     def admit(self, conn: MailConnection) -> str | None: ...
 
     def allow_refusal_record(self) -> bool: ...
+
+    def address_over(self, conn: MailConnection) -> str | None: ...
+
+    def charge(
+        self, conn: MailConnection, records: int, nbytes: int
+    ) -> tuple[str, int, bool] | None: ...
 
     def register(self, conn: MailConnection) -> None: ...
 
@@ -201,6 +215,9 @@ def _discard(records: object) -> None:
 
 class MailConnection(asyncio.BufferedProtocol):
     __slots__ = (
+        "_budget",
+        "_charged",
+        "_compact",
         "_envelope",
         "_cause",
         "_closed_by",
@@ -222,6 +239,7 @@ class MailConnection(asyncio.BufferedProtocol):
         "_timer",
         "_timer_at",
         "_timer_when",
+        "_throttled",
         "_tls_fields",
         "_transport",
         "binding",
@@ -273,6 +291,11 @@ class MailConnection(asyncio.BufferedProtocol):
         # records of one read, handed to the sink together right before the corked writes
         self._recs: list[dict[str, Any]] | None = None
         self._started = 0.0
+        # what the connection costs (see ``recording``): set up once it is admitted
+        self._compact: CompactRecorder | None = None  # bound to no run: recorded compactly
+        self._budget = ConnectionBudget(0, 0)
+        self._charged = [0, 0]  # records and bytes not yet charged to the address
+        self._throttled = False  # its address is over budget: nothing more is recorded
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
@@ -313,6 +336,13 @@ class MailConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         host.register(self)
+        rec = host.settings.recording
+        if self.binding is None:
+            self._compact = CompactRecorder(rec.sample_lines)
+            self._budget = ConnectionBudget(rec.unbound_records, rec.unbound_bytes)
+            self._throttled = host.address_over(self) is not None
+        else:
+            self._budget = ConnectionBudget(rec.bound_records, rec.bound_bytes)
         self.policy = policy_for(self.binding, spec.protocol)
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self._record(
@@ -331,6 +361,8 @@ class MailConnection(asyncio.BufferedProtocol):
         else:
             self._connected = True
             self._dispatch(Connected(), "server")
+        if self._throttled:
+            self.kick(ADDRESS_OVER_BUDGET)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _READ_VIEW
@@ -344,6 +376,7 @@ class MailConnection(asyncio.BufferedProtocol):
         self._recs = []
         try:
             self._received(_READ_VIEW[:nbytes])
+            self._check_budgets()
             self._uncork()
             if nbytes == READ_BYTES and self._loop is not None and not self._closing:
                 # more is probably waiting: read it on the next loop turn (uvloop would read
@@ -357,6 +390,31 @@ class MailConnection(asyncio.BufferedProtocol):
             self._abort("error")
         finally:
             self._out = self._recs = None
+
+    def _check_budgets(self) -> None:
+        """After a read: past its own budget, or its address past its budget (connections bound
+        to no run), the connection gets the protocol's goodbye (SMTP 421, IMAP BYE, POP3 -ERR).
+        The connection that takes its address past the budget records that (once per window)
+        and keeps its summary; the address's other connections record nothing more."""
+        goodbye = None
+        compact = self._compact
+        if compact is not None and not compact.promoted and not self._throttled:
+            records, nbytes = self._charged
+            self._charged = [0, 0]
+            over = self.listener.host.charge(self, records, nbytes)
+            if over is not None:
+                what, limit, first = over
+                if first:
+                    self._emit(self._build(obs.BudgetExceeded("address", what, limit)))
+                else:
+                    self._throttled = True
+                goodbye = ADDRESS_OVER_BUDGET
+        passed = self._budget.passed()
+        if passed is not None:
+            self._record(obs.BudgetExceeded("connection", *passed))
+            goodbye = CONNECTION_OVER_BUDGET
+        if goodbye is not None and not self._closing:
+            self.kick(goodbye)
 
     def _cannot_record(self, exc: OSError) -> None:
         """The sink cannot record (the store raises an ``OSError`` such as ENOSPC when the disk
@@ -413,6 +471,9 @@ class MailConnection(asyncio.BufferedProtocol):
         try:
             self._lost(exc)
             self._flush_records()
+            if self._compact is not None and not self._throttled and self._closed_by != "refused":
+                self.listener.host.charge(self, *self._charged)  # its summary counts too
+                self._charged = [0, 0]
         except OSError:  # the sink cannot record (disk full): already said, once
             pass
         except Exception:
@@ -606,8 +667,26 @@ class MailConnection(asyncio.BufferedProtocol):
     # --- commands -----------------------------------------------------------------------------
 
     def _record(self, o: Observation) -> None:
-        """Hand one event to the sink: the connection's envelope plus the observation's fields
-        (which win on a name clash, as in ``{**envelope, **fields}``)."""
+        """Hand one event to the sink (compactly for a connection bound to no run, nothing when
+        its address is over budget; counted against the connection's budget either way)."""
+        record = self._build(o)
+        budget = self._budget
+        budget.observed()
+        if self._throttled:
+            return  # its address is over budget: counted there, not recorded
+        compact = self._compact
+        if compact is None or compact.promoted:
+            budget.wrote(record)
+            self._emit(record)
+            return
+        self._charged[0] += 1
+        for out in compact.take(record):
+            self._charged[1] += budget.wrote(out)
+            self._emit(out)
+
+    def _build(self, o: Observation) -> dict[str, Any]:
+        """The event: the connection's envelope plus the observation's fields (which win on a
+        name clash, as in ``{**envelope, **fields}``)."""
         record = self._envelope.copy()
         record["ts"] = _now()
         record["tls"] = self._tls_fields
@@ -619,6 +698,9 @@ class MailConnection(asyncio.BufferedProtocol):
         else:
             for name in names:
                 record[name] = getattr(o, name)
+        return record
+
+    def _emit(self, record: dict[str, Any]) -> None:
         recs = self._recs
         if recs is None:
             self._sink(record)

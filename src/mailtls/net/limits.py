@@ -1,9 +1,10 @@
-"""Connection admission: per-address and total connection limits, accept rate, refusal records.
+"""Connection admission and what an address may cost: per-address and total connection limits,
+accept rate, refusal records, the per-address budget of records and journal bytes.
 
 Pure bookkeeping (the caller passes the clock), no sockets. ``admit`` answers ``None`` (accepted:
 the caller must ``release`` the address when the connection ends) or the refusal reason that
 ``ConnectionRefused`` records. Addresses in the exempt networks (monitoring, a lab's load
-generator) skip the per-address limit but still count towards the total.
+generator) skip the per-address limit but still count towards the total, and have no budget.
 """
 
 from __future__ import annotations
@@ -38,6 +39,108 @@ class TokenBucket:
         return False
 
 
+def networks(exempt: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(net, strict=False) for net in exempt)
+
+
+def in_networks(ip: str, nets: tuple[Network, ...]) -> bool:
+    if not nets:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in nets)
+
+
+def limit_key(ip: str, ipv6_prefix: int) -> str:
+    """An IPv4 address itself (no parsing on the common path), an IPv6 one by its prefix."""
+    if ":" not in ip:
+        return ip
+    return address_key(ip, ipv6_prefix) or ip
+
+
+class AddressBudget:
+    """Records and journal bytes that connections from one address (an IPv6 prefix) may cost per
+    fixed window of ``window`` seconds (0 bounds: unlimited). ``charge`` adds to the window and,
+    from the moment a bound is passed until the window ends, answers (what, its bound, whether
+    this is the first answer of the window), else None. At most ``max_addresses`` windows are
+    kept: past that, ended ones go first, then the oldest.
+    """
+
+    __slots__ = ("_exempt", "_max", "_v6_prefix", "_windows", "bytes", "records", "window")
+
+    def __init__(
+        self,
+        records: int,
+        nbytes: int,
+        window: float,
+        exempt: Iterable[str] = (),
+        ipv6_prefix: int = 64,
+        max_addresses: int = 65536,
+    ) -> None:
+        self.records = records
+        self.bytes = nbytes
+        self.window = window
+        self._exempt = networks(exempt)
+        self._v6_prefix = ipv6_prefix
+        self._max = max_addresses
+        self._windows: dict[str, _Window] = {}
+
+    def _current(self, ip: str, now: float) -> _Window | None:
+        key = limit_key(ip, self._v6_prefix)
+        found = self._windows.get(key)
+        if found is not None and now - found.start < self.window:
+            return found
+        if found is not None:
+            del self._windows[key]
+        return None
+
+    def over(self, ip: str, now: float) -> str | None:
+        found = self._current(ip, now)
+        return None if found is None else found.passed
+
+    def charge(
+        self, ip: str, records: int, nbytes: int, now: float
+    ) -> tuple[str, int, bool] | None:
+        found = self._current(ip, now)
+        if found is None:
+            if not (self.records or self.bytes) or in_networks(ip, self._exempt):
+                return None
+            if len(self._windows) >= self._max:
+                self._evict(now)
+            found = self._windows[limit_key(ip, self._v6_prefix)] = _Window(now)
+        found.records += records
+        found.bytes += nbytes
+        if found.passed is None:
+            if self.records and found.records > self.records:
+                found.passed = "records"
+            elif self.bytes and found.bytes > self.bytes:
+                found.passed = "bytes"
+        if found.passed is None:
+            return None
+        first, found.announced = not found.announced, True
+        return found.passed, self.records if found.passed == "records" else self.bytes, first
+
+    def _evict(self, now: float) -> None:
+        ended = [k for k, w in self._windows.items() if now - w.start >= self.window]
+        for key in ended:
+            del self._windows[key]
+        while len(self._windows) >= self._max:
+            del self._windows[next(iter(self._windows))]
+
+
+class _Window:
+    __slots__ = ("announced", "bytes", "passed", "records", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.records = 0
+        self.bytes = 0
+        self.passed: str | None = None
+        self.announced = False
+
+
 class ConnectionLimiter:
     """Counts open connections per client address (an IPv6 address by its prefix, like the run
     bindings: a client picks addresses from its /64) and in total."""
@@ -50,25 +153,15 @@ class ConnectionLimiter:
         self._per_ip = per_ip
         self._total = total
         self._v6_prefix = ipv6_prefix
-        self._exempt: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(net, strict=False) for net in exempt
-        )
+        self._exempt = networks(exempt)
         self.by_ip: dict[str, int] = {}
         self.total = 0
 
     def _is_exempt(self, ip: str) -> bool:
-        if not self._exempt:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self._exempt)
+        return in_networks(ip, self._exempt)
 
     def _key(self, ip: str) -> str:
-        if ":" not in ip:  # IPv4: the address itself (no parsing on the common path)
-            return ip
-        return address_key(ip, self._v6_prefix) or ip
+        return limit_key(ip, self._v6_prefix)
 
     def admit(self, ip: str) -> str | None:
         if self._total > 0 and self.total >= self._total:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from mailtls.net.attack_certs import AttackCertificates, ensure_attack_certificates
 from mailtls.net.connection import Listener, MailConnection
-from mailtls.net.limits import ConnectionLimiter, RefusalThrottle, TokenBucket
+from mailtls.net.limits import AddressBudget, ConnectionLimiter, RefusalThrottle, TokenBucket
 from mailtls.net.pki import PkiError, ServerCertificates, server_ssl_context
 from mailtls.net.types import Binder, CoreFactory, ListenerSpec, Sink
 from mailtls.protocols.base import Authenticator, PortRole
@@ -88,6 +88,7 @@ class MailServer:
             def ssl_context() -> ssl.SSLContext:
                 return server_ssl_context(cert, key)
 
+        exempt = tuple(exempt)
         self.settings = settings
         self.binder = binder
         self.authenticator = authenticator
@@ -105,6 +106,14 @@ class MailServer:
         conf = settings.connections
         self._limiter = ConnectionLimiter(
             conf.per_ip, conf.total, exempt, settings.binding.ipv6_prefix
+        )
+        rec = settings.recording
+        self._budget = AddressBudget(
+            rec.address_records,
+            rec.address_bytes,
+            rec.address_window,
+            exempt,
+            settings.binding.ipv6_prefix,
         )
         self._rates: dict[str, TokenBucket] = {}
         self._refusals = RefusalThrottle()
@@ -236,6 +245,28 @@ class MailServer:
         if bucket is not None and not bucket.take(time.monotonic()):
             return "accept_rate"
         return self._limiter.admit(conn.client)
+
+    def address_over(self, conn: MailConnection) -> str | None:
+        """Whether the connection's address is past its budget for this window."""
+        return self._budget.over(conn.client, time.monotonic())
+
+    def charge(
+        self, conn: MailConnection, records: int, nbytes: int
+    ) -> tuple[str, int, bool] | None:
+        """Charge a connection's records and journal bytes to its address (see
+        ``AddressBudget.charge``); the first time an address passes its budget in a window is
+        logged."""
+        over = self._budget.charge(conn.client, records, nbytes, time.monotonic())
+        if over is not None and over[2]:
+            log.warning(
+                "%s: past its budget of %d %s per %g s; answering its connections with the "
+                "protocol's goodbye until the window ends",
+                conn.client,
+                over[1],
+                over[0],
+                self._budget.window,
+            )
+        return over
 
     def allow_refusal_record(self) -> bool:
         allowed = self._refusals.allow(time.monotonic())

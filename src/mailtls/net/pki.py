@@ -78,13 +78,19 @@ class CertificateNames:
 
 def certificate_names(settings: Settings) -> CertificateNames:
     """``localhost``, 127.0.0.1, ::1, the configured host names and the listen addresses; a host
-    name that is an address literal counts as an address. Wildcard listen addresses are left out."""
+    name that is an address literal counts as an address. Wildcard listen addresses are left out.
+    In address mode the zone and ``*.<zone>`` too (the runs' own host names)."""
     dns = ["localhost"]
     ips: list[IPAddress] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
     for name in (settings.hostname, *settings.public_hostnames):
         name = name.strip().lower().rstrip(".")
         if _ip_literal(name) is None and name and _a_label(name) not in dns:
             dns.append(_a_label(name))
+    zone = settings.endpoints.zone.strip().lower().rstrip(".")
+    if zone and settings.endpoints.prefix:  # the runs' own host names, <label>.<zone>
+        for name in (_a_label(zone), "*." + _a_label(zone)):
+            if name not in dns:
+                dns.append(name)
     for text in (settings.hostname, *settings.public_hostnames, *settings.listen):
         ip = _ip_literal(text)
         if ip is not None and not ip.is_unspecified and ip not in ips:
@@ -291,7 +297,7 @@ def _make_ca(
     )
     constraints = x509.NameConstraints(
         permitted_subtrees=[
-            *(x509.DNSName(name) for name in names.dns),
+            *(x509.DNSName(name) for name in names.dns if not name.startswith("*.")),
             *(x509.IPAddress(net) for net in names.networks()),
         ],
         excluded_subtrees=None,

@@ -12,6 +12,7 @@ rebuilt from those records on restart (``RunManager.load``).
 Modules: ``model`` (Run, Step, plans, errors), ``codes`` (session codes, account names, keyed
 username hashes), ``keys`` (the server's secret key and HMAC derivations), ``proof`` (whether a
 credential is a run's password, constant-time), ``binding`` (the address binding table),
+``endpoints`` (the runs' own ports or addresses: the pool, folded from run records),
 ``manager`` (the run manager), ``types`` (the Binding given to the shell).
 The verdict function lives in ``mailtls.verdicts`` (pure).
 

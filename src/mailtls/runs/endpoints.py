@@ -155,14 +155,6 @@ class EndpointPool:
     def __len__(self) -> int:
         return len(self._by_run)
 
-    def reset(self) -> None:
-        self._by_run.clear()
-        self._by_local.clear()
-        self._by_label.clear()
-        self._taken_ports.clear()
-        self._taken_addresses.clear()
-        self._cursor = 0
-
     # --- queries -------------------------------------------------------------------------------
 
     def of(self, run_id: str) -> RunEndpoints | None:

@@ -319,8 +319,7 @@ class Store:
                 raise StoreError(str(exc)) from None
             self._next_id = rid + len(records)
             pending = self._pending
-            spilled = self._spilled
-            cap = self._queue_cap
+            room = 0 if self._spilled else self._queue_cap - len(pending)
             ident = self._ident
             end = start
             for record, line, ts in zip(records, lines, stamps, strict=False):
@@ -329,20 +328,25 @@ class Store:
                 end += len(line) + 1
                 get = record.get
                 # columns are captured now (the caller may reuse the dict), checked by the indexer
-                row = (
-                    (rid, ts, get("type"), get("run"), get("step"), get("conn"), get("code"), line),
-                    end,
-                    ident,
+                raw = (
+                    rid,
+                    ts,
+                    get("type"),
+                    get("run"),
+                    get("step"),
+                    get("conn"),
+                    get("code"),
+                    line,
                 )
-                if not spilled:
-                    if len(pending) < cap:
-                        pending.append(row)
-                    else:
-                        spilled = self._spilled = True
-                named = row[0][3] is not None or row[0][6] is not None
-                if spilled and named and len(self._tail) < cap:
-                    self._tail.append(row)
                 rid += 1
+                if room > 0:
+                    room -= 1
+                    pending.append((raw, end, ident))
+                    continue
+                self._spilled = True  # beyond the queue: the journal holds the backlog
+                named = raw[3] is not None or raw[6] is not None
+                if named and len(self._tail) < self._queue_cap:
+                    self._tail.append((raw, end, ident))
             if self._subscriber_list:
                 self._outbox.extend(records)
             if self._journal.size >= self._segment_bytes and not self._compacting:
@@ -435,12 +439,16 @@ class Store:
                     self._check_open()
                     self._flush_locked()  # the rows queued before the spill come first
                 reached: list[tuple[Ident, int]] = []
+                started = time.monotonic()
                 for rows, end, ident in self._journal_batches(self._mark, ReadStats(), reached):
                     with contextlib.nullcontext() if hold == "all" else self._db_lock:
                         self._check_open()
                         self._insert(rows, end, ident)
-                    if not hold and self._stop.is_set():
-                        return
+                    if not hold:
+                        if self._stop.is_set():
+                            return
+                        self._yield_gil(started)
+                        started = time.monotonic()
                 with contextlib.nullcontext() if hold == "all" else self._append_lock:
                     if reached == [(self._ident, self._journal.size)]:
                         self._spilled = False
@@ -479,12 +487,19 @@ class Store:
     def _index_some(self) -> None:
         """Drain the queue in batches (queries interleave between them), then any spill."""
         while True:
+            started = time.monotonic()
             with self._db_lock:
                 self._check_open()
                 if self._flush_locked(_BATCH) < _BATCH:
                     break
+            self._yield_gil(started)
         if self._spilled:
             self._read_back()
+
+    def _yield_gil(self, started: float) -> None:
+        """Sleep as long as the last batch worked: a lagging indexer takes at most about half
+        of the interpreter from the event loop (its backlog waits in the journal meanwhile)."""
+        self._stop.wait(min(0.5, time.monotonic() - started))
 
     def query(
         self,

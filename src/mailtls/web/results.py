@@ -123,6 +123,12 @@ def advice(steps: list[dict[str, Any]], incoming: str | None) -> list[AdviceGrou
     return sorted(groups.values(), key=lambda g: order.index(g.protocol))
 
 
+BINDINGS = {  # how a step's connections were bound (docs/binding.md)
+    "endpoint": "this test's own servers (exact)",
+    "address": "your network address (shared with anyone behind it)",
+}
+
+
 def rows(
     steps: list[dict[str, Any]], by_step: dict[int, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
@@ -147,6 +153,7 @@ def rows(
                 "notes": [finding_text(t).text for t in tags if finding_text(t).shown],
                 "tags": tags,
                 "protocols": {p: r.get("verdict") for p, r in (s.get("protocols") or {}).items()},
+                "binding": BINDINGS.get(str(s.get("binding")), ""),
                 "transcript": by_step.get(s["n"], []),
             }
         )

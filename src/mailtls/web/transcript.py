@@ -96,7 +96,7 @@ def visible_events(
         for r in records
         if r.get("code") not in (None, code) or (r.get("code") == code and r.get("proof") is False)
     } - proven_conns
-    bound_conns -= strangers
+    bound_conns -= strangers  # bound, on the run's own endpoint too: a stranger's is left out
     owned_conns = proven_conns | {
         r.get("conn")
         for r in records
