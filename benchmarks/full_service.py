@@ -55,6 +55,7 @@ from mailtls.net.pki import ensure_certificates
 SRC = Path(__file__).resolve().parent.parent / "src"
 PORT_NAMES = ("smtp_mx", "smtp_submission", "smtp_tls", "imap", "imap_tls", "pop3", "pop3_tls")
 TICK = os.sysconf("SC_CLK_TCK")
+WARMUP = 200  # sessions before each measured round
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,6 +63,25 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread id of ``pid`` (the main thread's id is ``pid``)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def journal_lines(data: Path) -> int:
+    """Records in the journal files under ``data`` (active file and sealed segments)."""
+    total = 0
+    for path in data.rglob("*.jsonl"):
+        with path.open("rb") as f:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return total
 
 
 def free_port() -> int:
@@ -253,7 +273,7 @@ class Mailtls:
     name = "mailtls serve"
 
     def __init__(self, root: Path, tls_dir: Path) -> None:
-        data = root / "mailtls"
+        data = self.data = root / "mailtls"
         (data / "tls").mkdir(parents=True, mode=0o700)
         for name in ("ca.pem", "server.pem", "server.key"):
             shutil.copy(tls_dir / name, data / "tls" / name)
@@ -368,8 +388,11 @@ class SServer:
     def __init__(self, cert: Path, key: Path) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(cert)]
-            + ["-key", str(key), "-tls1_3", "-num_tickets", "1", "-rev", "-quiet"],
+            [
+                *("openssl", "s_server", "-accept", f"127.0.0.1:{self.port}"),
+                *("-cert", str(cert), "-key", str(key), "-tls1_3", "-num_tickets", "1"),
+                *("-rev", "-quiet"),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -409,7 +432,7 @@ def free_range(size: int = 60) -> int:
 
 
 def measured(server: Any, pid: int, run: Any, n: int) -> tuple[int, float]:
-    run(200)  # warm-up (not counted)
+    run(WARMUP)  # not counted
     cpu0 = cpu_seconds(pid)
     done = run(n)
     return done, cpu_seconds(pid) - cpu0
@@ -421,8 +444,10 @@ def pyspy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
         print("  (py-spy is not installed: pip install py-spy; no profile)")
         return None
     return subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"]
-        + ["--format", "raw", "--threads", "--nonblocking", "--output", str(out)],
+        [
+            *(exe, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"),
+            *("--format", "raw", "--threads", "--nonblocking", "--output", str(out)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -515,7 +540,11 @@ def main() -> int:
                     if args.profile and r == 0 and label == "mailtls SMTP":
                         spy = pyspy(server.pid, 600, prof)
                         time.sleep(0.5)
+                    threads0 = thread_cpu(server.pid)
+                    lines0 = journal_lines(mailtls.data)
                     done, cpu = measured(server, server.pid, run, args.sessions)
+                    threads = thread_cpu(server.pid)
+                    records = journal_lines(mailtls.data) - lines0
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
                         spy.wait(30)
@@ -528,6 +557,20 @@ def main() -> int:
                         f"per server CPU second={done / cpu:6.0f}",
                         flush=True,
                     )
+                    if server is mailtls:
+                        used = sorted(
+                            ((t - threads0.get(tid, 0.0), tid) for tid, t in threads.items()),
+                            reverse=True,
+                        )
+                        split = ", ".join(
+                            f"{'loop' if tid == server.pid else 'thread'} {c / done * 1e6:.0f}"
+                            for c, tid in used
+                            if c > 0
+                        )
+                        print(
+                            f"          µs of server CPU per session by thread: {split}; "
+                            f"journal records per session {records / (done + WARMUP):.1f}"
+                        )
         finally:
             for server in servers:
                 server.close()
