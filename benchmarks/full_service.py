@@ -19,7 +19,12 @@ Rounds are interleaved; the medians and the ratios are printed. The machine is s
 absolute figures move between runs: the ratios within one run are what counts.
 
     .venv/bin/python benchmarks/full_service.py [--sessions 2000] [--rounds 3] [--imap-pop3]
-        [--profile]   # py-spy samples mailtls serve (all threads) in round 1
+        [--profile]   # py-spy samples mailtls serve (GIL holder) in round 1, not counted
+        [--baseline-src DIR] [--only-mailtls]
+
+``--baseline-src`` adds an older mailtls (its ``src/`` folder) to the same interleaved rounds, to
+measure a change before/after in one run: ``git archive main src | tar -x -C /tmp/base``, then
+``--baseline-src /tmp/base/src``.
 """
 
 from __future__ import annotations
@@ -272,8 +277,8 @@ async def run_factory(port: int, n: int, concurrency: int, factory: Any) -> int:
 class Mailtls:
     name = "mailtls serve"
 
-    def __init__(self, root: Path, tls_dir: Path) -> None:
-        data = self.data = root / "mailtls"
+    def __init__(self, root: Path, tls_dir: Path, src: Path = SRC, name: str = "mailtls") -> None:
+        data = self.data = root / name
         (data / "tls").mkdir(parents=True, mode=0o700)
         for name in ("ca.pem", "server.pem", "server.key"):
             shutil.copy(tls_dir / name, data / "tls" / name)
@@ -288,7 +293,7 @@ class Mailtls:
             f"[endpoints]\nport_first = {first}\nport_last = {first + 59}\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
-        env["PYTHONPATH"] = str(SRC)
+        env["PYTHONPATH"] = str(src)
         self.log = data / "serve.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailtls", "serve", "--config", str(config)],
@@ -446,7 +451,7 @@ def pyspy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
     return subprocess.Popen(
         [
             *(exe, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"),
-            *("--format", "raw", "--threads", "--nonblocking", "--output", str(out)),
+            *("--format", "raw", "--threads", "--gil", "--nonblocking", "--output", str(out)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -465,7 +470,10 @@ def summarize_profile(path: Path, lines: int) -> None:
         total += count
         leaf[frames[-1]] += count
         group[classify(frames)] += count
-    print(f"  py-spy: {total} samples of mailtls serve (all threads)")
+    print(
+        f"  py-spy: {total} samples of mailtls serve (all threads, only while holding the GIL: "
+        "waits in epoll, fdatasync and SQLite's C code are left out)"
+    )
     for name, count in group.most_common():
         print(f"    {count / total * 100:5.1f} %  {name}")
     print("  hottest functions (self time):")
@@ -500,6 +508,8 @@ def main() -> int:
     parser.add_argument("--imap-pop3", action="store_true", help="IMAP and POP3 rounds as well")
     parser.add_argument("--profile", action="store_true", help="py-spy mailtls serve in round 1")
     parser.add_argument("--profile-lines", type=int, default=30)
+    parser.add_argument("--baseline-src", type=Path, help="src/ of a mailtls to compare with")
+    parser.add_argument("--only-mailtls", action="store_true", help="no aiosmtpd, no s_server")
     args = parser.parse_args()
     pin(1)
     rates: dict[str, list[float]] = collections.defaultdict(list)
@@ -524,6 +534,15 @@ def main() -> int:
                     lambda n: servers[2].sessions(n, args.concurrency, ctx),
                 ),
             ]
+            if args.baseline_src is not None:
+                base = Mailtls(root, root / "tls", args.baseline_src.resolve(), "baseline")
+                servers.append(base)
+                plan.insert(
+                    1,
+                    ("baseline SMTP", base, lambda n: base.sessions(n, args.concurrency, ctx)),
+                )
+            if args.only_mailtls:
+                plan = [p for p in plan if "mailtls" in p[0] or "baseline" in p[0]]
             if args.imap_pop3:
                 for kind in ("imap", "pop3"):
                     plan.append(
@@ -541,10 +560,11 @@ def main() -> int:
                         spy = pyspy(server.pid, 600, prof)
                         time.sleep(0.5)
                     threads0 = thread_cpu(server.pid)
-                    lines0 = journal_lines(mailtls.data)
+                    data = getattr(server, "data", None)
+                    lines0 = journal_lines(data) if data else 0
                     done, cpu = measured(server, server.pid, run, args.sessions)
                     threads = thread_cpu(server.pid)
-                    records = journal_lines(mailtls.data) - lines0
+                    records = journal_lines(data) - lines0 if data else 0
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
                         spy.wait(30)
@@ -557,7 +577,7 @@ def main() -> int:
                         f"per server CPU second={done / cpu:6.0f}",
                         flush=True,
                     )
-                    if server is mailtls:
+                    if isinstance(server, Mailtls):
                         used = sorted(
                             ((t - threads0.get(tid, 0.0), tid) for tid, t in threads.items()),
                             reverse=True,
@@ -584,6 +604,11 @@ def main() -> int:
             f"mailtls/aiosmtpd = {smtp / med['aiosmtpd SMTP']:.2f} (target >= 1.25, aim 1.5); "
             f"mailtls/s_server = {smtp / med['s_server TLS']:.2f} (target >= 0.63); "
             f"aiosmtpd/s_server = {med['aiosmtpd SMTP'] / med['s_server TLS']:.2f}"
+        )
+    if smtp and "baseline SMTP" in med:
+        print(
+            "mailtls/baseline (this tree against --baseline-src) = "
+            f"{smtp / med['baseline SMTP']:.3f}"
         )
     for kind in ("IMAP", "POP3"):
         if f"mailtls {kind}" in med and "s_server TLS" in med:
