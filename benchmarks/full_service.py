@@ -117,67 +117,16 @@ class LineSession(SmtpSession):
         super().__init__(ctx, done)
         self.SCRIPT = script
 
-    def data_received(self, data: bytes) -> None:
-        if self.tls is not None and self.handshaking:
-            # the server speaks first after STARTTLS only in SMTP (our EHLO); here the login
-            self.incoming.write(data)
-            try:
-                self.tls.do_handshake()
-            except ssl.SSLWantReadError:
-                self._flush()
-                return
-            except Exception as exc:
-                self._fail(exc)
-                return
-            self.handshaking = False
-            reply = self.SCRIPT[self.step][1]
-            self.step += 1
-            assert reply
-            self._send(reply)
-            return
-        try:
-            if self.tls is None:
-                self.buf += data
-            else:
-                self.incoming.write(data)
-                while True:
-                    try:
-                        chunk = self.tls.read(65536)
-                    except ssl.SSLWantReadError:
-                        break
-                    if not chunk:
-                        break
-                    self.buf += chunk
-            self._replies()
-        except Exception as exc:
-            self._fail(exc)
+    def _handshake_done(self) -> None:
+        """After STARTTLS/STLS the client speaks first: the script's next line (the login)."""
+        reply = self.SCRIPT[self.step][1]
+        self.step += 1
+        assert reply
+        self._send(reply)
 
-    def _replies(self) -> None:
-        while b"\r\n" in self.buf:
-            line, _, self.buf = self.buf.partition(b"\r\n")
-            code, reply = self.SCRIPT[self.step]
-            if not code:  # "after the handshake": never matched by a line
-                raise RuntimeError(f"unexpected {line!r}")
-            if line.startswith(b"* ") and not code.startswith(b"* "):
-                continue  # IMAP untagged lines before the tagged reply
-            if not line.startswith(code):
-                raise RuntimeError(f"expected {code!r}, got {line!r}")
-            self.step += 1
-            if reply is None:
-                self.tls = self.ctx.wrap_bio(
-                    self.incoming, self.outgoing, server_hostname="localhost"
-                )
-                self.handshaking = True
-                with contextlib.suppress(ssl.SSLWantReadError):
-                    self.tls.do_handshake()
-                self._flush()
-            elif reply:
-                self._send(reply)
-            else:
-                assert self.transport is not None
-                self.transport.close()
-                if not self.done.done():
-                    self.done.set_result(None)
+    def _skip(self, line: bytes, code: bytes) -> bool:
+        """IMAP untagged lines (``* ...``) before the tagged reply awaited."""
+        return line.startswith(b"* ") and not code.startswith(b"* ")
 
 
 def imap_script(user: str, password: str) -> tuple[tuple[bytes, bytes | None], ...]:
@@ -436,11 +385,22 @@ def free_range(size: int = 60) -> int:
     raise RuntimeError("no free port range")
 
 
-def measured(server: Any, pid: int, run: Any, n: int) -> tuple[int, float]:
-    run(WARMUP)  # not counted
-    cpu0 = cpu_seconds(pid)
-    done = run(n)
-    return done, cpu_seconds(pid) - cpu0
+class Measured:
+    """``n`` sessions after a warm-up: server CPU (all threads, and per thread), and for
+    mailtls the journal records they wrote."""
+
+    def __init__(self, server: Any, run: Any, n: int) -> None:
+        pid, data = server.pid, getattr(server, "data", None)
+        run(WARMUP)  # not counted
+        threads0, lines0 = thread_cpu(pid), journal_lines(data) if data else 0
+        cpu0 = cpu_seconds(pid)
+        self.done = int(run(n))
+        self.cpu = cpu_seconds(pid) - cpu0
+        self.records = journal_lines(data) - lines0 if data else 0
+        threads = thread_cpu(pid)
+        self.threads = sorted(
+            ((t - threads0.get(tid, 0.0), tid) for tid, t in threads.items()), reverse=True
+        )
 
 
 def pyspy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -559,12 +519,8 @@ def main() -> int:
                     if args.profile and r == 0 and label == "mailtls SMTP":
                         spy = pyspy(server.pid, 600, prof)
                         time.sleep(0.5)
-                    threads0 = thread_cpu(server.pid)
-                    data = getattr(server, "data", None)
-                    lines0 = journal_lines(data) if data else 0
-                    done, cpu = measured(server, server.pid, run, args.sessions)
-                    threads = thread_cpu(server.pid)
-                    records = journal_lines(data) - lines0 if data else 0
+                    m = Measured(server, run, args.sessions)
+                    done, cpu = m.done, m.cpu
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
                         spy.wait(30)
@@ -578,18 +534,14 @@ def main() -> int:
                         flush=True,
                     )
                     if isinstance(server, Mailtls):
-                        used = sorted(
-                            ((t - threads0.get(tid, 0.0), tid) for tid, t in threads.items()),
-                            reverse=True,
-                        )
                         split = ", ".join(
                             f"{'loop' if tid == server.pid else 'thread'} {c / done * 1e6:.0f}"
-                            for c, tid in used
+                            for c, tid in m.threads
                             if c > 0
                         )
                         print(
                             f"          µs of server CPU per session by thread: {split}; "
-                            f"journal records per session {records / (done + WARMUP):.1f}"
+                            f"journal records per session {m.records / done:.1f}"
                         )
         finally:
             for server in servers:
