@@ -37,6 +37,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -78,6 +79,24 @@ def thread_cpu(pid: int) -> dict[int, float]:
             fields = f.read().rsplit(")", 1)[1].split()
             out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICK
     return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by thread id (``py-spy dump``; empty without py-spy)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [exe, "dump", "--pid", str(pid), "--nonblocking"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+        return {
+            int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \(\w+\): "([^"]*)"', out, re.M)
+        }
+    return {}
 
 
 def journal_lines(data: Path) -> int:
@@ -274,6 +293,7 @@ class Mailtls:
 
         self.port = port_of("smtp", "starttls")
         self.imap_port, self.pop3_port = port_of("imap", "starttls"), port_of("pop3", "starttls")
+        self.threads = thread_names(self.pid)
         self.auth = (
             b"AUTH PLAIN " + base64.b64encode(f"\0{self.user}\0{self.password}".encode()) + b"\r\n"
         )
@@ -472,6 +492,7 @@ def main() -> int:
     parser.add_argument("--only-mailtls", action="store_true", help="no aiosmtpd, no s_server")
     args = parser.parse_args()
     pin(1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the servers are closed below
     rates: dict[str, list[float]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="mailtls-full-") as tmp:
         root = Path(tmp)
@@ -534,8 +555,10 @@ def main() -> int:
                         flush=True,
                     )
                     if isinstance(server, Mailtls):
+                        names = {server.pid: "event loop", **server.threads}
+                        names[server.pid] = "event loop"
                         split = ", ".join(
-                            f"{'loop' if tid == server.pid else 'thread'} {c / done * 1e6:.0f}"
+                            f"{names.get(tid, 'thread')} {c / done * 1e6:.0f}"
                             for c, tid in m.threads
                             if c > 0
                         )
