@@ -46,7 +46,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Collection, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -63,31 +63,56 @@ PORT_NAMES = (
 )
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+# Test servers listen below the kernel's ephemeral range (32768-60999 here), so that no client
+# connection of a parallel test can take a server's port as its source port between the moment
+# a port is picked and the moment the server (or its restart after kill -9) binds it. Each
+# pytest-xdist worker draws from its own slice, so two workers never pick the same port.
+PORT_SPACE = (10000, 32000)
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker) % count if worker.isdigit() else 0
+    width = (PORT_SPACE[1] - PORT_SPACE[0]) // count
+    return range(PORT_SPACE[0] + index * width, PORT_SPACE[0] + (index + 1) * width)
+
+
+def free_ports(n: int, avoid: range = range(0)) -> list[int]:
+    """``n`` distinct ports free now on 127.0.0.1, from this worker's slice of ``PORT_SPACE``,
+    outside ``avoid`` (a server's endpoint pool)."""
+    import random
+
+    space, rng, found = _port_slice(), random.Random(), list[int]()
+    for _ in range(50 * n):
+        port = rng.choice(space)
+        if port not in found and port not in avoid and _bindable("127.0.0.1", port):
+            found.append(port)
+            if len(found) == n:
+                return found
+    raise RuntimeError(f"no {n} free ports in {space}")
 
 
 POOL_SIZE = 1000  # ports of a test server's endpoint pool (six per run, kept for the grace)
 
 
-def free_port_range(size: int = POOL_SIZE, hosts: tuple[str, ...] = ("127.0.0.1", "::1")) -> int:
-    """The first port of ``size`` consecutive ports that are free now on ``hosts`` (below the
-    ephemeral range that ``free_ports`` draws from, so the two never meet)."""
+def free_port_range(
+    size: int = POOL_SIZE,
+    hosts: tuple[str, ...] = ("127.0.0.1", "::1"),
+    avoid: Collection[int] = (),
+) -> int:
+    """The first port of ``size`` consecutive ports that are free now on ``hosts``, in this
+    worker's slice of ``PORT_SPACE`` (below the ephemeral range, like ``free_ports``), holding
+    none of ``avoid`` (the server's own standard ports)."""
     import random
 
-    rng = random.Random()
+    space, rng = _port_slice(), random.Random()
     for _ in range(50):
-        first = rng.randrange(10000, 32000 - size)
-        if all(_bindable(host, port) for port in range(first, first + size) for host in hosts):
+        first = rng.randrange(space.start, space.stop - size)
+        ports = range(first, first + size)
+        if any(p in ports for p in avoid):
+            continue
+        if all(_bindable(host, port) for port in ports for host in hosts):
             return first
     raise RuntimeError("no free port range for the endpoint pool")
 
@@ -167,16 +192,17 @@ def start_serve(
     endpoint pool is on, as by default, over a free port range (``{"enabled": False}``: address
     binding, the fall-back)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    pool = dict(endpoints or {})
+    if pool.get("enabled", True) and "port_first" not in pool and not pool.get("prefix"):
+        first = free_port_range(avoid=(ports or {}).values())
+        pool |= {"port_first": first, "port_last": first + POOL_SIZE - 1}
     if ports is None:
-        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+        taken = range(pool.get("port_first", 0), pool.get("port_last", -1) + 1)
+        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES), avoid=taken), strict=True))
     port_lines = "\n".join(f"{k} = {v}" for k, v in ports.items())
     limit_lines = "\n".join(
         f"{k} = {v}" for k, v in {"auth_fail_delay": 0.05, **(limits or {})}.items()
     )
-    pool = dict(endpoints or {})
-    if pool.get("enabled", True) and "port_first" not in pool and not pool.get("prefix"):
-        first = free_port_range()
-        pool |= {"port_first": first, "port_last": first + POOL_SIZE - 1}
     endpoint_lines = "\n".join(f"{k} = {_toml(v)}" for k, v in pool.items())
     config = data_dir / "mailtls.toml"
     config.write_text(

@@ -41,6 +41,20 @@ def test_scrub_imap_tag_ehlo_usernames_and_run_records() -> None:
     assert scrub({"client": "2001:db8:1:2::5"})["client"] == "2001:db8:1::/48"
 
 
+def test_scrub_keeps_only_the_verbs_of_a_summary_sample() -> None:
+    summary = {
+        "type": "connection_summary",
+        "client": "203.0.113.77",
+        "cport": 4242,
+        "lines": ["EHLO bot.example", "AUTH PLAIN <redacted, 40 bytes>", "a1 LOGIN x y"],
+        "counts": {"command": 3},
+    }
+    out = scrub(summary)
+    assert out["lines"] == ["EHLO", "AUTH", "a1 LOGIN"]
+    assert out["client"] == "203.0.113.0/24" and "cport" not in out
+    assert out["counts"] == {"command": 3}
+
+
 def test_prune_once_rewrites_only_old_records(tmp_path: Path) -> None:
     store = Store(tmp_path, fsync=False)
     try:

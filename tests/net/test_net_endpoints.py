@@ -13,6 +13,7 @@ from net_testkit import Journal, LineClient, make_settings, start_server
 from conftest import free_port_range
 from mailtls.net.endpoints import RunListeners
 from mailtls.runs.endpoints import Endpoint, EndpointUnavailable, RunEndpoints
+from mailtls.runs.types import Binding
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,8 +39,9 @@ async def test_open_serve_and_close(tmp_path: Path) -> None:
     journal = Journal()
     seen: list[tuple[str, int]] = []
 
-    def binder(ip: str, local: tuple[str, int]) -> None:
-        seen.append(local)
+    def binder(ip: str, local: tuple[str, int]) -> Binding:
+        seen.append(local)  # bound, so its records are kept whole (not summed up)
+        return Binding("r1", 1, "baseline", "immediate", "endpoint", active=False)
 
     server = await start_server(make_settings(tmp_path), journal, binder=binder)
     listeners = RunListeners(server.listener, ("127.0.0.1",))

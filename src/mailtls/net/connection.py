@@ -398,7 +398,12 @@ class MailConnection(asyncio.BufferedProtocol):
         and keeps its summary; the address's other connections record nothing more."""
         goodbye = None
         compact = self._compact
-        if compact is not None and not compact.promoted and not self._throttled:
+        if (
+            compact is not None
+            and not compact.promoted
+            and not self._throttled
+            and self._charged[0]
+        ):
             records, nbytes = self._charged
             self._charged = [0, 0]
             over = self.listener.host.charge(self, records, nbytes)

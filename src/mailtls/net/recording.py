@@ -51,7 +51,7 @@ _CLOSED_FIELDS = ("by", "bytes_in", "bytes_out", "duration")
 
 def estimated_bytes(record: Record) -> int:
     """About the journal bytes of ``record``: a fixed overhead plus its top-level strings."""
-    return RECORD_OVERHEAD + sum(len(v) for v in record.values() if isinstance(v, str))
+    return RECORD_OVERHEAD + sum([len(v) for v in record.values() if type(v) is str])
 
 
 class CompactRecorder:
