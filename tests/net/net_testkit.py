@@ -234,6 +234,17 @@ def client_context(certs: ServerCertificates) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(certs.ca))
 
 
+def client_hello(ctx: ssl.SSLContext) -> bytes:
+    """The ClientHello record ``ctx`` sends first (made on memory BIOs, no socket)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("a handshake completed without a server")
+
+
 class LineClient:
     """A blocking client (run it in a thread) that reads CRLF lines, with STARTTLS."""
 

@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from net_testkit import Journal, LineClient, client_context, make_settings, start_server
+from net_testkit import (
+    Journal,
+    LineClient,
+    client_context,
+    client_hello,
+    make_settings,
+    start_server,
+)
 
 from mailtls.net.pki import ensure_certificates
 
@@ -228,18 +235,10 @@ def _t2_client(port: int, payload_parts: list[bytes], pause: float = 0.0) -> byt
     return reply
 
 
-def _real_client_hello(ctx: ssl.SSLContext) -> bytes:
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
-
-
-async def test_t2_reads_a_real_client_hello(tmp_path: Path, journal: Journal) -> None:
+async def test_t2_reads_aclient_hello(tmp_path: Path, journal: Journal) -> None:
     settings = make_settings(tmp_path)
     server = await start_server(settings, journal)
-    hello = _real_client_hello(client_context(ensure_certificates(settings)))
+    hello = client_hello(client_context(ensure_certificates(settings)))
     try:
         reply = await asyncio.to_thread(_t2_client, server.port("mini"), [hello])
         assert reply == b"454 cleartext"
@@ -253,7 +252,7 @@ async def test_t2_reads_a_real_client_hello(tmp_path: Path, journal: Journal) ->
 async def test_t2_client_hello_split_across_segments(tmp_path: Path, journal: Journal) -> None:
     settings = make_settings(tmp_path)
     server = await start_server(settings, journal)
-    hello = _real_client_hello(client_context(ensure_certificates(settings)))
+    hello = client_hello(client_context(ensure_certificates(settings)))
     parts = [hello[:2], hello[2:4], hello[4:9], hello[9:100], hello[100:]]
     try:
         reply = await asyncio.to_thread(_t2_client, server.port("mini"), parts, 0.05)

@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from net_testkit import Journal, LineClient, client_context, make_settings, start_server
+from net_testkit import (
+    Journal,
+    LineClient,
+    client_context,
+    client_hello,
+    make_settings,
+    start_server,
+)
 
 from mailtls.net import listeners
 from mailtls.net.connection import FALLBACK_ALERT
@@ -27,14 +34,6 @@ def fallback_bound(ip: str, local: tuple[str, int]) -> Binding:
 @pytest.fixture
 def journal() -> Journal:
     return Journal()
-
-
-def hello_bytes(ctx: ssl.SSLContext) -> bytes:
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 def legacy(ctx: ssl.SSLContext) -> ssl.SSLContext:
@@ -80,7 +79,7 @@ async def test_alert_then_a_tls10_retry_is_served(tmp_path: Path, journal: Journ
     ctx = client_context(ensure_certificates(settings))
     port = server.port("mini")
     try:
-        hello = hello_bytes(ctx)
+        hello = client_hello(ctx)
         assert await asyncio.to_thread(raw_attempt, port, hello) == FALLBACK_ALERT
         again = await asyncio.to_thread(tls_attempt, port, ctx)  # the same offer: alerted
         assert again == "refused: SSLV3_ALERT_HANDSHAKE_FAILURE"
@@ -136,7 +135,7 @@ async def test_attempts_are_kept_per_step_and_bounded(
     ctx = client_context(ensure_certificates(settings))
     try:
         for _ in range(4):
-            await asyncio.to_thread(raw_attempt, server.port("mini"), hello_bytes(ctx))
+            await asyncio.to_thread(raw_attempt, server.port("mini"), client_hello(ctx))
         assert [r["attempt"] for r in journal.of("client_hello_offered")] == [1, 1, 1, 1]
         assert len(server._fallback) == 2  # the oldest steps were dropped
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 
 import pytest
+from net_testkit import client_hello
 
 from mailtls.protocols.tlsrecord import (
     TLS_FALLBACK_SCSV,
@@ -25,11 +26,7 @@ def real_client_hello(
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     ctx.minimum_version = minimum
     ctx.maximum_version = maximum
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
+    return client_hello(ctx)
 
 
 def test_whole_client_hello() -> None:
