@@ -242,7 +242,11 @@ class MailServer:
                 legacy_context = self._provider()
                 if legacy_context is self._context:  # a provider that shares one context
                     raise PkiError("the TLS context provider must give a new context")
-                allow_legacy_versions(legacy_context)
+                if not allow_legacy_versions(legacy_context):
+                    log.warning(
+                        "the local OpenSSL has no TLS 1.0/1.1: tls_fallback serves TLS 1.2 at "
+                        "the lowest (its TLS 1.0/1.1 part is not testable here)"
+                    )
                 self._legacy_context = legacy_context
             return self._legacy_context
         if certificate == VALID_CERTIFICATE:
