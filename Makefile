@@ -29,6 +29,8 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/full_service.py --imap-pop3
 	$(BIN)/python benchmarks/smtp_sessions.py
 	$(BIN)/python benchmarks/idle_memory.py
 	$(BIN)/python benchmarks/endpoint_sessions.py

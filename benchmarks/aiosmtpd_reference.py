@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing
 import ssl
 import sys
@@ -32,6 +33,7 @@ from mailtls.net.pki import ensure_certificates, server_ssl_context
 def serve(conn: Connection, cert: str, key: str, cpu: int) -> None:
     pin(cpu)
     warnings.simplefilter("ignore")  # aiosmtpd 1.4 warns about its own deprecated attribute
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # ... and logs it, per session
     asyncio.run(_serve(conn, cert, key))
 
 

@@ -77,7 +77,7 @@ class SmtpSession(asyncio.Protocol):
                         self._flush()
                         return
                     self.handshaking = False
-                    self._send(b"EHLO bench.example\r\n")
+                    self._handshake_done()
                 while True:
                     try:
                         chunk = self.tls.read(65536)
@@ -90,12 +90,21 @@ class SmtpSession(asyncio.Protocol):
         except Exception as exc:  # a failed session is counted, not fatal
             self._fail(exc)
 
+    def _handshake_done(self) -> None:
+        self._send(b"EHLO bench.example\r\n")
+
+    def _skip(self, line: bytes, code: bytes) -> bool:
+        """A line that is not the reply awaited (SMTP: a continuation line ``250-...``)."""
+        return line[3:4] == b"-"
+
     def _replies(self) -> None:
         while b"\r\n" in self.buf:
             line, _, self.buf = self.buf.partition(b"\r\n")
-            if line[3:4] == b"-":
-                continue
             code, reply = self.SCRIPT[self.step]
+            if self._skip(line, code):
+                continue
+            if not code:  # a step the client takes by itself (after a handshake)
+                raise RuntimeError(f"unexpected {line!r}")
             if not line.startswith(code):
                 raise RuntimeError(f"expected {code!r}, got {line!r}")
             self.step += 1

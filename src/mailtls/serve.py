@@ -272,26 +272,22 @@ async def _release_periodically(manager: Any) -> None:
 
 
 def _certificates(settings: Settings) -> tuple[Any, Any]:
-    """The server certificates and the attack certificates of the ``cert_*`` test cases. On
-    the first start the test CA key is kept just long enough to issue the expired and wrong-host
-    certificates from it (so that their only defect is the one the case is about), then it is
-    deleted unless ``tls.keep_ca_key``."""
+    """The server certificates and the attack certificates of the ``cert_*`` test cases. When
+    the test CA is created (first start, or an old chain replaced) its key is kept just long
+    enough to issue the expired and wrong-host certificates from it (so that their only defect is
+    the one the case is about), then it is deleted unless ``tls.keep_ca_key``."""
     from mailtls.net.attack_certs import ensure_attack_certificates
     from mailtls.net.pki import ensure_certificates
 
     tls_dir = settings.data_dir / "tls"
-    fresh = not settings.tls.cert_file and not (tls_dir / "ca.pem").is_file()
-    keep_now = fresh and not settings.tls.keep_ca_key
-    issuing = settings
-    if keep_now:
-        issuing = dataclasses.replace(
-            settings, tls=dataclasses.replace(settings.tls, keep_ca_key=True)
-        )
-    certs = ensure_certificates(issuing)
+    # a CA created now (a fresh folder, or an old chain replaced) keeps its key until the
+    # attack certificates are issued
+    issuing = dataclasses.replace(settings, tls=dataclasses.replace(settings.tls, keep_ca_key=True))
+    certs = ensure_certificates(issuing if not settings.tls.cert_file else settings)
     try:
         attack = ensure_attack_certificates(certs, tls_dir / "ca.key")
     finally:
-        if keep_now:
+        if not settings.tls.keep_ca_key:
             (tls_dir / "ca.key").unlink(missing_ok=True)
     return certs, attack
 

@@ -55,6 +55,32 @@ def test_each_certificate_has_exactly_its_defect(tmp_path: Path) -> None:
     assert _load(again.files["expired"][0])[0].serial_number == expired.serial_number  # reused
 
 
+def test_a_replaced_chain_gets_attack_certificates_from_the_new_ca(tmp_path: Path) -> None:
+    """A data folder whose chain named 127.0.0.1 as a DNS name (before issue 9) gets a new CA at
+    start: the attack certificates are issued again, by that new CA (whose key is then
+    deleted), not kept from the replaced one."""
+    import ipaddress
+
+    from mailtls.net import pki
+    from mailtls.serve import _certificates
+
+    settings = make_settings(tmp_path)
+    old = ensure_certificates(settings)
+    names = pki.CertificateNames(
+        ("localhost", "127.0.0.1"), (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+    )
+    pki._create_all(tmp_path / "tls", old, names, True, dt.datetime.now(dt.UTC))
+    ensure_attack_certificates(old, tmp_path / "tls" / "ca.key")  # issued by the old CA
+    certs, attack = _certificates(settings)
+    assert certs.ca is not None
+    ca = _load(certs.ca)[0]
+    for kind in ("expired", "wronghost"):
+        leaf = _load(attack.files[kind][0])[0]
+        assert leaf.issuer == ca.subject
+        leaf.verify_directly_issued_by(ca)
+    assert not (tmp_path / "tls" / "ca.key").exists()
+
+
 def test_without_the_ca_key_they_come_from_an_untrusted_ca(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

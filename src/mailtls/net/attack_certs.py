@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mailtls.net.pki import PkiError, ServerCertificates, server_ssl_context
+from mailtls.net.pki import ATTACK_DIR, PkiError, ServerCertificates, server_ssl_context
 
 log = logging.getLogger("mailtls.attack_certs")
 
@@ -56,7 +56,7 @@ class AttackCertificates:
 def ensure_attack_certificates(
     certs: ServerCertificates, ca_key: Path | None = None, now: dt.datetime | None = None
 ) -> AttackCertificates:
-    directory = certs.cert.parent / "attack"
+    directory = certs.cert.parent / ATTACK_DIR
     files = {kind: (directory / f"{kind}.pem", directory / f"{kind}.key") for kind in KINDS}
     if all(c.is_file() and k.is_file() for c, k in files.values()):
         return AttackCertificates(files)

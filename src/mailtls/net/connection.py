@@ -81,6 +81,11 @@ log = logging.getLogger("mailtls.net")
 READ_BYTES = 32 * 1024
 WRITE_HIGH = 64 * 1024
 WRITE_HARD_LIMIT = 1024 * 1024
+# After the server's last line, how long a closing connection keeps reading (and discarding)
+# what the peer still sends: closing a socket with unread input makes the kernel answer with a
+# reset, and a client that is still sending (a flooder, a pipelining client) would lose the
+# goodbye line (SMTP 421, IMAP BYE, POP3 -ERR) that says why.
+LINGER_SECONDS = 1.0
 _READ_BUFFER = bytearray(READ_BYTES)
 _READ_VIEW = memoryview(_READ_BUFFER)
 
@@ -795,7 +800,15 @@ class MailConnection(asyncio.BufferedProtocol):
         if engine is not None and engine.established:
             self._write(engine.close_notify())
         self._uncork()
-        transport.close()
+        if self._loop is None or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()  # FIN after the last line; input is read and dropped meanwhile
+        except OSError:  # the peer is gone already (ENOTCONN): nothing to linger for
+            transport.close()
+            return
+        self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def _abort(self, by: str) -> None:
         if self._out is not None:

@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import os
 import re
+import shutil
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("
 
 class PkiError(Exception):
     """Certificate files that cannot be read or used: shown without a traceback."""
+
+
+ATTACK_DIR = "attack"  # DATA_DIR/tls/attack: the certificates of the cert_* test cases
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +278,8 @@ def _create_all(
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
+    # the attack certificates (``net.attack_certs``) were issued by the CA being replaced
+    shutil.rmtree(directory / ATTACK_DIR, ignore_errors=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _make_ca(ca_key, names, now)
     _issue_server(certs, ca_cert, ca_key, names, now)
