@@ -373,6 +373,12 @@ async def streams(server: Server, seconds: float) -> dict[str, Any]:
 # --- 3. DELETE with a large journal ----------------------------------------------------------
 
 
+def journal_bytes(data_dir: Path) -> int:
+    """The journal's size: the active file and the sealed segments (``journal/``)."""
+    files = [data_dir / "events.jsonl", *(data_dir / "journal").glob("*.jsonl")]
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
 def fill_journal(server: Server, run_id: str, megabytes: int) -> None:
     """Append ~``megabytes`` of records offline (the server is stopped), some of them the run's."""
     sys.path.insert(0, str(server.src))
@@ -396,7 +402,7 @@ def fill_journal(server: Server, run_id: str, megabytes: int) -> None:
             ]
             store.append_many(batch)
             i += len(batch)
-            if i % 20000 == 0 and (server.data_dir / "events.jsonl").stat().st_size > target:
+            if i % 20000 == 0 and journal_bytes(server.data_dir) > target:
                 break
         print(f"  journal: {i} records added after id {start}")
 
@@ -406,7 +412,7 @@ async def delete_stall(server: Server, megabytes: int) -> dict[str, Any]:
     server.stop()
     fill_journal(server, run_id, megabytes)
     server.start()
-    size = (server.data_dir / "events.jsonl").stat().st_size
+    size = journal_bytes(server.data_dir)
     delays: list[float] = []
     stop_at = [time.monotonic() + 600]
 

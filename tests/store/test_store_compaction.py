@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mailtls.store import COMPACTED_TYPE, JOURNAL_NAME, Store
+from mailtls.store.journal import journal_files
 
 
 def journal(data_dir: Path) -> list[dict[str, Any]]:
-    raw = (data_dir / JOURNAL_NAME).read_bytes()
-    return [json.loads(line) for line in raw.splitlines()]
+    """Every record of the journal: its sealed segments, then the active file."""
+    files = journal_files(data_dir / JOURNAL_NAME)
+    return [json.loads(line) for f in files for line in f.read_bytes().splitlines()]
 
 
 def fill(store: Store, n: int, ts0: float = 1000.0) -> list[dict[str, Any]]:

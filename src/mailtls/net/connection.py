@@ -871,7 +871,11 @@ class MailConnection(asyncio.BufferedProtocol):
         if self._loop is None or not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()  # FIN after the last line; input is read and dropped meanwhile
+        try:
+            transport.write_eof()  # FIN after the last line; input is read and dropped meanwhile
+        except OSError:  # the peer is gone already (ENOTCONN): nothing to linger for
+            transport.close()
+            return
         self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def _abort(self, by: str) -> None:

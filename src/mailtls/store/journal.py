@@ -206,6 +206,7 @@ def read_records(
     stats: ReadStats | None = None,
     after_id: int = 0,
     ident: Ident | None = None,
+    limit: int | None = None,
 ) -> Iterator[tuple[dict[str, Any], bytes, int]]:
     """Yield ``(record, line_without_newline, end_offset)`` for every good line from ``start``.
 
@@ -213,7 +214,8 @@ def read_records(
     previous one or ``after_id``, longer than ``MAX_LINE_BYTES``) is skipped with a warning and
     counted in ``stats.corrupt``. A last line without a newline is not yielded (a writer may be
     mid-line). ``stats.end_offset`` ends just after the last complete line read (good or corrupt).
-    With ``ident``, ``SegmentMoved`` is raised when the file at ``path`` is another one.
+    With ``ident``, ``SegmentMoved`` is raised when the file at ``path`` is another one. With
+    ``limit``, reading stops at that offset (a file that grows while it is read).
     """
     stats = stats if stats is not None else ReadStats()
     stats.end_offset = start
@@ -231,7 +233,7 @@ def read_records(
                 raise SegmentMoved(path)
         f.seek(start)
         pos = start
-        while True:
+        while limit is None or pos < limit:
             line = f.readline(MAX_LINE_BYTES + 1)
             if not line:
                 return

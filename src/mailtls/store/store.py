@@ -241,19 +241,27 @@ class Store:
         return [(p, i, 0) for p, i in files]  # a mark of no segment: from the start
 
     def _journal_batches(
-        self, mark: Mark, stats: ReadStats, reached: list[tuple[Ident, int]] | None = None
+        self,
+        mark: Mark,
+        stats: ReadStats,
+        reached: list[tuple[Ident, int]] | None = None,
+        until: tuple[Ident, int] | None = None,
     ) -> Iterator[tuple[list[Row], int, Ident]]:
         """The journal's records after ``mark`` as index rows, in batches with the end offset
         and the segment of their last row. A segment sealed while it is read is followed to
-        its new name. ``reached`` gets (segment, offset) of the last complete line read."""
+        its new name. ``reached`` gets (segment, offset) of the last complete line read;
+        ``until`` (segment, offset) stops there (the active file grows while it is read)."""
         last_id, position = mark.last_id, mark
         files = self._files_after(mark)
         while files:
             path, ident, start = files.pop(0)
             batch: list[Row] = []
             part = ReadStats()
+            limit = until[1] if until is not None and until[0] == ident else None
+            if limit is not None:
+                files = []  # nothing after the bound
             try:
-                for record, line, end in read_records(path, start, part, last_id, ident):
+                for record, line, end in read_records(path, start, part, last_id, ident, limit):
                     batch.append(row_of(record, line.decode("utf-8")))
                     last_id = record["id"]
                     if len(batch) >= _BATCH:
@@ -430,17 +438,22 @@ class Store:
 
         ``hold``: the locks the caller holds: "" none (each batch takes ``_db_lock`` alone and
         the indexer stops early when the store closes: the next open catches up), "spill"
-        ``_spill_lock`` (a compaction's start), "all" the spill, append and db locks (a
-        compaction's final step)."""
+        ``_spill_lock`` (a compaction's start: one pass only, so that a steady flood of appends
+        cannot keep it going), "all" the spill, append and db locks (a compaction's final step,
+        which reads what is left)."""
         spill = contextlib.nullcontext() if hold else self._spill_lock
+        passes = 1 if hold == "spill" else None  # appends go on: one pass, the rest comes later
         with spill:
-            while self._spilled:
+            while self._spilled and passes != 0:
+                passes = None if passes is None else passes - 1
                 with contextlib.nullcontext() if hold == "all" else self._db_lock:
                     self._check_open()
                     self._flush_locked()  # the rows queued before the spill come first
                 reached: list[tuple[Ident, int]] = []
                 started = time.monotonic()
-                for rows, end, ident in self._journal_batches(self._mark, ReadStats(), reached):
+                until = (self._ident, self._journal.size) if hold == "spill" else None
+                batches = self._journal_batches(self._mark, ReadStats(), reached, until)
+                for rows, end, ident in batches:
                     with contextlib.nullcontext() if hold == "all" else self._db_lock:
                         self._check_open()
                         self._insert(rows, end, ident)
@@ -664,7 +677,7 @@ class Store:
                         result.elsewhere[1] += changed
                     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
                     with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
-                        end = result.copy(self._journal.path, 0, out)
+                        end = result.copy(self._journal.path, 0, out, self._journal.size)
                         self._read_back(hold="spill")  # the bulk, with appends going on
                         with self._append_lock, self._db_lock:
                             self._check_open()
@@ -830,10 +843,11 @@ class _Rewrite:
         self.marker_row: Row | None = None
         self.elsewhere = [0, 0]  # removed, changed in sealed segments
 
-    def copy(self, path: Path, start: int, out: BinaryIO) -> int:
-        """Copy complete lines from ``start`` through ``decide``; returns the offset reached."""
+    def copy(self, path: Path, start: int, out: BinaryIO, limit: int | None = None) -> int:
+        """Copy complete lines from ``start`` (up to ``limit``) through ``decide``; returns the
+        offset reached."""
         stats = ReadStats()
-        for record, line in _records(path, start, stats, self.last_id):
+        for record, line in _records(path, start, stats, self.last_id, limit):
             self.last_id = record["id"]
             new = self.decide(record)
             if new is None:
@@ -849,9 +863,9 @@ class _Rewrite:
 
 
 def _records(
-    path: Path, start: int, stats: ReadStats, after_id: int
+    path: Path, start: int, stats: ReadStats, after_id: int, limit: int | None = None
 ) -> Iterator[tuple[dict[str, Any], bytes]]:
-    for record, line, _ in read_records(path, start, stats, after_id=after_id):
+    for record, line, _ in read_records(path, start, stats, after_id=after_id, limit=limit):
         yield record, line
 
 
