@@ -66,8 +66,10 @@ PORT_NAMES = (
 # Test servers listen below the kernel's ephemeral range (32768-60999 here), so that no client
 # connection of a parallel test can take a server's port as its source port between the moment
 # a port is picked and the moment the server (or its restart after kill -9) binds it. Each
-# pytest-xdist worker draws from its own slice, so two workers never pick the same port.
-PORT_SPACE = (10000, 32000)
+# pytest-xdist worker draws from its own slice, so two workers never pick the same port. The
+# space also stays below the product's default endpoint pool (20000-25999): a test that keeps
+# that default must not get a standard port inside it.
+PORT_SPACE = (10000, 20000)
 
 
 def _port_slice() -> range:
