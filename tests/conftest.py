@@ -65,19 +65,21 @@ PORT_NAMES = (
 
 # Test servers listen below the kernel's ephemeral range (32768-60999 here), so that no client
 # connection of a parallel test can take a server's port as its source port between the moment
-# a port is picked and the moment the server (or its restart after kill -9) binds it. Each
-# pytest-xdist worker draws from its own slice, so two workers never pick the same port. The
-# space also stays below the product's default endpoint pool (20000-25999): a test that keeps
-# that default must not get a standard port inside it.
-PORT_SPACE = (10000, 20000)
+# a port is picked and the moment the server (or its restart after kill -9) binds it. Standard
+# ports and endpoint pools come from two spaces, so that scattered standard ports never break
+# up the room for a pool's consecutive ports, and both stay clear of the product's default pool
+# (20000-25999), which a test may keep. Each pytest-xdist worker draws from its own slice of
+# each space, so two workers never pick the same port.
+PORT_SPACE = (26000, 32768)  # standard ports (free_ports)
+POOL_SPACE = (10000, 20000)  # endpoint pools (free_port_range)
 
 
-def _port_slice() -> range:
+def _worker_slice(space: tuple[int, int]) -> range:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
     count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     index = int(worker) % count if worker.isdigit() else 0
-    width = (PORT_SPACE[1] - PORT_SPACE[0]) // count
-    return range(PORT_SPACE[0] + index * width, PORT_SPACE[0] + (index + 1) * width)
+    width = (space[1] - space[0]) // count
+    return range(space[0] + index * width, space[0] + (index + 1) * width)
 
 
 def free_ports(n: int, avoid: range = range(0)) -> list[int]:
@@ -85,7 +87,7 @@ def free_ports(n: int, avoid: range = range(0)) -> list[int]:
     outside ``avoid`` (a server's endpoint pool)."""
     import random
 
-    space, rng, found = _port_slice(), random.Random(), list[int]()
+    space, rng, found = _worker_slice(PORT_SPACE), random.Random(), list[int]()
     for _ in range(50 * n):
         port = rng.choice(space)
         if port not in found and port not in avoid and _bindable("127.0.0.1", port):
@@ -104,12 +106,12 @@ def free_port_range(
     avoid: Collection[int] = (),
 ) -> int:
     """The first port of ``size`` consecutive ports that are free now on ``hosts``, in this
-    worker's slice of ``PORT_SPACE`` (below the ephemeral range, like ``free_ports``), holding
+    worker's slice of ``POOL_SPACE`` (below the ephemeral range, like ``free_ports``), holding
     none of ``avoid`` (the server's own standard ports)."""
     import random
 
-    space, rng = _port_slice(), random.Random()
-    for _ in range(50):
+    space, rng = _worker_slice(POOL_SPACE), random.Random()
+    for _ in range(200):
         first = rng.randrange(space.start, space.stop - size)
         ports = range(first, first + size)
         if any(p in ports for p in avoid):
@@ -122,6 +124,8 @@ def free_port_range(
 def _bindable(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
+        # as the servers bind: a port whose old connections linger in TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
