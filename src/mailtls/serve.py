@@ -287,8 +287,9 @@ def _certificates(settings: Settings) -> tuple[Any, Any]:
     try:
         attack = ensure_attack_certificates(certs, tls_dir / "ca.key")
     finally:
-        if not settings.tls.keep_ca_key:
-            (tls_dir / "ca.key").unlink(missing_ok=True)
+        if not settings.tls.keep_ca_key and (tls_dir / "ca.key").is_file():
+            (tls_dir / "ca.key").unlink()
+            log.info("deleted the test CA key (tls.keep_ca_key is off)")
     return certs, attack
 
 

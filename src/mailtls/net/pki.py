@@ -305,7 +305,7 @@ def _create_all(
         (directory / "ca.key").unlink(missing_ok=True)
     assert certs.ca is not None
     _write_atomic(certs.ca, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    log.info("created a test CA %s (key %s)", certs.ca, "kept" if keep else "discarded")
+    log.info("created a test CA %s%s", certs.ca, " (key in ca.key)" if keep else "")
 
 
 def _make_ca(
