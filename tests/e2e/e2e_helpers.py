@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from conftest import ServeInstance, start_serve
 
@@ -447,3 +448,23 @@ def wait_journal(
         if pred(records) or time.monotonic() > deadline:
             return records
         time.sleep(0.1)
+
+
+# --- module fixtures: a module imports ``inst`` and ``api`` (or defines its own ``inst``) ------
+
+
+@pytest.fixture(scope="module")
+def inst(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeInstance]:
+    """One `mailtls serve` on its test defaults for the whole module."""
+    with serving(tmp_path_factory.mktemp(request.module.__name__) / "var") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(inst: ServeInstance) -> Iterator[Api]:
+    """The JSON API of the module's ``inst``."""
+    client = Api(inst)
+    yield client
+    client.close()

@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2e_helpers import Api, imap_client, serving
+from e2e_helpers import Api, api, imap_client, inst  # noqa: F401 (the module's fixtures)
 
 from conftest import ServeInstance
-
-
-@pytest.fixture(scope="module")
-def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
-    with serving(tmp_path_factory.mktemp("e2e-api") / "var") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
 
 
 @pytest.mark.timeout(40)

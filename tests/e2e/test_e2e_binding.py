@@ -15,7 +15,17 @@ import smtplib
 from collections.abc import Iterator
 
 import pytest
-from e2e_helpers import CLIENT_ERRORS, HOST, Api, Run, serving, tags, tls_context, verdict
+from e2e_helpers import (
+    CLIENT_ERRORS,
+    HOST,
+    Api,
+    Run,
+    api,  # noqa: F401 (the module's fixtures)
+    serving,
+    tags,
+    tls_context,
+    verdict,
+)
 
 from conftest import ServeInstance
 
@@ -27,13 +37,6 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
         tmp_path_factory.mktemp("e2e-binding") / "var", endpoints={"enabled": False}
     ) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
 
 
 def login_from(inst: ServeInstance, source: str, run: Run) -> bool:

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 from client_tools import CURL_URLS, fetchmail_poll, getmail_poll, mutt_session, run_tool
-from e2e_helpers import Api, Run, serving, tags, verdict
+from e2e_helpers import (
+    Api,
+    Run,
+    api,  # noqa: F401 (the module's fixtures)
+    serving,
+    tags,
+    verdict,
+)
 
 from conftest import ServeInstance, require_tool
 
@@ -36,13 +43,6 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
     data = tmp_path_factory.mktemp("e2e-clients") / "var"
     with serving(data, limits={"disrupted_seconds": DISRUPTED_SECONDS}) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
 
 
 def new_step(api: Api, testcase: str, scenario: str = "immediate") -> Run:

@@ -24,6 +24,7 @@ import pytest
 from e2e_helpers import (
     Api,
     Wire,
+    api,  # noqa: F401 (the module's fixtures)
     connect,
     imap_client,
     read_all,
@@ -64,13 +65,6 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
     root = tmp_path_factory.mktemp("e2e-hostile") / "var"
     with serving(root, extra, limits, endpoints={"enabled": False}) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -23,7 +23,17 @@ from client_tools import (
     run_tool,
     swaks_send,
 )
-from e2e_helpers import CLIENTS, Api, Run, journal, serving, tags, tls_context, verdict
+from e2e_helpers import (
+    CLIENTS,
+    Api,
+    Run,
+    api,  # noqa: F401 (the module's fixtures)
+    journal,
+    serving,
+    tags,
+    tls_context,
+    verdict,
+)
 
 from conftest import ServeInstance, require_tool
 
@@ -44,13 +54,6 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
     data = tmp_path_factory.mktemp("e2e-more") / "var"
     with serving(data, limits={"disrupted_seconds": 3}) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
 
 
 def new_step(api: Api, testcase: str) -> Run:

@@ -15,26 +15,22 @@ from __future__ import annotations
 import imaplib
 import poplib
 import smtplib
-from collections.abc import Iterator
 
 import pytest
-from e2e_helpers import CLIENT_ERRORS, CLIENTS, HOST, Api, Run, serving, tags, tls_context, verdict
+from e2e_helpers import (  # noqa: F401 (the module's fixtures)
+    CLIENT_ERRORS,
+    CLIENTS,
+    HOST,
+    Api,
+    Run,
+    api,
+    inst,
+    tags,
+    tls_context,
+    verdict,
+)
 
 from conftest import ServeInstance
-
-
-@pytest.fixture(scope="module")
-def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
-    with serving(tmp_path_factory.mktemp("e2e-stdlib") / "var") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
-
 
 PROTOCOLS = ("smtp", "imap", "pop3")
 

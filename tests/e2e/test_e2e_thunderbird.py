@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import thunderbird_kit as kit
-from e2e_helpers import Api, Run, serving, tags, verdict
+from e2e_helpers import Api, Run, api, inst, tags, verdict  # noqa: F401 (the module's fixtures)
 
 from conftest import ServeInstance, free_ports, require_tool
 
@@ -52,19 +52,6 @@ def tools() -> Tools:
         require_tool("certutil"),
         require_tool("import"),
     )
-
-
-@pytest.fixture(scope="module")
-def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
-    with serving(tmp_path_factory.mktemp("e2e-thunderbird") / "var") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

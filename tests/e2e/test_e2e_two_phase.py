@@ -13,37 +13,24 @@ import contextlib
 import imaplib
 import poplib
 import smtplib
-from collections.abc import Iterator
 
 import pytest
-from e2e_helpers import (
+from e2e_helpers import (  # noqa: F401 (the module's fixtures)
     CLIENTS,
     HOST,
     Api,
+    api,
     connect,
     imap_client,
+    inst,
     read_all,
     read_until,
-    serving,
     smtp_client,
     tags,
     verdict,
 )
 
 from conftest import ServeInstance
-
-
-@pytest.fixture(scope="module")
-def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeInstance]:
-    with serving(tmp_path_factory.mktemp("e2e-two-phase") / "var") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def api(inst: ServeInstance) -> Iterator[Api]:
-    client = Api(inst)
-    yield client
-    client.close()
 
 
 @pytest.mark.timeout(40)
